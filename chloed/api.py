@@ -1,0 +1,221 @@
+"""The application's HTTP API: ``POST /send``, ``GET /channels[/NAME]``,
+``GET /health``.
+
+``/send`` and ``/channels`` take the bearer ``secret`` (compared in constant
+time); with no secret configured they answer loopback clients only. Errors
+are ``{"error": code, "message": text}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from chloed import __version__, frames
+from chloed.errors import RequestError
+from chloed.hub import Hub
+from chloed.transports._http import error, json_body
+
+log = Logger()
+
+
+def is_loopback(request: IRequest) -> bool:
+    """Whether the request comes from this machine."""
+    host = getattr(request.getClientAddress(), "host", None)
+    if host is None:
+        # A UNIX socket: only local processes can reach it.
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _authorized(request: IRequest, secrets: tuple[str, ...]) -> bool:
+    if not secrets:
+        return is_loopback(request)
+    header = request.getHeader(b"authorization") or b""
+    scheme, _, given = header.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return False
+    ok = False
+    for secret in secrets:
+        # Every secret is compared, so timing says nothing of which matched.
+        ok |= hmac.compare_digest(given.strip(), secret.encode("utf-8"))
+    return ok
+
+
+def _text(value: bytes, field: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(400, "bad_request", f"{field} is not UTF-8") from None
+
+
+class SendRequest:
+    """A validated ``/send``: JSON ``data`` bytes and its targets."""
+
+    def __init__(self, data: bytes, channels: list[str], session: str | None, exclude: str | None) -> None:
+        self.data = data
+        self.channels = channels
+        self.session = session
+        self.exclude = exclude
+
+    @classmethod
+    def from_request(cls, request: IRequest, max_bytes: int) -> "SendRequest":
+        body = request.content.read(max_bytes + 1)
+        if len(body) > max_bytes:
+            raise RequestError(413, frames.TOO_LARGE, f"bodies are limited to {max_bytes} bytes")
+        ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if ctype == b"application/json":
+            return cls._from_json(body)
+        return cls._from_form(request)
+
+    @classmethod
+    def _from_json(cls, body: bytes) -> "SendRequest":
+        try:
+            obj = frames.loads(body)
+        except (ValueError, RecursionError):
+            raise RequestError(400, "bad_request", "the body is not valid JSON") from None
+        if not isinstance(obj, dict):
+            raise RequestError(400, "bad_request", "the body must be a JSON object")
+        unknown = set(obj) - {"data", "channel", "session", "exclude"}
+        if unknown:
+            raise RequestError(400, "bad_request", f"unknown field {sorted(unknown)[0]!r}")
+        if "data" not in obj:
+            raise RequestError(400, "bad_request", "data is required")
+        channels = obj.get("channel")
+        if channels is None:
+            channels = []
+        elif isinstance(channels, str):
+            channels = [channels]
+        elif not isinstance(channels, list):
+            raise RequestError(400, frames.INVALID_CHANNEL, "channel must be a string or a list of strings")
+        for key in ("session", "exclude"):
+            if obj.get(key) is not None and not isinstance(obj[key], str):
+                raise RequestError(400, "bad_request", f"{key} must be a string")
+        return cls._checked(frames.dumps(obj["data"]), channels, obj.get("session"), obj.get("exclude"))
+
+    @classmethod
+    def _from_form(cls, request: IRequest) -> "SendRequest":
+        args = request.args
+        data = args.get(b"data")
+        if not data:
+            raise RequestError(400, "bad_request", "data is required")
+        if len(data) > 1:
+            raise RequestError(400, "bad_request", "give data once")
+        channels = [_text(c, "channel") for c in args.get(b"channel", [])]
+        single = {}
+        for key in (b"session", b"exclude"):
+            values = args.get(key, [])
+            if len(values) > 1:
+                raise RequestError(400, "bad_request", f"give {key.decode()} once")
+            single[key] = _text(values[0], key.decode()) if values else None
+        return cls._checked(
+            frames.dumps(_text(data[0], "data")), channels, single[b"session"], single[b"exclude"]
+        )
+
+    @classmethod
+    def _checked(cls, data: bytes, channels: list[Any], session: str | None, exclude: str | None) -> "SendRequest":
+        for channel in channels:
+            if not frames.valid_channel(channel):
+                raise RequestError(
+                    400, frames.INVALID_CHANNEL, "channel names are 1 to 128 of A-Z a-z 0-9 _ . : @ = -"
+                )
+        if session is not None and channels:
+            raise RequestError(400, "bad_request", "give channel or session, not both")
+        # One delivery per channel, however often it was named.
+        return cls(data, list(dict.fromkeys(channels)), session or None, exclude or None)
+
+
+class Api:
+    """Klein routes of the app-facing API, bound to one hub."""
+
+    app = Klein()
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.broker = hub.broker
+        self.config = hub.config
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    @app.handle_errors(RequestError)
+    def _request_error(self, request: IRequest, failure: Any) -> bytes:
+        exc: RequestError = failure.value
+        log.info(
+            "{method} {path}: {status} {code}: {message}",
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("ascii", "replace"),
+            status=exc.status, code=exc.code, message=exc.message,
+        )
+        return error(request, exc.status, exc.code, exc.message)
+
+    def _authorize(self, request: IRequest) -> None:
+        if not _authorized(request, self.config.secret):
+            if self.config.secret:
+                request.setHeader(b"www-authenticate", b'Bearer realm="chloe"')
+                raise RequestError(401, "unauthorized", "a valid Authorization: Bearer secret is required")
+            raise RequestError(403, "forbidden", "with no secret configured only loopback clients may call the API")
+
+    @app.route("/send", methods=["POST"])
+    def send(self, request: IRequest) -> bytes:
+        self._authorize(request)
+        req = SendRequest.from_request(request, self.config.max_message_bytes)
+        if req.session is not None:
+            result = self.broker.to_session(req.session, req.data)
+            if result is None:
+                raise RequestError(404, "unknown_session", "no such session on this server")
+            return json_body(request, 202, {"ids": {}, "id": result.id, "delivered": result.delivered})
+        if req.channels:
+            result = self.broker.publish(req.channels, req.data, exclude=req.exclude)
+            return json_body(request, 202, {"ids": result.ids, "delivered": result.delivered})
+        result = self.broker.broadcast(req.data, exclude=req.exclude)
+        return json_body(request, 202, {"ids": {}, "id": result.id, "delivered": result.delivered})
+
+    @app.route("/channels", methods=["GET"])
+    def channels(self, request: IRequest) -> bytes:
+        self._authorize(request)
+        listing = {
+            name: {"subscribers": len(channel.subscribers), "last_id": channel.last_id}
+            for name, channel in self.broker.channels.items()
+        }
+        return json_body(request, 200, {"channels": listing})
+
+    @app.route("/channels/<string:name>", methods=["GET"])
+    def channel(self, request: IRequest, name: str) -> bytes:
+        self._authorize(request)
+        if not frames.valid_channel(name):
+            raise RequestError(400, frames.INVALID_CHANNEL, "not a valid channel name")
+        channel = self.broker.channels.get(name)
+        if channel is None:
+            return json_body(
+                request, 200, {"channel": name, "subscribers": 0, "last_id": None, "members": []}
+            )
+        return json_body(
+            request,
+            200,
+            {
+                "channel": name,
+                "subscribers": len(channel.subscribers),
+                "last_id": channel.last_id,
+                "history": len(channel.history),
+                "members": [],
+            },
+        )
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: IRequest) -> bytes:
+        if self.hub.draining:
+            return json_body(request, 503, {"status": "draining"})
+        return json_body(request, 200, {"status": "ok", "version": __version__})
+
+    @app.route("/", branch=True)
+    def not_found(self, request: IRequest) -> bytes:
+        raise RequestError(404, "not_found", "no such endpoint")

@@ -1,0 +1,268 @@
+"""Channels, subscribers, publishing and history, in memory.
+
+The broker knows nothing of sockets or HTTP. A subscriber is anything with
+``deliver(frame)`` and an ``id`` (in practice a :class:`chloed.session.Session`);
+the broker keeps channel → subscribers and session id → session, gives each
+message an id, keeps per-channel history for resume, and fans a publish out.
+
+Message ids look like ``"<ms>-<seq>"``: the publish time in milliseconds and
+a counter that increases across every channel of this process. Browsers treat
+them as opaque; the broker orders them by ``seq``, so one id is also a cursor
+over several channels (what an SSE stream's ``Last-Event-ID`` needs). An id
+from before this process started cannot be resumed exactly, and says so with
+``recovered: false``.
+
+Fan-out encodes the frame once per channel and hands the same
+:class:`~chloed.frames.Encoded` to every subscriber, each delivery isolated so
+that one broken subscriber never stops the rest.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Protocol
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from chloed import frames
+from chloed.frames import Encoded
+
+log = Logger()
+
+
+class Subscriber(Protocol):
+    """What the broker delivers to."""
+
+    id: str
+
+    def deliver(self, frame: Encoded) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MessageId:
+    """A parsed message id: publish time (ms) and the process-wide counter."""
+
+    ms: int
+    seq: int
+
+    @classmethod
+    def parse(cls, text: str) -> "MessageId | None":
+        """The id a browser handed back, or None when it is not one of ours."""
+        head, sep, tail = text.partition("-")
+        if not sep or not head.isdigit() or not tail.isdigit() or len(text) > 40:
+            return None
+        return cls(int(head), int(tail))
+
+    def __str__(self) -> str:
+        return f"{self.ms}-{self.seq}"
+
+
+class Channel:
+    """One channel: its subscribers, and the history kept for resume."""
+
+    __slots__ = ("name", "subscribers", "history", "dropped_seq", "last_id")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.subscribers: dict[Subscriber, None] = {}
+        # (seq, publish time in seconds, the encoded message frame)
+        self.history: deque[tuple[int, float, Encoded]] = deque()
+        # seq of the newest message that fell out of history: a resume from
+        # before it cannot be complete.
+        self.dropped_seq = 0
+        self.last_id: str | None = None
+
+
+@dataclass(slots=True)
+class PublishResult:
+    """What a publish did: the id per channel and how many got it now."""
+
+    ids: dict[str, str] = field(default_factory=dict)
+    id: str | None = None
+    delivered: int = 0
+
+
+class Broker:
+    """Channels and sessions of one process.
+
+    :param clock: the reactor's time, for ids and history expiry.
+    :param history_size: messages kept per channel.
+    :param history_ttl: seconds a message is kept.
+    """
+
+    def __init__(self, clock: IReactorTime, history_size: int, history_ttl: float) -> None:
+        self._clock = clock
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.channels: dict[str, Channel] = {}
+        self.sessions: dict[str, Subscriber] = {}
+        self._seq = 0
+        self._boot_ms = int(clock.seconds() * 1000)
+
+    # -- sessions ---------------------------------------------------------
+
+    def add_session(self, session: Subscriber) -> None:
+        self.sessions[session.id] = session
+
+    def remove_session(self, session: Subscriber, channels: Iterable[str]) -> None:
+        """Forget a session and its subscriptions."""
+        for name in channels:
+            self.unsubscribe(name, session)
+        if self.sessions.get(session.id) is session:
+            del self.sessions[session.id]
+
+    # -- subscriptions ----------------------------------------------------
+
+    def subscribe(
+        self, name: str, subscriber: Subscriber, since: str | None = None
+    ) -> tuple[bool, list[Encoded]]:
+        """Add ``subscriber`` to channel ``name``.
+
+        :param since: the last message id the browser saw, if resuming.
+        :returns: whether the replay is complete (``recovered``), and the
+            retained messages after ``since`` in order (none without since).
+        """
+        channel = self.channels.get(name)
+        if channel is None:
+            channel = self.channels[name] = Channel(name)
+        channel.subscribers[subscriber] = None
+        if since is None:
+            return True, []
+        return self.replay(name, since)
+
+    def unsubscribe(self, name: str, subscriber: Subscriber) -> bool:
+        """Remove ``subscriber``; True when it was subscribed."""
+        channel = self.channels.get(name)
+        if channel is None or subscriber not in channel.subscribers:
+            return False
+        del channel.subscribers[subscriber]
+        self._maybe_forget(channel)
+        return True
+
+    def replay(self, name: str, since: str) -> tuple[bool, list[Encoded]]:
+        """Retained messages of ``name`` after ``since``, and whether that is
+        everything the browser missed."""
+        recovered, missed = self._missed(name, since)
+        return recovered, [frame for _, frame in missed]
+
+    def replay_many(self, names: Iterable[str], since: str) -> tuple[bool, list[Encoded]]:
+        """Replay several channels after one cursor, merged in publish order."""
+        recovered = True
+        streams = []
+        for name in names:
+            ok, missed = self._missed(name, since)
+            recovered = recovered and ok
+            streams.append(missed)
+        return recovered, [frame for _, frame in heapq.merge(*streams, key=lambda entry: entry[0])]
+
+    def _missed(self, name: str, since: str) -> tuple[bool, list[tuple[int, Encoded]]]:
+        after = MessageId.parse(since)
+        channel = self.channels.get(name)
+        now = self._clock.seconds()
+        if channel is not None:
+            self._expire(channel, now)
+        history = channel.history if channel is not None else ()
+        if after is None or after.ms < self._boot_ms or after.seq > self._seq:
+            # Not an id of this process: whatever came before is gone.
+            return False, [(seq, frame) for seq, _, frame in history]
+        if channel is None:
+            # No history at all: complete only if nothing published after
+            # ``since`` can have expired yet.
+            return after.ms >= (now - self.history_ttl) * 1000, []
+        missed = [(seq, frame) for seq, _, frame in history if seq > after.seq]
+        return after.seq >= channel.dropped_seq, missed
+
+    # -- publishing -------------------------------------------------------
+
+    def _next_id(self, now: float) -> tuple[int, str]:
+        self._seq += 1
+        return self._seq, f"{int(now * 1000)}-{self._seq}"
+
+    def publish(
+        self, names: Iterable[str], data: bytes, exclude: str | None = None
+    ) -> PublishResult:
+        """Publish ``data`` (JSON bytes) to each channel in ``names``.
+
+        Channels with no subscribers still get an id and keep the message in
+        history, so a browser subscribing a moment later can resume it.
+        """
+        result = PublishResult()
+        now = self._clock.seconds()
+        for name in names:
+            seq, id = self._next_id(now)
+            frame = frames.message(name, id, data)
+            channel = self.channels.get(name)
+            if channel is None:
+                channel = self.channels[name] = Channel(name)
+            self._retain(channel, seq, now, frame)
+            channel.last_id = id
+            result.ids[name] = id
+            result.delivered += self._fan_out(channel.subscribers, frame, exclude)
+            self._maybe_forget(channel)
+        return result
+
+    def broadcast(self, data: bytes, exclude: str | None = None) -> PublishResult:
+        """Send ``data`` to every session (``channel: null``)."""
+        _, id = self._next_id(self._clock.seconds())
+        frame = frames.message(None, id, data)
+        return PublishResult(id=id, delivered=self._fan_out(self.sessions.values(), frame, exclude))
+
+    def to_session(self, session_id: str, data: bytes) -> PublishResult | None:
+        """Send ``data`` to one session; None when there is no such session."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return None
+        _, id = self._next_id(self._clock.seconds())
+        return PublishResult(id=id, delivered=self._fan_out((session,), frames.message(None, id, data), None))
+
+    def _fan_out(self, subscribers: Iterable[Subscriber], frame: Encoded, exclude: str | None) -> int:
+        delivered = 0
+        # A copy: a delivery may end a slow subscriber, which unsubscribes it.
+        for subscriber in tuple(subscribers):
+            if exclude is not None and subscriber.id == exclude:
+                continue
+            try:
+                subscriber.deliver(frame)
+            except Exception:
+                log.failure("delivery to {session} failed", session=subscriber.id)
+            else:
+                delivered += 1
+        return delivered
+
+    # -- history ----------------------------------------------------------
+
+    def _retain(self, channel: Channel, seq: int, now: float, frame: Encoded) -> None:
+        history = channel.history
+        if self.history_size <= 0 or self.history_ttl <= 0:
+            channel.dropped_seq = seq
+            return
+        history.append((seq, now, frame))
+        while len(history) > self.history_size:
+            channel.dropped_seq = history.popleft()[0]
+        self._expire(channel, now)
+
+    def _expire(self, channel: Channel, now: float) -> None:
+        history = channel.history
+        oldest = now - self.history_ttl
+        while history and history[0][1] <= oldest:
+            channel.dropped_seq = history.popleft()[0]
+
+    def _maybe_forget(self, channel: Channel) -> None:
+        if not channel.subscribers and not channel.history:
+            self.channels.pop(channel.name, None)
+
+    def sweep(self) -> int:
+        """Expire old history of channels nobody listens to, and forget the
+        empty ones; called periodically. Returns how many were forgotten."""
+        now = self._clock.seconds()
+        idle = [c for c in self.channels.values() if not c.subscribers]
+        for channel in idle:
+            self._expire(channel, now)
+            self._maybe_forget(channel)
+        return sum(1 for c in idle if c.name not in self.channels)
+
+    def channel_names(self) -> Iterator[str]:
+        return iter(self.channels)

@@ -1,0 +1,171 @@
+"""Chloe's options: a TOML file and command-line flags become one frozen
+:class:`Config`, or a :class:`~chloed.errors.ConfigError` naming the option.
+
+Every option, with its default, is documented in ``conf/chloe.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from chloed.errors import ConfigError
+
+TRANSPORTS = ("websocket", "sse", "longpoll", "jsonp")
+EVENTS = ("message", "connect", "disconnect", "subscribe", "unsubscribe")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every option of SPEC section 1, validated."""
+
+    listen: tuple[str, ...] = ("tcp:8901",)
+    application_server_url: str | None = None
+    secret: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ("*",)
+    transports: tuple[str, ...] = TRANSPORTS
+    backend: str = "memory"
+    history_size: int = 100
+    history_ttl: float = 300.0
+    heartbeat: float = 25.0
+    longpoll_timeout: float = 25.0
+    session_grace: float = 30.0
+    max_message_bytes: int = 65536
+    max_connections: int = 100000
+    max_subscriptions: int = 100
+    outbound_buffer_bytes: int = 1048576
+    upstream_timeout: float = 10.0
+    upstream_retries: int = 5
+    upstream_queue: int = 10000
+    events: tuple[str, ...] = ("message",)
+    client_publish: bool = False
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _number(name: str, value: Any, minimum: float, integer: bool) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, f"must be a number, not {value!r}")
+    if integer and not isinstance(value, int):
+        raise ConfigError(name, f"must be a whole number, not {value!r}")
+    if value < minimum:
+        raise ConfigError(name, f"must be at least {minimum}, not {value!r}")
+    return value if integer else float(value)
+
+
+def _strings(name: str, value: Any, allowed: tuple[str, ...] | None = None, nonempty: bool = True) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(name, "must be a string or a list of non-empty strings")
+    if nonempty and not value:
+        raise ConfigError(name, "must not be empty")
+    if allowed is not None:
+        for v in value:
+            if v not in allowed:
+                raise ConfigError(name, f"{v!r} is not one of {', '.join(allowed)}")
+    return tuple(value)
+
+
+def _url(name: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(name, "must be a URL string")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(name, f"must be an http:// or https:// URL, not {value!r}")
+    return value
+
+
+def _backend(name: str, value: Any) -> str:
+    if value == "memory":
+        return value
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme == "redis" and parts.hostname:
+            try:
+                parts.port
+            except ValueError:
+                raise ConfigError(name, f"bad port in {value!r}") from None
+            db = parts.path.strip("/")
+            if db == "" or db.isdigit():
+                return value
+    raise ConfigError(name, f'must be "memory" or "redis://host:port/db", not {value!r}')
+
+
+def _origins(name: str, value: Any) -> tuple[str, ...]:
+    origins = _strings(name, value)
+    for origin in origins:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ConfigError(name, f'{origin!r} is not "*" or an origin like "https://example.com"')
+    return tuple(o.rstrip("/") for o in origins)
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(name, f"must be true or false, not {value!r}")
+    return value
+
+
+_CHECKS: dict[str, Any] = {
+    "listen": lambda n, v: _strings(n, v),
+    "application_server_url": _url,
+    "secret": lambda n, v: () if v is None else _strings(n, v),
+    "allowed_origins": _origins,
+    "transports": lambda n, v: _strings(n, v, TRANSPORTS),
+    "backend": _backend,
+    "history_size": lambda n, v: _number(n, v, 0, True),
+    "history_ttl": lambda n, v: _number(n, v, 0, False),
+    "heartbeat": lambda n, v: _number(n, v, 0.01, False),
+    "longpoll_timeout": lambda n, v: _number(n, v, 0.01, False),
+    "session_grace": lambda n, v: _number(n, v, 0, False),
+    "max_message_bytes": lambda n, v: _number(n, v, 64, True),
+    "max_connections": lambda n, v: _number(n, v, 1, True),
+    "max_subscriptions": lambda n, v: _number(n, v, 1, True),
+    "outbound_buffer_bytes": lambda n, v: _number(n, v, 1024, True),
+    "upstream_timeout": lambda n, v: _number(n, v, 0.01, False),
+    "upstream_retries": lambda n, v: _number(n, v, 0, True),
+    "upstream_queue": lambda n, v: _number(n, v, 1, True),
+    "events": lambda n, v: _strings(n, v, EVENTS, nonempty=False),
+    "client_publish": _bool,
+}
+
+OPTIONS = tuple(_CHECKS)
+
+
+def from_mapping(values: Mapping[str, Any], base: Config | None = None) -> Config:
+    """Validate ``values`` (from TOML or flags) over ``base``.
+
+    :raises ConfigError: naming the first bad or unknown option.
+    """
+    changes = {}
+    for name, value in values.items():
+        check = _CHECKS.get(name)
+        if check is None:
+            raise ConfigError(name, "unknown option (see conf/chloe.toml for the list)")
+        changes[name] = check(name, value)
+    return (base or Config()).replace(**changes)
+
+
+def load(path: str) -> Config:
+    """Read a TOML file into a :class:`Config`.
+
+    :raises ConfigError: when the file cannot be read or parsed, or an
+        option is bad.
+    """
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    return from_mapping(values)

@@ -1,0 +1,264 @@
+"""The wire protocol: JSON frames between browsers and Chloe.
+
+Every transport carries the same JSON objects (SPEC section 2). A browser
+sends ``subscribe``, ``unsubscribe``, ``send`` and ``ping``; Chloe answers
+with ``subscribed``, ``unsubscribed``, ``ack``, ``pong`` and ``error``, and
+pushes ``connected``, ``message`` and ``presence``.
+
+This module turns raw bytes from any transport into a validated
+:class:`Frame` (or raises :class:`~chloed.errors.ProtocolError` with the
+error code the browser will see), and encodes Chloe's frames.
+
+Encoding happens once per frame, not once per recipient: :class:`Encoded`
+holds the JSON bytes and caches each transport's framing of them (a WebSocket
+frame header, an SSE event), so a publish to ten thousand subscribers writes
+the same ``bytes`` object ten thousand times.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from chloed.errors import ProtocolError
+
+BAD_FRAME = "bad_frame"
+UNKNOWN_TYPE = "unknown_type"
+TOO_LARGE = "too_large"
+INVALID_CHANNEL = "invalid_channel"
+FORBIDDEN = "forbidden"
+TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
+RATE_LIMITED = "rate_limited"
+NO_APPLICATION = "no_application"
+UPSTREAM_REJECTED = "upstream_rejected"
+UPSTREAM_FAILED = "upstream_failed"
+SLOW_CONSUMER = "slow_consumer"
+SHUTTING_DOWN = "shutting_down"
+
+ERROR_CODES = frozenset(
+    {
+        BAD_FRAME,
+        UNKNOWN_TYPE,
+        TOO_LARGE,
+        INVALID_CHANNEL,
+        FORBIDDEN,
+        TOO_MANY_SUBSCRIPTIONS,
+        RATE_LIMITED,
+        NO_APPLICATION,
+        UPSTREAM_REJECTED,
+        UPSTREAM_FAILED,
+        SLOW_CONSUMER,
+        SHUTTING_DOWN,
+    }
+)
+
+CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:@=-]{1,128}")
+MAX_REF_CHARS = 128
+MAX_SINCE_CHARS = 64
+MAX_TOKEN_CHARS = 8192
+
+_dumps = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False
+).encode
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(raw: bytes | str) -> Any:
+    """Strict JSON: no ``NaN`` or ``Infinity``, which no browser can parse."""
+    return json.loads(raw, parse_constant=_no_constants)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON, the only encoding Chloe writes."""
+    return _dumps(value).encode("utf-8")
+
+
+def valid_channel(name: object) -> bool:
+    """Whether ``name`` is a channel name SPEC section 2 allows."""
+    return isinstance(name, str) and CHANNEL_RE.fullmatch(name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One validated frame from a browser.
+
+    :param type: ``subscribe``, ``unsubscribe``, ``send`` or ``ping``.
+    :param data: the raw JSON ``data`` of a ``send``, as bytes, so it is
+        relayed without being decoded and encoded again.
+    """
+
+    type: str
+    channel: str | None = None
+    since: str | None = None
+    token: str | None = None
+    data: bytes | None = None
+    ref: object = None
+
+
+def _ref(obj: dict[str, Any]) -> object:
+    ref = obj.get("ref")
+    if ref is None or isinstance(ref, bool):
+        return None
+    if isinstance(ref, int) or (isinstance(ref, str) and len(ref) <= MAX_REF_CHARS):
+        return ref
+    return None
+
+
+def _channel(obj: dict[str, Any], ref: object, required: bool) -> str | None:
+    channel = obj.get("channel")
+    if channel is None and not required:
+        return None
+    if channel is None:
+        raise ProtocolError(BAD_FRAME, "this frame needs a channel", ref=ref)
+    if not valid_channel(channel):
+        raise ProtocolError(
+            INVALID_CHANNEL,
+            "channel names are 1 to 128 of A-Z a-z 0-9 _ . : @ = -",
+            ref=ref,
+            channel=channel if isinstance(channel, str) and len(channel) <= 128 else None,
+        )
+    return channel
+
+
+def _optional_str(obj: dict[str, Any], key: str, limit: int, ref: object, channel: str | None) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ProtocolError(
+            BAD_FRAME, f"{key} must be a non-empty string of at most {limit} characters",
+            ref=ref, channel=channel,
+        )
+    return value
+
+
+def parse(raw: bytes | str, max_bytes: int) -> Frame:
+    """Validate one frame from a browser.
+
+    :param raw: the frame as received (a WebSocket text message, a POST body).
+    :param max_bytes: ``max_message_bytes``; a longer frame is ``too_large``.
+    :raises ProtocolError: with the code the browser is told.
+    """
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > max_bytes:
+        raise ProtocolError(TOO_LARGE, f"frames are limited to {max_bytes} bytes")
+    try:
+        obj = loads(raw)
+    except (ValueError, RecursionError):
+        raise ProtocolError(BAD_FRAME, "a frame is one JSON object") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(BAD_FRAME, "a frame is one JSON object")
+    ref = _ref(obj)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(BAD_FRAME, "a frame needs a string type", ref=ref)
+    if kind == "ping":
+        return Frame("ping", ref=ref)
+    if kind == "subscribe":
+        channel = _channel(obj, ref, required=True)
+        return Frame(
+            "subscribe",
+            channel=channel,
+            since=_optional_str(obj, "since", MAX_SINCE_CHARS, ref, channel),
+            token=_optional_str(obj, "token", MAX_TOKEN_CHARS, ref, channel),
+            ref=ref,
+        )
+    if kind == "unsubscribe":
+        return Frame("unsubscribe", channel=_channel(obj, ref, required=True), ref=ref)
+    if kind == "send":
+        channel = _channel(obj, ref, required=False)
+        if "data" not in obj:
+            raise ProtocolError(BAD_FRAME, "send needs data", ref=ref, channel=channel)
+        return Frame("send", channel=channel, data=dumps(obj["data"]), ref=ref)
+    raise ProtocolError(
+        UNKNOWN_TYPE,
+        "type must be subscribe, unsubscribe, send or ping",
+        ref=ref,
+    )
+
+
+class Encoded:
+    """One frame from Chloe, encoded once and shared by every recipient.
+
+    ``payload`` is the JSON; transports ask :meth:`framed` for their own
+    wrapping of it, computed by the first recipient and reused by the rest.
+    ``size`` is what a recipient's buffer is charged for holding it.
+    """
+
+    __slots__ = ("payload", "channel", "id", "_framed")
+
+    def __init__(self, payload: bytes, channel: str | None = None, id: str | None = None) -> None:
+        self.payload = payload
+        self.channel = channel
+        self.id = id
+        self._framed: dict[Callable[["Encoded"], bytes], bytes] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+    def framed(self, framing: Callable[["Encoded"], bytes]) -> bytes:
+        """The bytes ``framing`` makes of this frame, made only once.
+
+        :param framing: a transport's function from frame to wire bytes.
+        """
+        cache = self._framed
+        if cache is None:
+            cache = self._framed = {}
+        wire = cache.get(framing)
+        if wire is None:
+            wire = cache[framing] = framing(self)
+        return wire
+
+
+def encode(frame: dict[str, Any]) -> Encoded:
+    """Encode one of Chloe's frames (not a ``message``: see :func:`message`)."""
+    return Encoded(dumps(frame))
+
+
+def message(channel: str | None, id: str | None, data: bytes) -> Encoded:
+    """Encode a ``message`` frame around ``data``, already JSON.
+
+    :param data: the published data as JSON bytes, spliced in unparsed.
+    """
+    head = dumps({"type": "message", "channel": channel, "id": id})
+    return Encoded(head[:-1] + b',"data":' + data + b"}", channel, id)
+
+
+def connected(session: str, heartbeat: float) -> Encoded:
+    return encode({"type": "connected", "session": session, "heartbeat": heartbeat})
+
+
+def subscribed(channel: str, recovered: bool) -> Encoded:
+    return encode({"type": "subscribed", "channel": channel, "recovered": recovered})
+
+
+def unsubscribed(channel: str) -> Encoded:
+    return encode({"type": "unsubscribed", "channel": channel})
+
+
+def ack(ref: object) -> Encoded:
+    return encode({"type": "ack", "ref": ref})
+
+
+PONG = encode({"type": "pong"})
+
+
+def error(code: str, message: str, ref: object = None, channel: str | None = None) -> Encoded:
+    """Encode an ``error`` frame; ``ref`` and ``channel`` only when known."""
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        frame["ref"] = ref
+    if channel is not None:
+        frame["channel"] = channel
+    return encode(frame)
+
+
+def from_protocol_error(exc: ProtocolError) -> Encoded:
+    return error(exc.code, exc.message, exc.ref, exc.channel)

@@ -1,0 +1,277 @@
+"""Where every transport hands its browsers: sessions and the frames they send.
+
+Transports are thin. They ask the hub for a session when a browser connects,
+hand it each frame the browser sends, and tell it when the connection goes.
+The hub answers frames (through the session, so the answer takes whatever way
+the session's transport has), subscribes through the broker, relays ``send``
+to the app, and owns the session's life: a streaming session ends with its
+connection; a polling session, which has no connection between two polls, is
+kept ``session_grace`` seconds after the last one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from chloed import frames, tokens
+from chloed.broker import Broker
+from chloed.config import Config
+from chloed.errors import ProtocolError, UpstreamRejected
+from chloed.frames import Frame
+from chloed.session import Session, Sink
+from chloed.upstream import Relay, delivery_id, event_body
+
+log = Logger()
+
+STREAMING = frozenset({"websocket", "sse"})
+
+
+def new_session_id() -> str:
+    """144 random bits, URL-safe: knowing it is what lets a poll read it."""
+    return secrets.token_urlsafe(18)
+
+
+class Hub:
+    """Sessions, and what their frames do.
+
+    :param relay: the relay to the app; None without ``application_server_url``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker,
+        clock: IReactorTime,
+        relay: Relay | None,
+        new_id: Callable[[], str] = new_session_id,
+    ) -> None:
+        self.config = config
+        self.broker = broker
+        self._clock = clock
+        self.relay = relay
+        self._new_id = new_id
+        self.connections: Counter[str] = Counter()
+        self.frames_received = 0
+        self.sent_by_browsers = 0
+        self.slow_consumers = 0
+        self.draining = False
+        self._handlers: dict[str, Callable[[Session, Frame], None]] = {
+            "subscribe": self._subscribe,
+            "unsubscribe": self._unsubscribe,
+            "send": self._send,
+            "ping": self._ping,
+        }
+
+    # -- session life -----------------------------------------------------
+
+    @property
+    def sessions(self) -> dict[str, Any]:
+        return self.broker.sessions
+
+    def accepting(self) -> bool:
+        """Whether a new browser may connect (not draining, under the limit)."""
+        return not self.draining and len(self.broker.sessions) < self.config.max_connections
+
+    def open_session(self, transport: str, sink: Sink | None = None) -> Session:
+        """A new session; its first frame, ``connected``, is already delivered.
+
+        :param sink: a streaming connection, or None for a polling transport.
+        """
+        session = Session(self._new_id(), transport, self.config.outbound_buffer_bytes, self._overflow)
+        self.broker.add_session(session)
+        if sink is not None:
+            session.attach(sink)
+            self.connections[transport] += 1
+        else:
+            self._start_grace(session)
+        session.deliver(frames.connected(session.id, self.config.heartbeat))
+        self._event("connect", session)
+        return session
+
+    def find(self, session_id: str) -> Session | None:
+        session = self.broker.sessions.get(session_id)
+        return session if isinstance(session, Session) and not session.closed else None
+
+    def poll_started(self, session: Session) -> None:
+        """A poll is open: the session is not idle, whatever the grace."""
+        if session.grace is not None:
+            session.grace.cancel()  # type: ignore[attr-defined]
+            session.grace = None
+        self.connections[session.transport] += 1
+
+    def poll_ended(self, session: Session) -> None:
+        """The poll answered or went away: the grace starts again."""
+        self.connections[session.transport] -= 1
+        if not session.closed:
+            self._start_grace(session)
+
+    def connection_lost(self, session: Session) -> None:
+        """A streaming connection closed: its session ends."""
+        if session.sink is not None:
+            session.detach()
+            self.connections[session.transport] -= 1
+        self.close_session(session)
+
+    def _start_grace(self, session: Session) -> None:
+        if session.grace is not None:
+            session.grace.cancel()  # type: ignore[attr-defined]
+        session.grace = self._clock.callLater(self.config.session_grace, self._expire, session)
+
+    def _expire(self, session: Session) -> None:
+        session.grace = None
+        log.debug("session {session} expired after its grace", session=session.id)
+        self.close_session(session)
+
+    def close_session(self, session: Session, last: bytes | None = None) -> None:
+        """End ``session``: unsubscribe it everywhere, forget it."""
+        if session.closed:
+            return
+        session.closed = True
+        grace: IDelayedCall | None = session.grace  # type: ignore[assignment]
+        if grace is not None and grace.active():
+            grace.cancel()
+        session.grace = None
+        for channel in sorted(session.channels):
+            self._event("unsubscribe", session, channel)
+        self.broker.remove_session(session, session.channels)
+        session.channels.clear()
+        self._event("disconnect", session)
+        if session.waiter is not None:
+            waiter, session.waiter = session.waiter, None
+            waiter()
+
+    def _overflow(self, session: Session) -> None:
+        """A session's buffer passed ``outbound_buffer_bytes``."""
+        self.slow_consumers += 1
+        log.warn(
+            "session {session} dropped: more than {limit} bytes waiting for it",
+            session=session.id, limit=self.config.outbound_buffer_bytes,
+        )
+        self.end_session(session, frames.error(frames.SLOW_CONSUMER, "too many messages waiting for this connection"))
+
+    def end_session(self, session: Session, last: frames.Encoded | None) -> None:
+        """Close the session and its connection, telling the browser why."""
+        sink = session.sink
+        if sink is not None:
+            session.detach()
+            self.connections[session.transport] -= 1
+            sink.close(last)
+        elif last is not None:
+            session.pending.clear()
+            session.pending_bytes = 0
+            session.seq += 1
+            session.pending.append((session.seq, last))
+        self.close_session(session)
+
+    def shutdown(self) -> None:
+        """Tell every browser ``shutting_down`` and end its session."""
+        self.draining = True
+        last = frames.error(frames.SHUTTING_DOWN, "this server is restarting; reconnect")
+        for session in list(self.broker.sessions.values()):
+            if isinstance(session, Session):
+                self.end_session(session, last)
+
+    # -- frames -----------------------------------------------------------
+
+    def receive(self, session: Session, raw: bytes | str) -> None:
+        """Handle one frame from ``session``'s browser.
+
+        A bad frame is answered with an ``error`` frame; the session goes on.
+        """
+        if session.closed:
+            return
+        self.frames_received += 1
+        try:
+            frame = frames.parse(raw, self.config.max_message_bytes)
+            self._handlers[frame.type](session, frame)
+        except ProtocolError as exc:
+            log.info(
+                "session {session}: {code}: {message}",
+                session=session.id, code=exc.code, message=exc.message,
+            )
+            session.deliver(frames.from_protocol_error(exc))
+
+    def _subscribe(self, session: Session, frame: Frame) -> None:
+        channel = frame.channel
+        assert channel is not None
+        if tokens.needs_token(channel):
+            grant = tokens.verify(frame.token, channel, self.config.secret)
+            if grant.user is not None:
+                session.user = grant.user
+        if channel not in session.channels and len(session.channels) >= self.config.max_subscriptions:
+            raise ProtocolError(
+                frames.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {self.config.max_subscriptions} subscriptions per session",
+                ref=frame.ref, channel=channel,
+            )
+        fresh = channel not in session.channels
+        recovered, missed = self.broker.subscribe(channel, session, frame.since)
+        session.channels.add(channel)
+        session.deliver(frames.subscribed(channel, recovered))
+        for message in missed:
+            session.deliver(message)
+        if fresh:
+            self._event("subscribe", session, channel)
+
+    def _unsubscribe(self, session: Session, frame: Frame) -> None:
+        channel = frame.channel
+        assert channel is not None
+        if self.broker.unsubscribe(channel, session):
+            session.channels.discard(channel)
+            self._event("unsubscribe", session, channel)
+        session.deliver(frames.unsubscribed(channel))
+
+    def _ping(self, session: Session, frame: Frame) -> None:
+        session.deliver(frames.PONG)
+
+    def _send(self, session: Session, frame: Frame) -> None:
+        assert frame.data is not None
+        self.sent_by_browsers += 1
+        published = False
+        if self.config.client_publish and frame.channel is not None:
+            if tokens.needs_token(frame.channel) or frame.channel not in session.channels:
+                raise ProtocolError(
+                    frames.FORBIDDEN,
+                    "a browser may publish only to public channels it is subscribed to",
+                    ref=frame.ref, channel=frame.channel,
+                )
+            self.broker.publish([frame.channel], frame.data)
+            published = True
+        if self.relay is None or "message" not in self.config.events:
+            if published:
+                session.deliver(frames.ack(frame.ref))
+                return
+            raise ProtocolError(
+                frames.NO_APPLICATION, "this server has no application_server_url", ref=frame.ref
+            )
+        body = event_body("message", session.id, frame.channel, frame.data, frame.ref, session.user)
+        result = self.relay.submit(session.id, body, delivery_id(frame.ref))
+        result.addCallbacks(
+            lambda _: session.deliver(frames.ack(frame.ref)),
+            self._relay_failed,
+            errbackArgs=(session, frame),
+        )
+
+    def _relay_failed(self, failure: Any, session: Session, frame: Frame) -> None:
+        if failure.check(UpstreamRejected):
+            code, message = frames.UPSTREAM_REJECTED, f"the application refused it ({failure.value.status})"
+        else:
+            code, message = frames.UPSTREAM_FAILED, f"the application could not take it: {failure.value}"
+        session.deliver(frames.error(code, message, frame.ref, frame.channel))
+
+    def _event(self, kind: str, session: Session, channel: str | None = None) -> None:
+        """POST a lifecycle event to the app, when ``events`` lists it."""
+        if self.relay is None or kind not in self.config.events:
+            return
+        body = event_body(kind, session.id, channel, None, None, session.user)
+        self.relay.submit(session.id, body).addErrback(
+            lambda f: log.info(
+                "{kind} event for {session} not delivered: {why}",
+                kind=kind, session=session.id, why=f.getErrorMessage(),
+            )
+        )

@@ -1,0 +1,126 @@
+"""``make_service``: the one place that wires Chloe's parts together.
+
+Stopping runs in the reverse order of wiring: the listeners stop accepting
+first, then every session is told ``shutting_down``, then the relay gets up
+to ``upstream_timeout`` to hand the app what it still holds, and the
+connection pool to the app closes last.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from chloed import __version__
+from chloed.broker import Broker
+from chloed.config import Config
+from chloed.hub import Hub
+from chloed.upstream import MAX_LANES_IN_FLIGHT, Relay
+from chloed.web import make_site
+
+log = Logger()
+
+SWEEP_INTERVAL = 60.0
+
+
+def make_http_client(reactor: Any) -> Any:
+    """A treq client whose pool keeps connections to the app open."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = MAX_LANES_IN_FLIGHT
+    pool.cachedConnectionTimeout = 120
+    return HTTPClient(Agent(reactor, pool=pool)), pool
+
+
+class _Sessions(Service):
+    """Ends every session (``shutting_down``) when the server stops."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.hub.shutdown()
+
+
+class _Upstream(Service):
+    """Drains the relay within ``upstream_timeout``, then closes the pool."""
+
+    def __init__(self, relay: Relay | None, pool: Any, clock: Any, timeout: float) -> None:
+        self.relay = relay
+        self.pool = pool
+        self.clock = clock
+        self.timeout = timeout
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        d: defer.Deferred[Any] = defer.succeed(None)
+        if self.relay is not None and self.relay.queued:
+            log.info("waiting for {queued} relayed messages", queued=self.relay.queued)
+            d = self.relay.when_idle()
+            d.addTimeout(self.timeout, self.clock)
+            d.addErrback(lambda f: log.warn("relay not drained in time: {n} left", n=self.relay.queued))
+        if self.pool is not None:
+            d.addBoth(lambda _: self.pool.closeCachedConnections())
+        return d
+
+
+class ChloeService(MultiService):
+    """The running server; ``hub`` and ``site`` are there for tests."""
+
+    hub: Hub
+    site: Any
+
+
+def make_service(config: Config, reactor: Any, http: Any = None) -> ChloeService:
+    """Build the whole server from ``config``.
+
+    :param reactor: the reactor (a ``MemoryReactorClock`` in tests).
+    :param http: a treq-like client for the relay; made from ``reactor``
+        when None.
+    """
+    service = ChloeService()
+    broker = Broker(reactor, config.history_size, config.history_ttl)
+    relay, pool = None, None
+    if config.application_server_url is not None:
+        if http is None:
+            http, pool = make_http_client(reactor)
+        relay = Relay(
+            http,
+            config.application_server_url,
+            config.secret,
+            reactor,
+            config.upstream_timeout,
+            config.upstream_retries,
+            config.upstream_queue,
+        )
+    hub = Hub(config, broker, reactor, relay)
+    site = make_site(hub)
+    service.hub, service.site = hub, site
+
+    _Upstream(relay, pool, reactor, config.upstream_timeout).setServiceParent(service)
+    _Sessions(hub).setServiceParent(service)
+    sweeper = TimerService(min(SWEEP_INTERVAL, max(config.history_ttl, 1.0)), broker.sweep)
+    sweeper.clock = reactor
+    sweeper.setServiceParent(service)
+    for description in config.listen:
+        strports.service(description, site, reactor=reactor).setServiceParent(service)
+
+    if not config.secret:
+        log.warn(
+            "no secret is configured: the HTTP API answers loopback clients only, "
+            "relayed messages are unsigned and private channels are closed"
+        )
+    log.info(
+        "chloe {version} on {listen}, relaying to {app}",
+        version=__version__, listen=", ".join(config.listen),
+        app=config.application_server_url or "no application",
+    )
+    return service

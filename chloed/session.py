@@ -1,0 +1,104 @@
+"""One browser session, whatever transport carries it.
+
+A session is what the broker delivers to. A transport attaches a *sink* to
+it: a WebSocket or SSE connection stays attached and gets every frame as it
+comes; a long-poll request is not a sink at all, it takes what is pending
+and waits for more. While nothing is attached the session holds frames in a
+buffer bounded by ``outbound_buffer_bytes``: past the bound it is a slow
+consumer and the hub ends it.
+
+For polling transports each frame gets a per-session sequence number. A poll
+carries the last number the browser received (its *cursor*), which both
+acknowledges and drops everything up to it and asks for what follows, so a
+response lost in flight is simply sent again by the next poll.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Protocol
+
+from chloed.frames import Encoded
+
+
+class Sink(Protocol):
+    """A streaming connection the session writes frames to."""
+
+    def write(self, frame: Encoded) -> None: ...
+
+    def close(self, last: Encoded | None) -> None:
+        """Close the connection, after writing ``last`` if given."""
+
+
+class Session:
+    """A browser's session: subscriptions, sink, pending frames.
+
+    :param id: unguessable (the hub makes it from 144 random bits).
+    :param transport: the name of the transport that opened it.
+    :param limit: ``outbound_buffer_bytes``.
+    :param on_overflow: called once when the pending bytes pass ``limit``.
+    """
+
+    __slots__ = (
+        "id", "transport", "channels", "user", "sink", "pending", "pending_bytes",
+        "seq", "limit", "waiter", "closed", "_on_overflow", "grace", "__weakref__",
+    )
+
+    def __init__(
+        self, id: str, transport: str, limit: int, on_overflow: Callable[["Session"], None]
+    ) -> None:
+        self.id = id
+        self.transport = transport
+        self.channels: set[str] = set()
+        self.user: object = None
+        self.sink: Sink | None = None
+        self.pending: deque[tuple[int, Encoded]] = deque()
+        self.pending_bytes = 0
+        self.seq = 0
+        self.limit = limit
+        self.waiter: Callable[[], None] | None = None
+        self.closed = False
+        self.grace: object = None
+        self._on_overflow = on_overflow
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id[:6]}… {self.transport}>"
+
+    def deliver(self, frame: Encoded) -> None:
+        """Write ``frame`` to the sink, or hold it until a poll takes it."""
+        sink = self.sink
+        if sink is not None:
+            sink.write(frame)
+            return
+        if self.closed:
+            return
+        self.seq += 1
+        self.pending.append((self.seq, frame))
+        self.pending_bytes += frame.size
+        if self.pending_bytes > self.limit:
+            self._on_overflow(self)
+            return
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter()
+
+    def attach(self, sink: Sink) -> None:
+        """Stream from now on to ``sink``, starting with what is pending."""
+        self.sink = sink
+        pending, self.pending, self.pending_bytes = self.pending, deque(), 0
+        for _, frame in pending:
+            sink.write(frame)
+
+    def detach(self) -> None:
+        self.sink = None
+
+    def acknowledge(self, cursor: int) -> None:
+        """Drop pending frames the browser says it has (``seq <= cursor``)."""
+        pending = self.pending
+        while pending and pending[0][0] <= cursor:
+            self.pending_bytes -= pending.popleft()[1].size
+
+    def take(self) -> tuple[int, list[Encoded]]:
+        """What is pending, without dropping it, and the cursor after it."""
+        return self.seq, [frame for _, frame in self.pending]

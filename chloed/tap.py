@@ -1,0 +1,71 @@
+"""``twistd chloe``: command-line options over the TOML file, and
+``makeService``.
+
+Flags win over the file; ``CHLOE_SECRET`` stands in for ``--secret``. A bad
+option stops start-up with one line naming it (twistd prints a
+``UsageError`` and exits 1).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+
+from chloed import config as config_module
+from chloed.errors import ConfigError
+
+
+class Options(usage.Options):
+    """The flags of ``twistd chloe``."""
+
+    optParameters = [
+        ["config", "c", None, "TOML file of options (see conf/chloe.toml)."],
+        ["app-url", "a", None, "application_server_url: where browser messages are POSTed."],
+        ["secret", "s", None, "The shared secret of the app and Chloe (or CHLOE_SECRET)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """A Twisted server endpoint string to serve on (repeatable;
+        default tcp:8901)."""
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        try:
+            self["chloe"] = self._load()
+        except ConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+
+    def _load(self) -> config_module.Config:
+        base = config_module.load(self["config"]) if self["config"] else config_module.Config()
+        flags: dict[str, Any] = {}
+        if self["listen"]:
+            flags["listen"] = self["listen"]
+        if self["app-url"] is not None:
+            flags["application_server_url"] = self["app-url"]
+        secret = self["secret"] if self["secret"] is not None else os.environ.get("CHLOE_SECRET")
+        if secret:
+            flags["secret"] = secret
+        cfg = config_module.from_mapping(flags, base)
+        for description in cfg.listen:
+            try:
+                serverFromString(MemoryReactor(), description)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise ConfigError("listen", f"{description!r} is not a usable endpoint: {exc}") from None
+        return cfg
+
+
+def makeService(options: Options) -> Any:
+    """Called by twistd with the parsed options."""
+    from twisted.internet import reactor
+
+    from chloed.service import make_service
+
+    return make_service(options["chloe"], reactor)

@@ -1,0 +1,71 @@
+"""Channel tokens: JWTs the app mints to let a browser into ``private-`` and
+``presence-`` channels.
+
+A token is HS256-signed with one of the configured secrets (the first signs,
+any verifies, so keys rotate) and carries ``channels`` (the channels it opens),
+``exp``, and optionally ``user`` (``{"id": …, "info": {…}}``, required on
+presence channels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from chloed.errors import ProtocolError
+from chloed.frames import FORBIDDEN
+
+PRIVATE_PREFIXES = ("private-", "presence-")
+
+
+def needs_token(channel: str) -> bool:
+    return channel.startswith(PRIVATE_PREFIXES)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a verified token allows: its channels and its user."""
+
+    channels: frozenset[str]
+    user: Any
+
+
+def verify(token: str | None, channel: str, secrets: tuple[str, ...]) -> Grant:
+    """Check ``token`` opens ``channel``.
+
+    :raises ProtocolError: ``forbidden``, saying why, for a missing, expired,
+        tampered or wrong-channel token.
+    """
+
+    def refuse(why: str) -> ProtocolError:
+        return ProtocolError(FORBIDDEN, why, channel=channel)
+
+    if not secrets:
+        raise refuse("this server has no secret, so it cannot open private channels")
+    if token is None:
+        raise refuse(f"{channel} needs a token")
+    claims = None
+    for secret in secrets:
+        try:
+            claims = jwt.decode(
+                token, secret, algorithms=["HS256"], options={"require": ["exp"]}
+            )
+            break
+        except jwt.ExpiredSignatureError:
+            raise refuse("the token has expired") from None
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.InvalidTokenError:
+            raise refuse("the token is not a valid channel token") from None
+    if claims is None:
+        raise refuse("the token's signature does not match")
+    allowed = claims.get("channels")
+    if not isinstance(allowed, list) or channel not in allowed:
+        raise refuse(f"the token does not open {channel}")
+    user = claims.get("user")
+    if channel.startswith("presence-"):
+        if not isinstance(user, dict) or not isinstance(user.get("id"), (str, int)):
+            raise refuse('presence channels need a token with user {"id", "info"}')
+    return Grant(frozenset(c for c in allowed if isinstance(c, str)), user)

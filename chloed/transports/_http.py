@@ -1,0 +1,97 @@
+"""What every browser-facing HTTP endpoint does alike: check ``Origin``
+against ``allowed_origins``, answer CORS, forbid caching, validate JSONP
+callbacks, and write JSON errors."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from chloed import frames
+
+CALLBACK_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}(?:\.[A-Za-z_$][A-Za-z0-9_$]{0,63})*")
+MAX_CALLBACK_CHARS = 255
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a browser from ``origin`` may use Chloe.
+
+    A request with no ``Origin`` header is not from a browser page (curl, a
+    server) and is let through: ``Origin`` protects browsers' users, it does
+    not authenticate anyone.
+    """
+    if origin is None or "*" in allowed:
+        return True
+    return origin.rstrip("/") in allowed
+
+
+def request_origin(request: IRequest) -> str | None:
+    value = request.getHeader(b"origin")
+    return value.decode("latin-1") if value is not None else None
+
+
+def browser_headers(request: IRequest, allowed: tuple[str, ...]) -> bool:
+    """Set CORS and no-cache headers; False (and 403 set) when the origin
+    is not allowed."""
+    origin = request_origin(request)
+    request.setHeader(b"cache-control", b"no-store")
+    if not origin_allowed(origin, allowed):
+        error(request, 403, "forbidden_origin", f"origin {origin} is not allowed")
+        return False
+    if origin is not None:
+        request.setHeader(b"access-control-allow-origin", origin.encode("latin-1"))
+        request.setHeader(b"access-control-allow-credentials", b"true")
+        request.setHeader(b"vary", b"Origin")
+    return True
+
+
+def preflight(request: IRequest, allowed: tuple[str, ...]) -> bytes:
+    """Answer a CORS preflight ``OPTIONS`` request."""
+    if browser_headers(request, allowed):
+        request.setResponseCode(204)
+        request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
+        request.setHeader(b"access-control-allow-headers", b"Content-Type, Last-Event-ID")
+        request.setHeader(b"access-control-max-age", b"600")
+        return b""
+    return json_error_body(403, "forbidden_origin", "origin not allowed")
+
+
+def json_body(request: IRequest, status: int, value: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    return frames.dumps(value)
+
+
+def json_error_body(status: int, code: str, message: str) -> bytes:
+    return frames.dumps({"error": code, "message": message})
+
+
+def error(request: IRequest, status: int, code: str, message: str) -> bytes:
+    """Set ``status`` and return the JSON error body ``{error, message}``."""
+    return json_body(request, status, {"error": code, "message": message})
+
+
+def valid_callback(name: str) -> bool:
+    """JSONP callback names of SPEC section 3: identifiers, dots between."""
+    return len(name) <= MAX_CALLBACK_CHARS and CALLBACK_RE.fullmatch(name) is not None
+
+
+def arg(request: IRequest, name: bytes) -> str | None:
+    """The first value of a query argument, decoded, or None."""
+    values = request.args.get(name)
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def args(request: IRequest, name: bytes) -> list[str] | None:
+    """Every value of a query argument; None if one is not UTF-8."""
+    try:
+        return [v.decode("utf-8") for v in request.args.get(name, [])]
+    except UnicodeDecodeError:
+        return None

@@ -1,0 +1,144 @@
+"""WebSocket at ``/ws``, through Autobahn inside the one ``twisted.web`` site.
+
+The wire protocol: after the upgrade Chloe sends ``connected``; from then on
+every text message either way is one JSON frame of SPEC section 2. Binary
+messages are refused with ``bad_frame``. Keep-alive is WebSocket ping/pong
+every ``heartbeat`` seconds; a peer that does not answer within as long is
+dropped. A frame over ``max_message_bytes`` gets ``too_large`` and the
+connection stays; one over four times that is protocol abuse and closes it.
+
+Outgoing frames are written to the TCP transport as ready-made WebSocket
+frames, built once per message for every subscriber (Autobahn's
+``PreparedMessage``), not through ``sendMessage`` per subscriber. The
+connection registers as the transport's producer, so it knows when the
+kernel stops taking data: what it writes after that counts against
+``outbound_buffer_bytes``, past which the reader is a ``slow_consumer``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer
+
+from chloed import frames
+from chloed.frames import Encoded
+from chloed.hub import Hub
+from chloed.session import Session
+from chloed.transports._http import origin_allowed
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+
+
+def ws_framing(frame: Encoded) -> bytes:
+    """A server-to-client text frame around the frame's JSON."""
+    return PreparedMessage(frame.payload, False, False, True).payloadHybi
+
+
+@implementer(IPushProducer)
+class ChloeWebSocket(WebSocketServerProtocol):
+    """One browser over WebSocket: a sink of its session."""
+
+    _log = Logger()
+    session: Session | None = None
+    _paused = False
+    _backlog = 0
+
+    def onConnect(self, request: Any) -> None:
+        hub: Hub = self.factory.hub
+        if not origin_allowed(request.headers.get("origin"), hub.config.allowed_origins):
+            raise ConnectionDeny(403, "origin not allowed")
+        if not hub.accepting():
+            raise ConnectionDeny(503, "too many connections" if not hub.draining else "shutting down")
+        return None
+
+    def onOpen(self) -> None:
+        transport = self.transport
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(self, True)
+        self.session = self.factory.hub.open_session("websocket", self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self.session
+        if session is None:
+            return
+        if isBinary:
+            session.deliver(frames.error(frames.BAD_FRAME, "frames are JSON text messages"))
+            return
+        self.factory.hub.receive(session, payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            self.factory.hub.connection_lost(session)
+
+    # -- Sink -------------------------------------------------------------
+
+    def write(self, frame: Encoded) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        data = frame.framed(ws_framing)
+        if self._paused:
+            self._backlog += len(data)
+            if self._backlog > self.factory.hub.config.outbound_buffer_bytes:
+                session = self.session
+                if session is not None:
+                    self.factory.hub.end_session(
+                        session,
+                        frames.error(frames.SLOW_CONSUMER, "this connection reads too slowly"),
+                    )
+                    self.factory.hub.slow_consumers += 1
+                return
+        self.transport.write(data)
+
+    def close(self, last: Encoded | None) -> None:
+        """Write ``last`` and close; a slow consumer is not waited for."""
+        session, self.session = self.session, None
+        if self.state != self.STATE_OPEN:
+            return
+        if last is not None and not self._paused:
+            self.transport.write(last.framed(ws_framing))
+        if self._paused:
+            self.dropConnection(abort=True)
+        else:
+            self.sendClose(CLOSE_GOING_AWAY)
+
+    # -- IPushProducer: the kernel's view of this reader -------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self._backlog = 0
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+
+def websocket_resource(hub: Hub, url: str = "ws://localhost/ws") -> WebSocketResource:
+    """The ``/ws`` resource, bound to ``hub``."""
+    factory = WebSocketServerFactory(url)
+    factory.protocol = ChloeWebSocket
+    factory.hub = hub
+    heartbeat = hub.config.heartbeat
+    factory.setProtocolOptions(
+        autoPingInterval=heartbeat,
+        autoPingTimeout=heartbeat,
+        maxMessagePayloadSize=hub.config.max_message_bytes * 4,
+        maxFramePayloadSize=hub.config.max_message_bytes * 4,
+        perMessageCompressionAccept=lambda offers: None,
+        allowedOrigins=["*"],
+        openHandshakeTimeout=10,
+        closeHandshakeTimeout=1,
+    )
+    return WebSocketResource(factory)
