@@ -1,0 +1,33 @@
+# make demo: set everything up, run chloed and the echo app (open http://localhost:4567)
+# make test: set everything up, run every test (what CI runs, through .ci/run)
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+DEMO_SECRET ?= demo-secret
+
+.PHONY: setup system-deps test demo clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+system-deps:
+	./scripts/install-system-deps
+
+setup: system-deps $(VENV)/.installed
+
+test: setup
+	$(BIN)/pytest -q
+
+demo: setup
+	@echo "chloed on http://localhost:8901, the echo app on http://localhost:4567 -- open http://localhost:4567/"
+	@CHLOE_SECRET=$(DEMO_SECRET) $(BIN)/python examples/echo_app.py --port 4567 --chloe http://localhost:8901 & \
+	  app=$$!; trap "kill $$app" EXIT INT TERM; \
+	  CHLOE_SECRET=$(DEMO_SECRET) $(BIN)/twistd -n --pidfile= chloe --listen tcp:8901:interface=127.0.0.1 --app-url http://127.0.0.1:4567/updates
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,24 @@
+"""conf/chloe.toml is the reference: it documents every option with its default."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from chloed import config
+
+CONF = Path(__file__).parent.parent / "conf" / "chloe.toml"
+
+
+def test_conf_file_loads_to_the_defaults():
+    """Loading the shipped file gives exactly the built-in defaults."""
+    assert config.load(str(CONF)) == config.Config()
+
+
+def test_conf_file_mentions_every_option():
+    """Every option Chloe accepts appears in the file (set or commented)."""
+    text = CONF.read_text()
+    for option in config.OPTIONS:
+        assert re.search(rf"^#? ?{option} = ", text, re.M), option
+    assert set(config.OPTIONS) == {f.name for f in dataclasses.fields(config.Config)}
