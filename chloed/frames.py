@@ -152,6 +152,11 @@ def parse(raw: bytes | str, max_bytes: int) -> Frame:
         obj = loads(raw)
     except (ValueError, RecursionError):
         raise ProtocolError(BAD_FRAME, "a frame is one JSON object") from None
+    return parse_object(obj)
+
+
+def parse_object(obj: Any) -> Frame:
+    """Validate one already-decoded frame (see :func:`parse`)."""
     if not isinstance(obj, dict):
         raise ProtocolError(BAD_FRAME, "a frame is one JSON object")
     ref = _ref(obj)
@@ -191,10 +196,11 @@ class Encoded:
     ``size`` is what a recipient's buffer is charged for holding it.
     """
 
-    __slots__ = ("payload", "channel", "id", "_framed")
+    __slots__ = ("payload", "kind", "channel", "id", "_framed")
 
-    def __init__(self, payload: bytes, channel: str | None = None, id: str | None = None) -> None:
+    def __init__(self, payload: bytes, kind: str, channel: str | None = None, id: str | None = None) -> None:
         self.payload = payload
+        self.kind = kind
         self.channel = channel
         self.id = id
         self._framed: dict[Callable[["Encoded"], bytes], bytes] | None = None
@@ -219,7 +225,7 @@ class Encoded:
 
 def encode(frame: dict[str, Any]) -> Encoded:
     """Encode one of Chloe's frames (not a ``message``: see :func:`message`)."""
-    return Encoded(dumps(frame))
+    return Encoded(dumps(frame), frame["type"])
 
 
 def message(channel: str | None, id: str | None, data: bytes) -> Encoded:
@@ -228,11 +234,12 @@ def message(channel: str | None, id: str | None, data: bytes) -> Encoded:
     :param data: the published data as JSON bytes, spliced in unparsed.
     """
     head = dumps({"type": "message", "channel": channel, "id": id})
-    return Encoded(head[:-1] + b',"data":' + data + b"}", channel, id)
+    return Encoded(head[:-1] + b',"data":' + data + b"}", "message", channel, id)
 
 
 def connected(session: str, heartbeat: float) -> Encoded:
-    return encode({"type": "connected", "session": session, "heartbeat": heartbeat})
+    seconds = int(heartbeat) if float(heartbeat).is_integer() else heartbeat
+    return encode({"type": "connected", "session": session, "heartbeat": seconds})
 
 
 def subscribed(channel: str, recovered: bool) -> Encoded:

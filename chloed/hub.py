@@ -52,7 +52,7 @@ class Hub:
     ) -> None:
         self.config = config
         self.broker = broker
-        self._clock = clock
+        self.clock = clock
         self.relay = relay
         self._new_id = new_id
         self.connections: Counter[str] = Counter()
@@ -82,7 +82,7 @@ class Hub:
 
         :param sink: a streaming connection, or None for a polling transport.
         """
-        session = Session(self._new_id(), transport, self.config.outbound_buffer_bytes, self._overflow)
+        session = Session(self._new_id(), transport, self.config.outbound_buffer_bytes, self.slow)
         self.broker.add_session(session)
         if sink is not None:
             session.attach(sink)
@@ -120,7 +120,7 @@ class Hub:
     def _start_grace(self, session: Session) -> None:
         if session.grace is not None:
             session.grace.cancel()  # type: ignore[attr-defined]
-        session.grace = self._clock.callLater(self.config.session_grace, self._expire, session)
+        session.grace = self.clock.callLater(self.config.session_grace, self._expire, session)
 
     def _expire(self, session: Session) -> None:
         session.grace = None
@@ -145,8 +145,9 @@ class Hub:
             waiter, session.waiter = session.waiter, None
             waiter()
 
-    def _overflow(self, session: Session) -> None:
-        """A session's buffer passed ``outbound_buffer_bytes``."""
+    def slow(self, session: Session) -> None:
+        """More than ``outbound_buffer_bytes`` wait for ``session``: end it
+        with ``slow_consumer``, so the others keep getting their messages."""
         self.slow_consumers += 1
         log.warn(
             "session {session} dropped: more than {limit} bytes waiting for it",
@@ -196,7 +197,53 @@ class Hub:
             )
             session.deliver(frames.from_protocol_error(exc))
 
-    def _subscribe(self, session: Session, frame: Frame) -> None:
+    def receive_batch(self, session: Session, body: bytes, limit: int) -> None:
+        """Handle a POSTed body: one frame, or a JSON array of frames.
+
+        :param limit: the largest body accepted; each frame is still held to
+            ``max_message_bytes``.
+        :raises ProtocolError: when the body as a whole is unusable.
+        """
+        if len(body) > limit:
+            raise ProtocolError(frames.TOO_LARGE, f"bodies are limited to {limit} bytes")
+        try:
+            batch = frames.loads(body)
+        except (ValueError, RecursionError):
+            raise ProtocolError(frames.BAD_FRAME, "the body is not JSON") from None
+        if not isinstance(batch, list):
+            self.receive(session, body)
+            return
+        for item in batch:
+            self.receive(session, frames.dumps(item))
+
+    def subscribe_all(
+        self, session: Session, channels: list[str], since: str | None, token: str | None = None
+    ) -> None:
+        """Subscribe ``session`` to ``channels`` at once (channels in an SSE or
+        poll URL), replaying after one cursor merged across them.
+
+        Each channel is answered like a ``subscribe`` frame (``subscribed``
+        or an ``error``); then comes what was missed, in publish order.
+        """
+        accepted = []
+        for channel in dict.fromkeys(channels):
+            try:
+                frame = frames.parse_object(
+                    {"type": "subscribe", "channel": channel, "token": token, "since": since}
+                )
+                self._subscribe(session, frame, replay=False)
+            except ProtocolError as exc:
+                session.deliver(frames.from_protocol_error(exc))
+            else:
+                accepted.append(channel)
+        if since is not None and accepted:
+            recovered, missed = self.broker.replay_many(accepted, since)
+            for message in missed:
+                session.deliver(message)
+
+    def _subscribe(self, session: Session, frame: Frame, replay: bool = True) -> None:
+        """Subscribe; ``replay=False`` answers ``recovered`` for ``since`` but
+        leaves the replay to the caller (which merges several channels)."""
         channel = frame.channel
         assert channel is not None
         if tokens.needs_token(channel):
@@ -210,7 +257,9 @@ class Hub:
                 ref=frame.ref, channel=channel,
             )
         fresh = channel not in session.channels
-        recovered, missed = self.broker.subscribe(channel, session, frame.since)
+        recovered, missed = self.broker.subscribe(channel, session, frame.since if replay else None)
+        if not replay and frame.since is not None:
+            recovered = self.broker.replay(channel, frame.since)[0]
         session.channels.add(channel)
         session.deliver(frames.subscribed(channel, recovered))
         for message in missed:

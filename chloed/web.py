@@ -14,6 +14,9 @@ from twisted.web.static import Data
 from chloed import __version__
 from chloed.api import Api
 from chloed.hub import Hub
+from chloed.transports.inbound import SessionPostResource
+from chloed.transports.longpoll import PollResource
+from chloed.transports.sse import SSEResource
 from chloed.transports.websocket import websocket_resource
 
 
@@ -62,8 +65,17 @@ def make_site(hub: Hub) -> Site:
     root = Root(Api(hub).resource())
     root.putChild(b"", IndexPage(hub))
     root.putChild(b"chloe.js", Data(static_bytes("chloe.js"), "application/javascript; charset=utf-8"))
-    if "websocket" in hub.config.transports:
+    transports = hub.config.transports
+    if "websocket" in transports:
         root.putChild(b"ws", websocket_resource(hub))
+    if "sse" in transports:
+        root.putChild(b"sse", SSEResource(hub))
+    if "longpoll" in transports:
+        root.putChild(b"poll", PollResource(hub, jsonp=False))
+    if "jsonp" in transports:
+        root.putChild(b"jsonp", PollResource(hub, jsonp=True))
+    if "sse" in transports or "longpoll" in transports:
+        root.putChild(b"session", SessionPostResource(hub))
     site = Site(root)
     site.displayTracebacks = False
     return site

@@ -24,13 +24,12 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
-from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from chloed import frames
 from chloed.frames import Encoded
 from chloed.hub import Hub
 from chloed.session import Session
+from chloed.transports._flow import OutboundFlow
 from chloed.transports._http import origin_allowed
 
 CLOSE_GOING_AWAY = 1001
@@ -42,14 +41,12 @@ def ws_framing(frame: Encoded) -> bytes:
     return PreparedMessage(frame.payload, False, False, True).payloadHybi
 
 
-@implementer(IPushProducer)
 class ChloeWebSocket(WebSocketServerProtocol):
     """One browser over WebSocket: a sink of its session."""
 
     _log = Logger()
     session: Session | None = None
-    _paused = False
-    _backlog = 0
+    flow: OutboundFlow | None = None
 
     def onConnect(self, request: Any) -> None:
         hub: Hub = self.factory.hub
@@ -63,7 +60,8 @@ class ChloeWebSocket(WebSocketServerProtocol):
         transport = self.transport
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
-        transport.registerProducer(self, True)
+        self.flow = OutboundFlow(self.factory.hub.config.outbound_buffer_bytes)
+        transport.registerProducer(self.flow, True)
         self.session = self.factory.hub.open_session("websocket", self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -86,17 +84,11 @@ class ChloeWebSocket(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return
         data = frame.framed(ws_framing)
-        if self._paused:
-            self._backlog += len(data)
-            if self._backlog > self.factory.hub.config.outbound_buffer_bytes:
-                session = self.session
-                if session is not None:
-                    self.factory.hub.end_session(
-                        session,
-                        frames.error(frames.SLOW_CONSUMER, "this connection reads too slowly"),
-                    )
-                    self.factory.hub.slow_consumers += 1
-                return
+        if not self.flow.admit(len(data)):  # type: ignore[union-attr]
+            session = self.session
+            if session is not None:
+                self.factory.hub.slow(session)
+            return
         self.transport.write(data)
 
     def close(self, last: Encoded | None) -> None:
@@ -104,25 +96,13 @@ class ChloeWebSocket(WebSocketServerProtocol):
         session, self.session = self.session, None
         if self.state != self.STATE_OPEN:
             return
-        if last is not None and not self._paused:
+        stalled = self.flow is not None and self.flow.paused
+        if last is not None and not stalled:
             self.transport.write(last.framed(ws_framing))
-        if self._paused:
+        if stalled:
             self.dropConnection(abort=True)
         else:
             self.sendClose(CLOSE_GOING_AWAY)
-
-    # -- IPushProducer: the kernel's view of this reader -------------------
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-        self._backlog = 0
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._backlog = 0
-
-    def stopProducing(self) -> None:
-        self._paused = True
 
 
 def websocket_resource(hub: Hub, url: str = "ws://localhost/ws") -> WebSocketResource:

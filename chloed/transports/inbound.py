@@ -1,0 +1,54 @@
+"""``POST /session/<id>``: browser frames of SSE and long-poll sessions.
+
+The body is one JSON frame or a JSON array of frames (at most four times
+``max_message_bytes``; each frame is still held to ``max_message_bytes``),
+handled in order exactly as if they had come over a WebSocket. The answer
+is ``204`` with no body: what the frames get back (``ack``, ``subscribed``,
+``error``…) arrives on the session's stream or next poll. ``404
+{"error": "unknown_session"}`` tells the client its session is gone.
+``text/plain`` bodies are accepted, so a browser needs no CORS preflight.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.web.resource import Resource
+
+from chloed import frames
+from chloed.errors import ProtocolError
+from chloed.hub import Hub
+from chloed.transports._http import browser_headers, error, preflight
+from chloed.transports.longpoll import batch_limit
+
+
+class SessionPostResource(Resource):
+    """``/session/<id>``: the session id is the one path segment below."""
+
+    isLeaf = True
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def render_OPTIONS(self, request: Any) -> bytes:
+        return preflight(request, self.hub.config.allowed_origins)
+
+    def render_POST(self, request: Any) -> bytes:
+        hub = self.hub
+        if not browser_headers(request, hub.config.allowed_origins):
+            return error(request, 403, "forbidden_origin", "this origin is not allowed")
+        if len(request.postpath) != 1:
+            return error(request, 404, "not_found", "POST /session/<session id>")
+        session = hub.find(request.postpath[0].decode("latin-1"))
+        if session is None or session.transport not in ("sse", "longpoll"):
+            return error(request, 404, "unknown_session", "no such session: start a new one")
+        limit = batch_limit(hub)
+        body = request.content.read(limit + 1)
+        try:
+            hub.receive_batch(session, body, limit)
+        except ProtocolError as exc:
+            status = 413 if exc.code == frames.TOO_LARGE else 400
+            return error(request, status, exc.code, exc.message)
+        request.setResponseCode(204)
+        return b""

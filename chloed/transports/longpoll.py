@@ -1,0 +1,218 @@
+"""Long-poll (``/poll``) and JSONP (``/jsonp``): sessions read by cursor.
+
+The wire protocol (the README documents it for client writers):
+
+- ``GET /poll`` opens a session and answers at once
+  ``{"session": S, "cursor": N, "frames": [{"type": "connected", …}, …]}``.
+  ``channel=`` (repeatable), ``since=`` and ``token=`` subscribe at once, as
+  for SSE.
+- ``GET /poll?session=S&cursor=N`` says "I have every frame up to N": those
+  are dropped, and the answer is ``{"cursor": M, "frames": [...]}`` with the
+  frames after N, as soon as there are any, or after ``longpoll_timeout``
+  with none. Asking again with the same cursor gets the same frames again,
+  so a response lost on the way costs nothing: nothing published between
+  two polls is lost either, it waits in the session (up to
+  ``outbound_buffer_bytes``). One poll per session at a time: a newer poll
+  answers the older one at once, empty.
+- A session with no poll open for ``session_grace`` seconds ends; polling it
+  then answers ``404 {"error": "unknown_session"}``, and the client starts a
+  new session and resumes its channels with ``since``.
+- Browser frames go by ``POST /session/S`` (see :mod:`chloed.transports.inbound`).
+
+JSONP is the same over ``<script>`` tags: ``GET /jsonp?callback=NAME[&session=S&cursor=N]``
+answers ``NAME(<the same JSON>);`` always with status 200 (a script tag
+cannot read a status: errors come as ``NAME({"error": …});``), as
+``application/javascript`` with ``nosniff``. Frames go by
+``GET /jsonp/send?callback=NAME&session=S&frames=<JSON array>``. A callback
+name that is not a plain JavaScript identifier path answers 400.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from chloed import frames
+from chloed.errors import ProtocolError
+from chloed.hub import Hub
+from chloed.session import Session
+from chloed.transports._http import arg, args, browser_headers, preflight, valid_callback
+
+log = Logger()
+
+
+def frames_body(session: Session, with_session: bool) -> bytes:
+    """The JSON answer of a poll, from the shared frame bytes."""
+    cursor, pending = session.take()
+    head = b'{"session":' + frames.dumps(session.id) + b"," if with_session else b"{"
+    return head + b'"cursor":%d,"frames":[' % cursor + b",".join(f.payload for f in pending) + b"]}"
+
+
+class _Answer:
+    """How one transport writes an answer: plain JSON or a JSONP call."""
+
+    def __init__(self, request: Any, callback: str | None) -> None:
+        self.request = request
+        self.callback = callback
+
+    def body(self, status: int, body: bytes) -> bytes:
+        request = self.request
+        if self.callback is None:
+            request.setResponseCode(status)
+            request.setHeader(b"content-type", b"application/json")
+            return body
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/javascript; charset=utf-8")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return self.callback.encode("ascii") + b"(" + body + b");"
+
+    def error(self, status: int, code: str, message: str) -> bytes:
+        return self.body(status, frames.dumps({"error": code, "message": message}))
+
+
+def _jsonp_callback(request: Any) -> tuple[str | None, bytes | None]:
+    """The validated callback, or the 400 body that refuses it."""
+    callback = arg(request, b"callback")
+    if callback is None or not valid_callback(callback):
+        request.setResponseCode(400)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return None, b"callback must be a JavaScript identifier (dots allowed between identifiers)\n"
+    return callback, None
+
+
+class _HeldPoll:
+    """A poll waiting for frames, for its timeout, or for the browser to go."""
+
+    def __init__(self, resource: "PollResource", request: Any, answer: _Answer, session: Session) -> None:
+        self.resource = resource
+        self.request = request
+        self.answer = answer
+        self.session = session
+        self.done = False
+        hub = resource.hub
+        self.timer: IDelayedCall = hub.clock.callLater(hub.config.longpoll_timeout, self.respond)
+        self.soon: IDelayedCall | None = None
+        hub.poll_started(session)
+        session.waiter = self.wake
+        request.notifyFinish().addErrback(self.gone)
+
+    def wake(self) -> None:
+        """Frames arrived: answer at the end of this reactor turn, so a burst
+        (one publish to several channels) goes in one answer."""
+        if self.soon is None and not self.done:
+            self.soon = self.resource.hub.clock.callLater(0, self.respond)
+
+    def _end(self) -> None:
+        self.done = True
+        if self.timer.active():
+            self.timer.cancel()
+        if self.soon is not None and self.soon.active():
+            self.soon.cancel()
+        if self.session.waiter == self.wake:
+            self.session.waiter = None
+        self.resource.hub.poll_ended(self.session)
+
+    def respond(self) -> None:
+        if self.done:
+            return
+        self._end()
+        self.request.write(self.answer.body(200, frames_body(self.session, with_session=False)))
+        self.request.finish()
+
+    def gone(self, _: Any) -> None:
+        if not self.done:
+            self._end()
+
+
+class PollResource(Resource):
+    """``GET /poll`` and ``GET /jsonp`` (with ``/jsonp/send`` below it)."""
+
+    def __init__(self, hub: Hub, jsonp: bool) -> None:
+        super().__init__()
+        self.hub = hub
+        self.jsonp = jsonp
+        self.transport = "jsonp" if jsonp else "longpoll"
+        if jsonp:
+            self.putChild(b"send", JsonpSendResource(hub))
+
+    def render_OPTIONS(self, request: Any) -> bytes:
+        return preflight(request, self.hub.config.allowed_origins)
+
+    def render_GET(self, request: Any) -> Any:
+        callback = None
+        if self.jsonp:
+            callback, refusal = _jsonp_callback(request)
+            if refusal is not None:
+                return refusal
+        answer = _Answer(request, callback)
+        hub = self.hub
+        if not browser_headers(request, hub.config.allowed_origins):
+            return answer.error(403, "forbidden_origin", "this origin is not allowed")
+        session_id = arg(request, b"session")
+        if session_id is None:
+            return self._open(request, answer)
+        session = hub.find(session_id)
+        if session is None or session.transport != self.transport:
+            return answer.error(404, "unknown_session", "no such session: start a new one")
+        cursor_text = arg(request, b"cursor") or ""
+        if not cursor_text.isdigit() or int(cursor_text) > session.seq:
+            return answer.error(400, "bad_request", "cursor must be the cursor of an earlier answer")
+        session.acknowledge(int(cursor_text))
+        if session.pending:
+            return answer.body(200, frames_body(session, with_session=False))
+        if session.waiter is not None:
+            # A newer poll replaces the older one, which answers empty now.
+            waiter, session.waiter = session.waiter, None
+            waiter()
+        _HeldPoll(self, request, answer, session)
+        return NOT_DONE_YET
+
+    def _open(self, request: Any, answer: _Answer) -> bytes:
+        hub = self.hub
+        if not hub.accepting():
+            return answer.error(503, "unavailable", "this server takes no more connections now")
+        channels = args(request, b"channel")
+        if channels is None:
+            return answer.error(400, "bad_request", "channel names are UTF-8")
+        session = hub.open_session(self.transport)
+        if channels:
+            hub.subscribe_all(session, channels, arg(request, b"since"), arg(request, b"token"))
+        return answer.body(200, frames_body(session, with_session=True))
+
+
+class JsonpSendResource(Resource):
+    """``GET /jsonp/send``: browser frames of a JSONP session."""
+
+    isLeaf = True
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def render_GET(self, request: Any) -> bytes:
+        callback, refusal = _jsonp_callback(request)
+        if refusal is not None:
+            return refusal
+        answer = _Answer(request, callback)
+        hub = self.hub
+        if not browser_headers(request, hub.config.allowed_origins):
+            return answer.error(403, "forbidden_origin", "this origin is not allowed")
+        session = hub.find(arg(request, b"session") or "")
+        if session is None or session.transport != "jsonp":
+            return answer.error(404, "unknown_session", "no such session: start a new one")
+        body = (arg(request, b"frames") or "").encode("utf-8")
+        try:
+            hub.receive_batch(session, body, batch_limit(hub))
+        except ProtocolError as exc:
+            return answer.error(413 if exc.code == frames.TOO_LARGE else 400, exc.code, exc.message)
+        return answer.body(200, b'{"ok":true}')
+
+
+def batch_limit(hub: Hub) -> int:
+    """The largest body of browser frames sent at once: a few frames' worth."""
+    return hub.config.max_message_bytes * 4
