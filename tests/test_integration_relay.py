@@ -1,0 +1,104 @@
+"""The relay to a real app server: retries, order, delivery ids, failures
+and lifecycle events, against a real chloed."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from tests.servers import AppServer
+from tests.test_integration import Browser
+
+
+def relay_conf(tmp_path, **options) -> str:
+    conf = tmp_path / "chloe.toml"
+    conf.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in options.items()))
+    return str(conf)
+
+
+def test_retries_keep_the_delivery_id_and_the_order(chloed_factory, app_server, tmp_path):
+    """A 503 is retried with the same X-Chloe-Delivery; later messages wait their turn; all are acked in order."""
+    failures = {"left": 2}
+    lock = threading.Lock()
+
+    def respond(relayed):
+        with lock:
+            if relayed.event["data"] == 1 and failures["left"]:
+                failures["left"] -= 1
+                return 503
+        return 200
+
+    app_server.respond = respond
+    server = chloed_factory("--app-url", app_server.url, config=relay_conf(tmp_path, upstream_timeout=5))
+    browser = Browser(server)
+    try:
+        for n in (1, 2, 3):
+            browser.send({"type": "send", "data": n, "ref": f"ref-{n}"})
+        seen = [app_server.next(timeout=20) for _ in range(5)]
+        assert [r.event["data"] for r in seen] == [1, 1, 1, 2, 3]
+        assert len({r.headers["X-Chloe-Delivery"] for r in seen[:3]}) == 1
+        assert seen[3].headers["X-Chloe-Delivery"] != seen[0].headers["X-Chloe-Delivery"]
+        assert [browser.recv() for _ in range(3)] == [{"type": "ack", "ref": f"ref-{n}"} for n in (1, 2, 3)]
+    finally:
+        browser.close()
+
+
+def test_gives_up_with_upstream_failed(chloed_factory, app_server, tmp_path):
+    """An app that keeps failing gets upstream_retries retries, then the browser hears upstream_failed."""
+    app_server.respond = lambda relayed: 500
+    server = chloed_factory("--app-url", app_server.url, config=relay_conf(tmp_path, upstream_retries=1))
+    browser = Browser(server)
+    try:
+        browser.send({"type": "send", "data": "x", "ref": "f"})
+        answer = browser.recv()
+        assert answer["type"] == "error" and answer["code"] == "upstream_failed" and answer["ref"] == "f"
+        assert app_server.received.qsize() == 2
+    finally:
+        browser.close()
+
+
+def test_app_down_is_upstream_failed(chloed_factory, tmp_path):
+    """With no app listening, the browser hears upstream_failed after the retries."""
+    app = AppServer().start()
+    url = app.url
+    app.stop()
+    server = chloed_factory("--app-url", url, config=relay_conf(tmp_path, upstream_retries=0))
+    browser = Browser(server)
+    try:
+        assert browser.ask({"type": "send", "data": "x", "ref": "d"})["code"] == "upstream_failed"
+    finally:
+        browser.close()
+
+
+def test_lifecycle_events_are_posted(chloed_factory, app_server, tmp_path):
+    """connect, subscribe, unsubscribe and disconnect reach the app when listed in events."""
+    server = chloed_factory(
+        "--app-url", app_server.url,
+        config=relay_conf(tmp_path, events=["message", "connect", "disconnect", "subscribe", "unsubscribe"]),
+    )
+    browser = Browser(server)
+    browser.subscribe("room")
+    browser.ask({"type": "unsubscribe", "channel": "room"})
+    browser.close()
+    kinds = [(e.event["type"], e.event["channel"], e.event["session"]) for e in (app_server.next() for _ in range(4))]
+    session = browser.session
+    assert kinds == [("connect", None, session), ("subscribe", "room", session),
+                     ("unsubscribe", "room", session), ("disconnect", None, session)]
+
+
+def test_full_queue_answers_at_once(chloed_factory, app_server, tmp_path):
+    """With the relay queue full, a new send gets upstream_failed at once instead of waiting."""
+    release = threading.Event()
+    app_server.respond = lambda relayed: release.wait(20) and 200
+    server = chloed_factory("--app-url", app_server.url, config=relay_conf(tmp_path, upstream_queue=1))
+    browser = Browser(server)
+    try:
+        browser.send({"type": "send", "data": "first", "ref": "1"})
+        app_server.next()  # the first is at the app, holding the only place
+        answer = browser.ask({"type": "send", "data": "second", "ref": "2"})
+        assert answer["code"] == "upstream_failed" and answer["ref"] == "2"
+        release.set()
+        assert browser.recv() == {"type": "ack", "ref": "1"}
+    finally:
+        release.set()
+        browser.close()
