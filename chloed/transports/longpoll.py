@@ -85,6 +85,25 @@ def _jsonp_callback(request: Any) -> tuple[str | None, bytes | None]:
     return callback, None
 
 
+def _begin(request: Any, hub: Hub, jsonp: bool) -> tuple[_Answer | None, bytes | None]:
+    """Check the callback (JSONP) and the origin: the answer writer, or the
+    body that refuses the request."""
+    callback = None
+    if jsonp:
+        callback, refusal = _jsonp_callback(request)
+        if refusal is not None:
+            return None, refusal
+    answer = _Answer(request, callback)
+    if not browser_headers(request, hub.config.allowed_origins):
+        return None, answer.error(403, "forbidden_origin", "this origin is not allowed")
+    return answer, None
+
+
+def _session(hub: Hub, request: Any, transport: str) -> Session | None:
+    session = hub.find(arg(request, b"session") or "")
+    return session if session is not None and session.transport == transport else None
+
+
 class _HeldPoll:
     """A poll waiting for frames, for its timeout, or for the browser to go."""
 
@@ -144,20 +163,13 @@ class PollResource(Resource):
         return preflight(request, self.hub.config.allowed_origins)
 
     def render_GET(self, request: Any) -> Any:
-        callback = None
-        if self.jsonp:
-            callback, refusal = _jsonp_callback(request)
-            if refusal is not None:
-                return refusal
-        answer = _Answer(request, callback)
-        hub = self.hub
-        if not browser_headers(request, hub.config.allowed_origins):
-            return answer.error(403, "forbidden_origin", "this origin is not allowed")
-        session_id = arg(request, b"session")
-        if session_id is None:
+        answer, refusal = _begin(request, self.hub, self.jsonp)
+        if answer is None:
+            return refusal
+        if arg(request, b"session") is None:
             return self._open(request, answer)
-        session = hub.find(session_id)
-        if session is None or session.transport != self.transport:
+        session = _session(self.hub, request, self.transport)
+        if session is None:
             return answer.error(404, "unknown_session", "no such session: start a new one")
         cursor_text = arg(request, b"cursor") or ""
         if not cursor_text.isdigit() or int(cursor_text) > session.seq:
@@ -195,19 +207,15 @@ class JsonpSendResource(Resource):
         self.hub = hub
 
     def render_GET(self, request: Any) -> bytes:
-        callback, refusal = _jsonp_callback(request)
-        if refusal is not None:
-            return refusal
-        answer = _Answer(request, callback)
-        hub = self.hub
-        if not browser_headers(request, hub.config.allowed_origins):
-            return answer.error(403, "forbidden_origin", "this origin is not allowed")
-        session = hub.find(arg(request, b"session") or "")
-        if session is None or session.transport != "jsonp":
+        answer, refusal = _begin(request, self.hub, jsonp=True)
+        if answer is None:
+            return refusal  # type: ignore[return-value]
+        session = _session(self.hub, request, "jsonp")
+        if session is None:
             return answer.error(404, "unknown_session", "no such session: start a new one")
         body = (arg(request, b"frames") or "").encode("utf-8")
         try:
-            hub.receive_batch(session, body, batch_limit(hub))
+            self.hub.receive_batch(session, body, batch_limit(self.hub))
         except ProtocolError as exc:
             return answer.error(413 if exc.code == frames.TOO_LARGE else 400, exc.code, exc.message)
         return answer.body(200, b'{"ok":true}')
