@@ -60,6 +60,15 @@ class Root(Resource):
         return self._fallback
 
 
+class ChloeSite(Site):
+    """A Site without the per-request access log: with thousands of
+    long-poll browsers that is a line per poll; Chloe logs what happens to
+    sessions and messages instead."""
+
+    def log(self, request: Any) -> None:
+        pass
+
+
 def make_site(hub: Hub) -> Site:
     """The Site serving every endpoint of SPEC sections 3, 5 and 6."""
     root = Root(Api(hub).resource())
@@ -76,6 +85,6 @@ def make_site(hub: Hub) -> Site:
         root.putChild(b"jsonp", PollResource(hub, jsonp=True))
     if "sse" in transports or "longpoll" in transports:
         root.putChild(b"session", SessionPostResource(hub))
-    site = Site(root)
+    site = ChloeSite(root)
     site.displayTracebacks = False
     return site
