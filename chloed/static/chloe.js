@@ -219,9 +219,142 @@
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       conn.onframe(frame);
     };
-    ws.onclose = function () { if (conn.onclose) conn.onclose(); conn.onclose = null; };
+    ws.onclose = function () { lost(conn); };
     conn.send = function (frame) { ws.send(JSON.stringify(frame)); };
     conn.close = function () { conn.onclose = null; ws.close(); };
+    return conn;
+  };
+
+  function lost(conn) {
+    var onclose = conn.onclose;
+    conn.onclose = null;
+    conn.closed = true;
+    if (onclose) onclose();
+  }
+
+  /* Browser frames of HTTP sessions: in order, one request at a time, the
+   * frames queued meanwhile batched into one JSON array. `post(body, done)`
+   * makes the request and calls done(ok, gone). */
+  function Outbox(conn, post) {
+    var queue = [], busy = false, failures = 0;
+    function pump() {
+      if (busy || !queue.length || conn.closed) return;
+      var batch = queue;
+      queue = [];
+      busy = true;
+      post(JSON.stringify(batch), function (ok, gone) {
+        busy = false;
+        if (ok) { failures = 0; pump(); return; }
+        if (gone || ++failures > 4) { lost(conn); return; }
+        queue = batch.concat(queue);
+        setTimeout(pump, 200 * failures);
+      });
+    }
+    return function (frame) { queue.push(frame); pump(); };
+  }
+
+  /* Long-poll and JSONP: poll by cursor; a failed poll is repeated with the
+   * same cursor (nothing is lost), a gone session ends the connection.
+   * `get(query, done)` calls done(answer or null on a network error). */
+  function Poller(conn, get) {
+    var session = null, cursor = 0, failures = 0;
+    function handle(answer) {
+      if (conn.closed) return;
+      if (!answer) {
+        if (session === null || ++failures > 4) { lost(conn); return; }
+        setTimeout(poll, 200 * failures);
+        return;
+      }
+      if (answer.error) { lost(conn); return; }
+      failures = 0;
+      if (answer.session) session = answer.session;
+      cursor = answer.cursor;
+      for (var i = 0; i < answer.frames.length && !conn.closed; i++) conn.onframe(answer.frames[i]);
+      poll();
+    }
+    function poll() {
+      if (conn.closed) return;
+      get(session === null ? '' : 'session=' + encodeURIComponent(session) + '&cursor=' + cursor, handle);
+    }
+    poll();
+    return function () { return session; };
+  }
+
+  Chloe.transports.sse = function (chloe) {
+    if (!root.EventSource || !root.fetch) return null;
+    var conn = {ready: false}, session = null, base = chloe._base(chloe.secure ? 'https' : 'http');
+    var source = new root.EventSource(base + '/sse');
+    var types = ['connected', 'message', 'subscribed', 'unsubscribed', 'ack', 'pong', 'error', 'presence'];
+    function onevent(event) {
+      var frame;
+      try { frame = JSON.parse(event.data); } catch (e) { return; }
+      if (frame.type === 'connected') session = frame.session;
+      if (!conn.closed) conn.onframe(frame);
+    }
+    for (var i = 0; i < types.length; i++) source.addEventListener(types[i], onevent);
+    // The browser would reconnect into a new session by itself: the client
+    // does that, resuming every channel, so the stream is closed here.
+    source.onerror = function () { source.close(); lost(conn); };
+    conn.send = Outbox(conn, function (body, done) {
+      root.fetch(base + '/session/' + encodeURIComponent(session), {
+        method: 'POST', body: body, headers: {'Content-Type': 'text/plain'}
+      }).then(function (r) { done(r.ok, r.status === 404); }, function () { done(false, false); });
+    });
+    conn.close = function () { conn.onclose = null; conn.closed = true; source.close(); };
+    return conn;
+  };
+
+  Chloe.transports.longpoll = function (chloe) {
+    if (!root.fetch) return null;
+    var conn = {ready: false}, base = chloe._base(chloe.secure ? 'https' : 'http');
+    var controller = root.AbortController ? new root.AbortController() : null;
+    var signal = controller ? controller.signal : undefined;
+    var session = Poller(conn, function (query, done) {
+      root.fetch(base + '/poll?' + query, {signal: signal, cache: 'no-store'}).then(function (r) {
+        if (r.status === 404) return {error: 'unknown_session'};
+        if (!r.ok) return null;
+        return r.json();
+      }).then(done, function () { done(null); });
+    });
+    conn.send = Outbox(conn, function (body, done) {
+      root.fetch(base + '/session/' + encodeURIComponent(session()), {
+        method: 'POST', body: body, headers: {'Content-Type': 'text/plain'}
+      }).then(function (r) { done(r.ok, r.status === 404); }, function () { done(false, false); });
+    });
+    conn.close = function () { conn.onclose = null; conn.closed = true; if (controller) controller.abort(); };
+    return conn;
+  };
+
+  var jsonpCount = 0;
+  function jsonp(url, done) {
+    var name = '__chloe_jsonp_' + (++jsonpCount) + '_' + Math.floor(Math.random() * 1e9);
+    var script = root.document.createElement('script'), finished = false;
+    function finish(answer) {
+      if (finished) return;
+      finished = true;
+      try { delete root[name]; } catch (e) { root[name] = undefined; }
+      if (script.parentNode) script.parentNode.removeChild(script);
+      done(answer);
+    }
+    root[name] = function (answer) { finish(answer); };
+    script.onerror = function () { finish(null); };
+    script.src = url + (url.indexOf('?') < 0 ? '?' : '&') + 'callback=' + name;
+    root.document.getElementsByTagName('head')[0].appendChild(script);
+  }
+
+  Chloe.transports.jsonp = function (chloe) {
+    if (!root.document) return null;
+    var conn = {ready: false}, base = chloe._base(chloe.secure ? 'https' : 'http');
+    var session = Poller(conn, function (query, done) {
+      jsonp(base + '/jsonp' + (query ? '?' + query : ''), done);
+    });
+    conn.send = Outbox(conn, function (body, done) {
+      jsonp(base + '/jsonp/send?session=' + encodeURIComponent(session()) +
+            '&frames=' + encodeURIComponent(body), function (answer) {
+        done(!!(answer && answer.ok), !!(answer && answer.error === 'unknown_session'));
+      });
+    });
+    conn.close = function () { conn.onclose = null; conn.closed = true; };
     return conn;
   };
 
