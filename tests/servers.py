@@ -122,7 +122,7 @@ class AppServer:
     received: "queue.Queue[Relayed]" = field(default_factory=queue.Queue)
     bad_signatures: int = 0
 
-    def start(self) -> "AppServer":
+    def start(self, port: int = 0) -> "AppServer":
         app = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -149,7 +149,7 @@ class AppServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}/updates"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 from tests.servers import AppServer
 from tests.test_integration import Browser
@@ -101,4 +102,104 @@ def test_full_queue_answers_at_once(chloed_factory, app_server, tmp_path):
         assert browser.recv() == {"type": "ack", "ref": "1"}
     finally:
         release.set()
+        browser.close()
+
+
+def test_app_down_ten_seconds_loses_nothing(chloed_factory, tmp_path):
+    """50 sessions send 1,000 messages while the app is down for ten seconds: each reaches it, in order, one ack each."""
+    from tests.servers import free_port
+
+    port = free_port()
+    server = chloed_factory(
+        "--app-url", f"http://127.0.0.1:{port}/updates",
+        config=relay_conf(tmp_path, upstream_retries=10, upstream_timeout=2),
+    )
+    browsers = [Browser(server) for _ in range(50)]
+    app = None
+    try:
+        for n in range(20):
+            for b, browser in enumerate(browsers):
+                browser.send({"type": "send", "data": [b, n], "ref": f"{browser.session}-{n:04d}-xxxxxxxx"})
+        time.sleep(10)  # the outage being tested
+        app = AppServer().start(port)
+        acks = {b: [browser.recv() for _ in range(20)] for b, browser in enumerate(browsers)}
+        for b, answers in acks.items():
+            assert answers == [{"type": "ack", "ref": f"{browsers[b].session}-{n:04d}-xxxxxxxx"} for n in range(20)]
+        seen: dict[int, list[int]] = {}
+        ids: dict[tuple[int, int], set[str]] = {}
+        while not app.received.empty():
+            relayed = app.received.get()
+            b, n = relayed.event["data"]
+            seen.setdefault(b, []).append(n)
+            ids.setdefault((b, n), set()).add(relayed.headers["X-Chloe-Delivery"])
+        for b in range(50):
+            ordered = list(dict.fromkeys(seen[b]))
+            assert ordered == list(range(20)), b
+            assert sorted(seen[b]) == seen[b]  # duplicates, if any, come in order too
+        assert all(len(delivery) == 1 for delivery in ids.values())
+        assert len(ids) == 1000
+    finally:
+        for browser in browsers:
+            browser.close()
+        if app is not None:
+            app.stop()
+
+
+def test_slow_app_is_retried_then_upstream_failed(chloed_factory, app_server, tmp_path):
+    """An app that answers only after upstream_timeout is retried, then the browser hears upstream_failed."""
+    app_server.respond = lambda relayed: time.sleep(1.5) or 200
+    server = chloed_factory(
+        "--app-url", app_server.url, config=relay_conf(tmp_path, upstream_timeout=0.5, upstream_retries=1)
+    )
+    browser = Browser(server)
+    try:
+        answer = browser.ask({"type": "send", "data": "slow", "ref": "s"})
+        assert answer["code"] == "upstream_failed" and answer["ref"] == "s"
+        first, second = app_server.next(), app_server.next()
+        assert first.headers["X-Chloe-Delivery"] == second.headers["X-Chloe-Delivery"]
+    finally:
+        browser.close()
+
+
+def test_app_400_is_not_retried(chloed, app_server):
+    """A 400 from the app is upstream_rejected at once, with no second attempt."""
+    app_server.respond = lambda relayed: 400
+    browser = Browser(chloed)
+    try:
+        assert browser.ask({"type": "send", "data": 1, "ref": "r"})["code"] == "upstream_rejected"
+        assert browser.ask({"type": "ping"}) == {"type": "pong"}
+        assert app_server.received.qsize() == 1
+    finally:
+        browser.close()
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_dead_app_with_full_queue_keeps_memory_flat(chloed_factory, tmp_path):
+    """With a queue of 10 and a dead app, the 11th send fails at once, and thousands more do not grow memory."""
+    from tests.servers import free_port
+
+    server = chloed_factory(
+        "--app-url", f"http://127.0.0.1:{free_port()}/updates",
+        config=relay_conf(tmp_path, upstream_queue=10, upstream_retries=1000, upstream_timeout=1),
+    )
+    browser = Browser(server)
+    try:
+        for n in range(10):
+            browser.send({"type": "send", "data": n, "ref": n})
+        answer = browser.ask({"type": "send", "data": 10, "ref": 10})
+        assert answer["code"] == "upstream_failed" and answer["ref"] == 10
+        before = rss_kib(server.process.pid)
+        for n in range(11, 3011):
+            browser.send({"type": "send", "data": "x" * 1000, "ref": n})
+        codes = [browser.recv()["code"] for _ in range(3000)]
+        assert set(codes) == {"upstream_failed"}
+        assert rss_kib(server.process.pid) - before < 4096
+    finally:
         browser.close()
