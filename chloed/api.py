@@ -99,7 +99,11 @@ class SendRequest:
         for key in ("session", "exclude"):
             if obj.get(key) is not None and not isinstance(obj[key], str):
                 raise RequestError(400, "bad_request", f"{key} must be a string")
-        return cls._checked(frames.dumps(obj["data"]), channels, obj.get("session"), obj.get("exclude"))
+        try:
+            data = frames.dumps(obj["data"])
+        except UnicodeEncodeError:
+            raise RequestError(400, "bad_request", "data is not valid Unicode") from None
+        return cls._checked(data, channels, obj.get("session"), obj.get("exclude"))
 
     @classmethod
     def _from_form(cls, request: IRequest) -> "SendRequest":

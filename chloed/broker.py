@@ -20,6 +20,7 @@ that one broken subscriber never stops the rest.
 from __future__ import annotations
 
 import heapq
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
@@ -31,6 +32,8 @@ from chloed import frames
 from chloed.frames import Encoded
 
 log = Logger()
+
+_ID_RE = re.compile(r"([0-9]{1,16})-([0-9]{1,20})", re.ASCII)
 
 
 class Subscriber(Protocol):
@@ -51,10 +54,10 @@ class MessageId:
     @classmethod
     def parse(cls, text: str) -> "MessageId | None":
         """The id a browser handed back, or None when it is not one of ours."""
-        head, sep, tail = text.partition("-")
-        if not sep or not head.isdigit() or not tail.isdigit() or len(text) > 40:
+        match = _ID_RE.fullmatch(text)
+        if match is None:
             return None
-        return cls(int(head), int(tail))
+        return cls(int(match[1]), int(match[2]))
 
     def __str__(self) -> str:
         return f"{self.ms}-{self.seq}"
@@ -63,10 +66,13 @@ class MessageId:
 class Channel:
     """One channel: its subscribers, and the history kept for resume."""
 
-    __slots__ = ("name", "subscribers", "history", "dropped_seq", "last_id")
+    __slots__ = ("name", "subscribers", "history", "dropped_seq", "last_id", "created_seq")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, created_seq: int) -> None:
         self.name = name
+        # What came before this seq belongs to an earlier, forgotten life of
+        # the channel: only time can tell whether any of it was missed.
+        self.created_seq = created_seq
         self.subscribers: dict[Subscriber, None] = {}
         # (seq, publish time in seconds, the encoded message frame)
         self.history: deque[tuple[int, float, Encoded]] = deque()
@@ -127,7 +133,7 @@ class Broker:
         """
         channel = self.channels.get(name)
         if channel is None:
-            channel = self.channels[name] = Channel(name)
+            channel = self.channels[name] = Channel(name, self._seq)
         channel.subscribers[subscriber] = None
         if since is None:
             return True, []
@@ -168,12 +174,16 @@ class Broker:
         if after is None or after.ms < self._boot_ms or after.seq > self._seq:
             # Not an id of this process: whatever came before is gone.
             return False, [(seq, frame) for seq, _, frame in history]
+        # A channel is forgotten only once its history is empty: whatever it
+        # held after ``since`` is gone unless it cannot have expired yet.
+        unexpired = self.history_size > 0 and after.ms >= (now - self.history_ttl) * 1000
         if channel is None:
-            # No history at all: complete only if nothing published after
-            # ``since`` can have expired yet.
-            return after.ms >= (now - self.history_ttl) * 1000, []
+            return unexpired or after.seq >= self._seq, []
         missed = [(seq, frame) for seq, _, frame in history if seq > after.seq]
-        return after.seq >= channel.dropped_seq, missed
+        recovered = after.seq >= channel.dropped_seq
+        if after.seq < channel.created_seq:
+            recovered = recovered and unexpired
+        return recovered, missed
 
     # -- publishing -------------------------------------------------------
 
@@ -196,7 +206,7 @@ class Broker:
             frame = frames.message(name, id, data)
             channel = self.channels.get(name)
             if channel is None:
-                channel = self.channels[name] = Channel(name)
+                channel = self.channels[name] = Channel(name, seq - 1)
             self._retain(channel, seq, now, frame)
             channel.last_id = id
             result.ids[name] = id

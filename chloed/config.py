@@ -7,6 +7,7 @@ Every option, with its default, is documented in ``conf/chloe.toml``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -50,6 +51,8 @@ class Config:
 def _number(name: str, value: Any, minimum: float, integer: bool) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(name, f"must be a number, not {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, not {value!r}")
     if integer and not isinstance(value, int):
         raise ConfigError(name, f"must be a whole number, not {value!r}")
     if value < minimum:
@@ -79,6 +82,10 @@ def _url(name: str, value: Any) -> str | None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(name, f"must be an http:// or https:// URL, not {value!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(name, f"bad port in {value!r}") from None
     return value
 
 
@@ -93,7 +100,7 @@ def _backend(name: str, value: Any) -> str:
             except ValueError:
                 raise ConfigError(name, f"bad port in {value!r}") from None
             db = parts.path.strip("/")
-            if db == "" or db.isdigit():
+            if db == "" or (db.isascii() and db.isdecimal()):
                 return value
     raise ConfigError(name, f'must be "memory" or "redis://host:port/db", not {value!r}')
 
@@ -166,6 +173,6 @@ def load(path: str) -> Config:
             values = tomllib.load(f)
     except OSError as exc:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
     return from_mapping(values)

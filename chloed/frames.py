@@ -180,7 +180,11 @@ def parse_object(obj: Any) -> Frame:
         channel = _channel(obj, ref, required=False)
         if "data" not in obj:
             raise ProtocolError(BAD_FRAME, "send needs data", ref=ref, channel=channel)
-        return Frame("send", channel=channel, data=dumps(obj["data"]), ref=ref)
+        try:
+            data = dumps(obj["data"])
+        except UnicodeEncodeError:
+            raise ProtocolError(BAD_FRAME, "data is not valid Unicode", ref=ref, channel=channel) from None
+        return Frame("send", channel=channel, data=data, ref=ref)
     raise ProtocolError(
         UNKNOWN_TYPE,
         "type must be subscribe, unsubscribe, send or ping",

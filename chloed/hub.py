@@ -247,7 +247,11 @@ class Hub:
         channel = frame.channel
         assert channel is not None
         if tokens.needs_token(channel):
-            grant = tokens.verify(frame.token, channel, self.config.secret)
+            try:
+                grant = tokens.verify(frame.token, channel, self.config.secret)
+            except ProtocolError as exc:
+                exc.ref = frame.ref
+                raise
             if grant.user is not None:
                 session.user = grant.user
         if channel not in session.channels and len(session.channels) >= self.config.max_subscriptions:

@@ -57,7 +57,7 @@ class Options(usage.Options):
         for description in cfg.listen:
             try:
                 serverFromString(MemoryReactor(), description)
-            except (ValueError, TypeError, KeyError) as exc:
+            except Exception as exc:  # each endpoint parser fails its own way
                 raise ConfigError("listen", f"{description!r} is not a usable endpoint: {exc}") from None
         return cfg
 

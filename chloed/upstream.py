@@ -7,7 +7,8 @@ answers decides what the browser hears:
 
 - 2xx: delivered; the browser gets its ``ack``.
 - 4xx other than 408 and 429: rejected, never retried (``upstream_rejected``).
-- a connection error, a timeout, 5xx, 408 or 429: retried with exponential
+- anything else (a connection error, a timeout, 5xx, 408, 429, even a
+  redirect, which is not followed): retried with exponential
   backoff and jitter (``Retry-After`` honoured, up to a bound) at most
   ``upstream_retries`` times, then ``upstream_failed``.
 
@@ -34,6 +35,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from chloed import frames
 from chloed.errors import UpstreamRejected, UpstreamUnavailable
@@ -86,7 +88,7 @@ def _retry_after(value: bytes | None, now: float) -> float | None:
     if not value:
         return None
     text = value.decode("latin-1").strip()
-    if text.isdigit():
+    if text.isascii() and text.isdecimal():
         return float(text)
     try:
         return max(0.0, parsedate_to_datetime(text).timestamp() - now)
@@ -275,7 +277,10 @@ class Relay:
         if self._secret is not None:
             headers[b"X-Chloe-Signature"] = [sign(self._secret, timestamp, job.body).encode("ascii")]
         exchange = defer.ensureDeferred(self._exchange(headers, job.body))
-        exchange.addTimeout(self._timeout, self._clock)
+        exchange.addTimeout(
+            self._timeout, self._clock,
+            onTimeoutCancel=lambda result, timeout: Failure(defer.TimeoutError(timeout)),
+        )
         self.in_flight += 1
         try:
             code, retry_after = await exchange
@@ -289,9 +294,9 @@ class Relay:
             self.in_flight -= 1
         if 200 <= code < 300:
             return
-        if code in (408, 429) or code >= 500:
-            raise _Transient(f"the application answered {code}", _retry_after(retry_after, self._clock.seconds()))
-        raise UpstreamRejected(code)
+        if 400 <= code < 500 and code not in (408, 429):
+            raise UpstreamRejected(code)
+        raise _Transient(f"the application answered {code}", _retry_after(retry_after, self._clock.seconds()))
 
     async def _exchange(self, headers: dict[bytes, list[bytes]], body: bytes) -> tuple[int, bytes | None]:
         response = await self._http.post(self.url, data=body, headers=headers, reactor=self._clock)
