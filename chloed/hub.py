@@ -163,10 +163,7 @@ class Hub:
             self.connections[session.transport] -= 1
             sink.close(last)
         elif last is not None:
-            session.pending.clear()
-            session.pending_bytes = 0
-            session.seq += 1
-            session.pending.append((session.seq, last))
+            session.replace_pending(last)
         self.close_session(session)
 
     def shutdown(self) -> None:

@@ -15,7 +15,6 @@ response lost in flight is simply sent again by the next poll.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Callable, Protocol
 
 from chloed.frames import Encoded
@@ -52,7 +51,9 @@ class Session:
         self.channels: set[str] = set()
         self.user: object = None
         self.sink: Sink | None = None
-        self.pending: deque[tuple[int, Encoded]] = deque()
+        # A list, not a deque: most sessions stream and never hold anything,
+        # and an empty list costs 56 bytes where a deque costs 600.
+        self.pending: list[tuple[int, Encoded]] = []
         self.pending_bytes = 0
         self.seq = 0
         self.limit = limit
@@ -86,7 +87,7 @@ class Session:
     def attach(self, sink: Sink) -> None:
         """Stream from now on to ``sink``, starting with what is pending."""
         self.sink = sink
-        pending, self.pending, self.pending_bytes = self.pending, deque(), 0
+        pending, self.pending, self.pending_bytes = self.pending, [], 0
         for _, frame in pending:
             sink.write(frame)
 
@@ -96,8 +97,17 @@ class Session:
     def acknowledge(self, cursor: int) -> None:
         """Drop pending frames the browser says it has (``seq <= cursor``)."""
         pending = self.pending
-        while pending and pending[0][0] <= cursor:
-            self.pending_bytes -= pending.popleft()[1].size
+        done = 0
+        while done < len(pending) and pending[done][0] <= cursor:
+            self.pending_bytes -= pending[done][1].size
+            done += 1
+        del pending[:done]
+
+    def replace_pending(self, last: Encoded) -> None:
+        """Drop what is pending; ``last`` is all the next poll will get."""
+        self.seq += 1
+        self.pending = [(self.seq, last)]
+        self.pending_bytes = last.size
 
     def take(self) -> tuple[int, list[Encoded]]:
         """What is pending, without dropping it, and the cursor after it."""
