@@ -198,9 +198,10 @@ class Api:
         if not frames.valid_channel(name):
             raise RequestError(400, frames.INVALID_CHANNEL, "not a valid channel name")
         channel = self.broker.channels.get(name)
+        members = self.hub.presence.members(name)
         if channel is None:
             return json_body(
-                request, 200, {"channel": name, "subscribers": 0, "last_id": None, "members": []}
+                request, 200, {"channel": name, "subscribers": 0, "last_id": None, "members": members}
             )
         return json_body(
             request,
@@ -210,7 +211,7 @@ class Api:
                 "subscribers": len(channel.subscribers),
                 "last_id": channel.last_id,
                 "history": len(channel.history),
-                "members": [],
+                "members": members,
             },
         )
 

@@ -228,6 +228,14 @@ class Broker:
         _, id = self._next_id(self._clock.seconds())
         return PublishResult(id=id, delivered=self._fan_out((session,), frames.message(None, id, data), None))
 
+    def announce(self, name: str, frame: Encoded, exclude: str | None) -> int:
+        """Deliver a frame that is not a message (presence) to a channel's
+        subscribers; it is not kept in history."""
+        channel = self.channels.get(name)
+        if channel is None:
+            return 0
+        return self._fan_out(channel.subscribers, frame, exclude)
+
     def _fan_out(self, subscribers: Iterable[Subscriber], frame: Encoded, exclude: str | None) -> int:
         delivered = 0
         # A copy: a delivery may end a slow subscriber, which unsubscribes it.

@@ -23,6 +23,7 @@ from chloed.broker import Broker
 from chloed.config import Config
 from chloed.errors import ProtocolError, UpstreamRejected
 from chloed.frames import Frame
+from chloed.presence import Presence
 from chloed.session import Session, Sink
 from chloed.upstream import Relay, delivery_id, event_body
 
@@ -60,6 +61,7 @@ class Hub:
         self.sent_by_browsers = 0
         self.slow_consumers = 0
         self.draining = False
+        self.presence = Presence(clock, config.session_grace, broker.announce)
         self._handlers: dict[str, Callable[[Session, Frame], None]] = {
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
@@ -137,6 +139,7 @@ class Hub:
             grace.cancel()
         session.grace = None
         for channel in sorted(session.channels):
+            self._part(session, channel)
             self._event("unsubscribe", session, channel)
         self.broker.remove_session(session, session.channels)
         session.channels.clear()
@@ -243,6 +246,7 @@ class Hub:
         leaves the replay to the caller (which merges several channels)."""
         channel = frame.channel
         assert channel is not None
+        grant = None
         if tokens.needs_token(channel):
             try:
                 grant = tokens.verify(frame.token, channel, self.config.secret)
@@ -262,7 +266,18 @@ class Hub:
         if not replay and frame.since is not None:
             recovered = self.broker.replay(channel, frame.since)[0]
         session.channels.add(channel)
-        session.deliver(frames.subscribed(channel, recovered))
+        if fresh and grant is not None and channel.startswith("presence-"):
+            if session.presence is None:
+                session.presence = {}
+            session.presence[channel] = grant.user
+            self.presence.join(channel, session.id, grant.user)
+        if channel.startswith("presence-"):
+            session.deliver(frames.encode({
+                "type": "subscribed", "channel": channel, "recovered": recovered,
+                "members": self.presence.members(channel),
+            }))
+        else:
+            session.deliver(frames.subscribed(channel, recovered))
         for message in missed:
             session.deliver(message)
         if fresh:
@@ -273,8 +288,13 @@ class Hub:
         assert channel is not None
         if self.broker.unsubscribe(channel, session):
             session.channels.discard(channel)
+            self._part(session, channel)
             self._event("unsubscribe", session, channel)
         session.deliver(frames.unsubscribed(channel))
+
+    def _part(self, session: Session, channel: str) -> None:
+        if session.presence is not None and channel in session.presence:
+            self.presence.part(channel, session.id, session.presence.pop(channel))
 
     def _ping(self, session: Session, frame: Frame) -> None:
         session.deliver(frames.PONG)

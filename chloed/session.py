@@ -40,7 +40,7 @@ class Session:
 
     __slots__ = (
         "id", "transport", "channels", "user", "sink", "pending", "pending_bytes",
-        "seq", "limit", "waiter", "closed", "_on_overflow", "grace", "__weakref__",
+        "seq", "limit", "waiter", "closed", "_on_overflow", "grace", "presence", "__weakref__",
     )
 
     def __init__(
@@ -60,6 +60,8 @@ class Session:
         self.waiter: Callable[[], None] | None = None
         self.closed = False
         self.grace: object = None
+        # presence channel -> the token user this session is there as
+        self.presence: dict[str, dict] | None = None
         self._on_overflow = on_overflow
 
     def __repr__(self) -> str:
