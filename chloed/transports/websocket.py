@@ -92,8 +92,9 @@ class ChloeWebSocket(WebSocketServerProtocol):
         self.transport.write(data)
 
     def close(self, last: Encoded | None) -> None:
-        """Write ``last`` and close; a slow consumer is not waited for."""
-        session, self.session = self.session, None
+        """Write ``last`` and close; a slow consumer is not waited for.
+        The hub has ended the session already."""
+        self.session = None
         if self.state != self.STATE_OPEN:
             return
         stalled = self.flow is not None and self.flow.paused

@@ -4,13 +4,12 @@ reconnects; with ``outbox: 'persistent'`` that outlives a page reload."""
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from pathlib import Path
 
+from tests.browser.pages import serve_static
 from tests.servers import AppServer, Chloed, free_port
 
 PAGE = """<!doctype html><html><head><meta charset="utf-8">
@@ -44,27 +43,10 @@ window.outboxSize = function () {{
 CHLOE_JS = (Path(__file__).parent.parent.parent / "chloed" / "static" / "chloe.js").read_bytes()
 
 
-def serve(page: bytes) -> ThreadingHTTPServer:
+def serve(page: bytes):
     """The page, and chloe.js served by the app itself (so the page loads
     while chloed is down, as it would from an app that hosts its own copy)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            script = self.path == "/chloe.js"
-            body = CHLOE_JS if script else page
-            self.send_response(200)
-            self.send_header("Content-Type", "application/javascript" if script else "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve_static({"/": ("text/html", page), "/chloe.js": ("application/javascript", CHLOE_JS)})
 
 
 @pytest.fixture

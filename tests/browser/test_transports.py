@@ -19,11 +19,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Iterator
 
 import pytest
 
+from tests.browser.pages import serve_static
 from tests.browser.proxy import CuttingProxy
 from tests.servers import AppServer, Chloed
 
@@ -54,24 +55,8 @@ PLAIN_PAGE = b"<!doctype html><html><head><meta charset='utf-8'><title>plain</ti
 def serve_pages(chloe_port: int) -> ThreadingHTTPServer:
     """``/``: a page running chloe.js against ``chloe_port``; ``/plain``: an
     empty page (for a bare EventSource)."""
-    chloe_page = CHLOE_PAGE.format(port=chloe_port).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = PLAIN_PAGE if self.path.startswith("/plain") else chloe_page
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    html = "text/html; charset=utf-8"
+    return serve_static({"/": (html, CHLOE_PAGE.format(port=chloe_port).encode()), "/plain": (html, PLAIN_PAGE)})
 
 
 @dataclass
