@@ -1,0 +1,1172 @@
+/*
+ * loadgen.c - Chloe's own load generator (issue 6).
+ *
+ * One single-threaded epoll loop per process (--procs P forks P of them,
+ * each holding about N/P clients: one process may hold at most ~19,000
+ * sockets here). It opens and holds N browser clients against a chloed on
+ * 127.0.0.1:PORT over one transport:
+ *
+ *   ws        GET /ws upgrade, then a masked text frame
+ *             {"type":"subscribe","channel":C}; subscribed on "subscribed".
+ *   sse       GET /sse?channel=C; subscribed on the "subscribed" event.
+ *   longpoll  GET /poll?channel=C, then GET /poll?session=S&cursor=N in a
+ *             loop on the same keep-alive connection.
+ *
+ * Client i subscribes to "bench-(i % K)" (--channels K), or "bench" when
+ * K is 1. The generator publishes its own messages with POST /send (form
+ * body channel=C&data=ts=<CLOCK_MONOTONIC us>_seq=<n>_xxx..., 100 bytes,
+ * bearer secret, a few keep-alive connections) and counts one delivery for
+ * every "ts=" it reads back; the timestamp gives publish->receive latency.
+ *
+ * Modes:
+ *   --idle        connect, report server RSS per connection (--pid), hold
+ *                 --hold seconds, report errors and disconnects.
+ *   --saturate    closed loop: at most --window messages published and not
+ *                 yet fully delivered; deliveries/s over --dur after --warmup.
+ *   --rate R      R messages/s; latency p50/p99.
+ *   --random      publish to a random channel each time (scenario c).
+ *   --relay       scenario d: N WebSocket clients send {"type":"send",...}
+ *                 frames (at most --window in flight each, or --rate R in
+ *                 total); this process is also the app server chloed relays
+ *                 to (--app-port, answers 200 at once); an ack is a delivery
+ *                 and its latency is send->ack.
+ *
+ * Output: one JSON line on stdout. Progress goes to stderr.
+ * Only 127.0.0.x is contacted. Every loop is bounded in time and count, and
+ * an alarm() ends every process whatever happens.
+ *
+ * Build: gcc -O2 -Wall -o loadgen loadgen.c
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+#define MAXPROCS 16
+#define MAXPUB 64
+#define HIST_US 10                /* latency histogram bucket */
+#define HIST_N (30 * 100000)      /* 30 s of 10 us buckets */
+#define ERRLEN 300
+
+/* ------------------------------------------------------------------ config */
+enum { PR_WS, PR_SSE, PR_LP };
+enum { M_IDLE, M_SATURATE, M_RATE };
+static int proto = PR_WS, mode = M_IDLE, relay = 0, randomize = 0;
+static int port = 0, app_port = 0, procs = 0, conc = 100, npub = 4, nsrc = 8, payload_len = 100;
+static long nclients = 1000, nchannels = 1;
+static double window = 8, rate = 0, warmup_s = 1, dur_s = 5, hold_s = 10, settle_s = 2;
+static double connect_timeout_s = 120, drain_s = 15;
+static long long max_msgs = 5000000;
+static pid_t server_pid = 0;
+static const char *secret = "bench-secret";
+static unsigned long seed = 1;
+
+/* ------------------------------------------------------------------ shared */
+typedef struct {
+  volatile long long started, connected, failed, disconnects, error_frames, delivered;
+  volatile long long bad_lat, done, pid;
+  char first_err[ERRLEN];
+} slot_t;
+enum { PH_CONNECT, PH_RUN, PH_STOP };
+typedef struct {
+  volatile int phase, recording;
+  slot_t slot[MAXPROCS];
+} shared_t;
+static shared_t *shm;
+static uint32_t *hist_all; /* procs * HIST_N */
+static uint32_t *hist;     /* this process */
+static slot_t *me;
+static int my_index = 0;
+
+/* ------------------------------------------------------------------ conns */
+enum { K_FREE, K_SUB, K_PUB, K_APPLISTEN, K_APP };
+enum { S_CONNECTING, S_OPEN };
+enum { SUB_HS, SUB_WAIT, SUB_READY };
+enum { H_HDR, H_BODY, H_CHSIZE, H_CHDATA, H_CHCRLF, H_CHTRAIL, H_UNTILCLOSE, H_WS };
+
+typedef struct {
+  uint8_t kind, state, sub, hs, busy, close_after, counted;
+  int status;
+  long long remaining;
+  long idx;             /* client index, or publisher slot */
+  int inflight;         /* relay: sends not yet acked */
+  char *rbuf;           /* unconsumed input */
+  uint32_t rlen, rcap;
+  char *bbuf;           /* HTTP body / SSE events being assembled */
+  uint32_t blen, bcap;
+  char *wbuf;           /* output the kernel did not take yet */
+  uint32_t wlen, woff, wcap;
+  char sess[48];        /* long-poll session id */
+  long long cursor;
+} conn_t;
+
+static int ep, maxfd;
+static conn_t *conns;
+static long my_share = 0, my_started = 0, my_inflight = 0;
+static int pubfd[MAXPUB];
+static long pub_reconnects = 0;
+static long long published = 0, pub_ok = 0, pub_errors = 0, expected = 0;
+static long long relay_sent = 0, app_requests = 0;
+static int applisten = -1;
+static int sending = 0; /* relay: an ack makes room for the next send */
+static char rdbuf[1 << 18];
+static char first_pub_err[ERRLEN];
+static unsigned long long rng_state = 88172645463325252ULL;
+
+static inline long long now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+static double now_s(void) { return now_us() / 1e6; }
+static inline unsigned long long rnd(void) {
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return rng_state;
+}
+
+static void note_err(const char *what, const char *p, size_t n) {
+  if (me->first_err[0]) return;
+  size_t w = (size_t)snprintf(me->first_err, ERRLEN, "%s: ", what);
+  for (size_t i = 0; i < n && w < ERRLEN - 1; i++) me->first_err[w++] = (p[i] >= 32 && p[i] < 127) ? p[i] : ' ';
+  me->first_err[w < ERRLEN ? w : ERRLEN - 1] = 0;
+}
+
+/* ------------------------------------------------------------------ /proc */
+static long proc_rss_kb(pid_t pid) {
+  char path[64], line[256];
+  long kb = -1;
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  while (fgets(line, sizeof line, f))
+    if (!strncmp(line, "VmRSS:", 6)) kb = atol(line + 6);
+  fclose(f);
+  return kb;
+}
+/* utime + stime of one process, seconds */
+static double proc_cpu_s(pid_t pid) {
+  char path[64], buf[2048];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  char *s = strrchr(buf, ')');
+  if (!s) return -1;
+  /* after ") ": field 3 is state; utime is field 14, stime field 15 */
+  unsigned long long ut = 0, st = 0;
+  int field = 3;
+  for (char *p = s + 2; *p && field <= 15; field++) {
+    if (field == 14) ut = strtoull(p, NULL, 10);
+    if (field == 15) st = strtoull(p, NULL, 10);
+    while (*p && *p != ' ') p++;
+    while (*p == ' ') p++;
+  }
+  return (double)(ut + st) / sysconf(_SC_CLK_TCK);
+}
+/* time the server was runnable but waiting for a CPU (schedstat), seconds */
+static double proc_wait_s(pid_t pid) {
+  char path[64];
+  unsigned long long run = 0, wait = 0;
+  snprintf(path, sizeof path, "/proc/%d/schedstat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  if (fscanf(f, "%llu %llu", &run, &wait) != 2) wait = 0;
+  fclose(f);
+  return wait / 1e9;
+}
+/* busy and total jiffies of cpu0 and cpu1 (/proc/stat) */
+static void cpu_jiffies(double busy[2], double total[2]) {
+  char line[512];
+  busy[0] = busy[1] = total[0] = total[1] = 0;
+  FILE *f = fopen("/proc/stat", "r");
+  if (!f) return;
+  while (fgets(line, sizeof line, f)) {
+    int id;
+    unsigned long long v[8] = {0};
+    if (sscanf(line, "cpu%d %llu %llu %llu %llu %llu %llu %llu %llu", &id, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+               &v[6], &v[7]) >= 5 && id >= 0 && id < 2) {
+      unsigned long long all = 0;
+      for (int k = 0; k < 8; k++) all += v[k];
+      total[id] = (double)all;
+      busy[id] = (double)(all - v[3] - v[4]); /* everything but idle and iowait */
+    }
+  }
+  fclose(f);
+}
+static double self_cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+/* CPU of every loader process (this one and its children) */
+static double loader_cpu_s(void) {
+  double t = self_cpu_s();
+  for (int p = 1; p < procs; p++) {
+    double c = proc_cpu_s((pid_t)shm->slot[p].pid);
+    if (c > 0) t += c;
+  }
+  return t;
+}
+
+/* ------------------------------------------------------------------ io */
+static void ep_set(int fd, uint32_t ev) {
+  struct epoll_event e = {.events = ev, .data.fd = fd};
+  epoll_ctl(ep, EPOLL_CTL_MOD, fd, &e);
+}
+static void ensure(char **buf, uint32_t *cap, size_t need) {
+  if (need <= *cap) return;
+  size_t c = *cap ? *cap : 1024;
+  while (c < need) c *= 2;
+  *buf = realloc(*buf, c);
+  if (!*buf) { fprintf(stderr, "out of memory\n"); _exit(3); }
+  *cap = c;
+}
+static int pub_connect(int slotno);
+
+/* why: 0 = we close on purpose, 1 = failure/disconnect */
+static void conn_close(int fd, int failure) {
+  conn_t *c = &conns[fd];
+  if (c->kind == K_FREE) return;
+  if (c->kind == K_SUB) {
+    if (c->sub == SUB_READY) {
+      me->connected--;
+      if (failure) me->disconnects++;
+    } else {
+      my_inflight--;
+      me->failed++;
+    }
+  }
+  int kind = c->kind, slotno = (int)c->idx;
+  epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+  close(fd);
+  free(c->rbuf);
+  free(c->bbuf);
+  free(c->wbuf);
+  memset(c, 0, sizeof *c);
+  if (kind == K_PUB) {
+    pubfd[slotno] = -1;
+    if (failure && shm->phase != PH_STOP && pub_reconnects++ < 1000) pub_connect(slotno);
+  }
+}
+static void flush_out(int fd) {
+  conn_t *c = &conns[fd];
+  while (c->woff < c->wlen) {
+    ssize_t w = write(fd, c->wbuf + c->woff, c->wlen - c->woff);
+    if (w < 0) {
+      if (errno == EAGAIN) return;
+      note_err("write", strerror(errno), strlen(strerror(errno)));
+      conn_close(fd, 1);
+      return;
+    }
+    c->woff += (uint32_t)w;
+  }
+  c->woff = c->wlen = 0;
+  ep_set(fd, EPOLLIN);
+}
+static void send_bytes(int fd, const char *d, size_t n) {
+  conn_t *c = &conns[fd];
+  if (c->kind == K_FREE) return;
+  if (c->wlen == 0) {
+    ssize_t w = write(fd, d, n);
+    if (w == (ssize_t)n) return;
+    if (w < 0) {
+      if (errno != EAGAIN) { conn_close(fd, 1); return; }
+      w = 0;
+    }
+    d += w;
+    n -= (size_t)w;
+  }
+  ensure(&c->wbuf, &c->wcap, c->wlen + n);
+  memcpy(c->wbuf + c->wlen, d, n);
+  c->wlen += (uint32_t)n;
+  ep_set(fd, EPOLLIN | EPOLLOUT);
+}
+/* a client-to-server WebSocket frame: masked, as RFC 6455 wants */
+static void ws_send(int fd, int opcode, const char *p, size_t n) {
+  char buf[4096];
+  if (n > sizeof buf - 14) return;
+  size_t h = 0;
+  buf[h++] = (char)(0x80 | opcode);
+  if (n < 126) buf[h++] = (char)(0x80 | n);
+  else { buf[h++] = (char)(0x80 | 126); buf[h++] = (char)(n >> 8); buf[h++] = (char)(n & 255); }
+  uint32_t mask = (uint32_t)rnd();
+  unsigned char mk[4];
+  memcpy(mk, &mask, 4);
+  memcpy(buf + h, mk, 4);
+  h += 4;
+  for (size_t i = 0; i < n; i++) buf[h + i] = (char)(p[i] ^ mk[i & 3]);
+  send_bytes(fd, buf, h + n);
+}
+
+/* ------------------------------------------------------------------ clients */
+static void channel_of(long i, char *out, size_t n) {
+  if (nchannels <= 1) snprintf(out, n, "bench");
+  else snprintf(out, n, "bench-%ld", i % nchannels);
+}
+static inline void record_latency(long long sent_us, long long tnow) {
+  if (!shm->recording) return;
+  long long lat = tnow - sent_us;
+  if (lat < 0 || lat > 3600LL * 1000000) { me->bad_lat++; return; }
+  long long b = lat / HIST_US;
+  hist[b < HIST_N ? b : HIST_N - 1]++;
+}
+/* every "ts=<digits>" in p[0..n) is one delivery */
+static void count_deliveries(const char *p, size_t n, long long tnow) {
+  const char *end = p + n;
+  while (p < end) {
+    const char *q = memmem(p, (size_t)(end - p), "ts=", 3);
+    if (!q) break;
+    q += 3;
+    long long ts = 0;
+    while (q < end && *q >= '0' && *q <= '9') ts = ts * 10 + (*q++ - '0');
+    me->delivered++;
+    record_latency(ts, tnow);
+    p = q;
+  }
+}
+static void became_ready(int fd) {
+  conn_t *c = &conns[fd];
+  if (c->sub == SUB_READY) return;
+  c->sub = SUB_READY;
+  my_inflight--;
+  me->connected++;
+}
+static void relay_send(int fd);
+
+/* One frame of Chloe's (WebSocket message, SSE data, or a whole long-poll
+ * answer): count deliveries, notice subscribed / error / ack frames. */
+static void on_frame(int fd, const char *p, size_t n, long long tnow) {
+  conn_t *c = &conns[fd];
+  static const char T[] = "{\"type\":\"";
+  char kind = 0;
+  if (n > 10 && !memcmp(p, T, 9)) kind = p[9];
+  if (kind == 'm') { count_deliveries(p, n, tnow); return; } /* message: the hot path */
+  if (kind == 'a' && relay) {                                 /* ack: "ref":<send us> */
+    const char *q = memmem(p, n, "\"ref\":", 6);
+    long long ts = 0;
+    if (q)
+      for (q += 6; q < p + n && *q >= '0' && *q <= '9'; q++) ts = ts * 10 + (*q - '0');
+    me->delivered++;
+    record_latency(ts, tnow);
+    if (c->inflight > 0) c->inflight--;
+    if (mode == M_SATURATE && sending) relay_send(fd);
+    return;
+  }
+  if (kind == 'c' && relay && c->sub == SUB_WAIT) { became_ready(fd); return; }
+  if (kind == 's' && !memcmp(p + 9, "subscribed\"", 11)) {
+    if (c->sub == SUB_WAIT) became_ready(fd);
+    return;
+  }
+  if (kind == 0) { /* a long-poll answer: several frames in one body */
+    count_deliveries(p, n, tnow);
+    if (c->sub == SUB_WAIT && memmem(p, n, "\"type\":\"subscribed\"", 19)) became_ready(fd);
+  }
+  if (kind == 'e' || (kind == 0 && memmem(p, n, "\"type\":\"error\"", 14))) {
+    me->error_frames++;
+    note_err("error frame", p, n);
+    if (relay && c->inflight > 0) {
+      c->inflight--;
+      if (mode == M_SATURATE && sending) relay_send(fd);
+    }
+    if (c->sub == SUB_WAIT) conn_close(fd, 1);
+  }
+}
+
+static void sub_send_request(int fd) {
+  conn_t *c = &conns[fd];
+  char req[1024], ch[64];
+  int n;
+  channel_of(c->idx, ch, sizeof ch);
+  if (proto == PR_WS)
+    n = snprintf(req, sizeof req,
+                 "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: Y2hsb2UtYmVuY2gta2V5IQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                 port);
+  else if (proto == PR_SSE)
+    n = snprintf(req, sizeof req,
+                 "GET /sse?channel=%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAccept: text/event-stream\r\n\r\n", ch, port);
+  else if (c->sess[0])
+    n = snprintf(req, sizeof req, "GET /poll?session=%s&cursor=%lld HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n", c->sess,
+                 c->cursor, port);
+  else
+    n = snprintf(req, sizeof req, "GET /poll?channel=%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n", ch, port);
+  send_bytes(fd, req, (size_t)n);
+}
+
+/* a complete long-poll answer in c->bbuf */
+static void lp_answer(int fd, long long tnow) {
+  conn_t *c = &conns[fd];
+  const char *b = c->bbuf;
+  size_t n = c->blen;
+  if (c->status != 200) {
+    note_err(c->sub == SUB_READY ? "poll lost its session" : "poll refused", b, n);
+    conn_close(fd, 1);
+    return;
+  }
+  const char *q = memmem(b, n, "\"session\":\"", 11);
+  if (q && !c->sess[0]) {
+    q += 11;
+    size_t k = 0;
+    while (q < b + n && *q != '"' && k < sizeof c->sess - 1) c->sess[k++] = *q++;
+    c->sess[k] = 0;
+  }
+  q = memmem(b, n, "\"cursor\":", 9);
+  if (q) c->cursor = atoll(q + 9);
+  on_frame(fd, b, n, tnow);
+  if (conns[fd].kind == K_FREE) return;
+  if (!c->sess[0]) { note_err("poll answer without session", b, n); conn_close(fd, 1); return; }
+  c->blen = 0;
+  sub_send_request(fd);
+}
+
+/* SSE: split the body into events, hand each data line on */
+static void sse_events(int fd, long long tnow) {
+  conn_t *c = &conns[fd];
+  size_t off = 0;
+  for (;;) {
+    char *e = memmem(c->bbuf + off, c->blen - off, "\n\n", 2);
+    if (!e) break;
+    char *ev = c->bbuf + off;
+    size_t len = (size_t)(e - ev);
+    char *d = memmem(ev, len, "data: ", 6);
+    if (d) on_frame(fd, d + 6, len - (size_t)(d + 6 - ev), tnow);
+    if (conns[fd].kind == K_FREE) return;
+    off += len + 2;
+  }
+  if (off) {
+    memmove(c->bbuf, c->bbuf + off, c->blen - off);
+    c->blen -= (uint32_t)off;
+  }
+}
+
+/* ------------------------------------------------------------------ publisher */
+static void pub_response(int fd) {
+  conn_t *c = &conns[fd];
+  if (c->status >= 200 && c->status < 300) {
+    pub_ok++;
+    const char *q = memmem(c->bbuf, c->blen, "\"delivered\":", 12);
+    if (q) expected += atoll(q + 12);
+  } else {
+    pub_errors++;
+    if (!first_pub_err[0]) {
+      int k = snprintf(first_pub_err, ERRLEN, "HTTP %d: ", c->status);
+      for (uint32_t i = 0; i < c->blen && k < ERRLEN - 1; i++) first_pub_err[k++] = c->bbuf[i] >= 32 ? c->bbuf[i] : ' ';
+      first_pub_err[k] = 0;
+    }
+  }
+  c->blen = 0;
+  c->busy = 0;
+}
+static void publish_one(int fd) {
+  char pay[512], ch[64], req[2048];
+  int pn = snprintf(pay, sizeof pay, "ts=%lld_seq=%lld_", now_us(), published);
+  while (pn < payload_len && pn < (int)sizeof pay - 1) pay[pn++] = 'x';
+  pay[pn] = 0;
+  long which = randomize ? (long)(rnd() % (unsigned long long)nchannels) : published;
+  channel_of(which, ch, sizeof ch);
+  char body[1024];
+  int bn = snprintf(body, sizeof body, "channel=%s&data=%s", ch, pay);
+  int rn = snprintf(req, sizeof req,
+                    "POST /send HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
+                    "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s",
+                    port, secret, bn, body);
+  conns[fd].busy = 1;
+  published++;
+  send_bytes(fd, req, (size_t)rn);
+}
+
+/* relay: one {"type":"send"} frame; ref is the send time in us */
+static void relay_send(int fd) {
+  conn_t *c = &conns[fd];
+  if (c->kind != K_SUB || c->sub != SUB_READY) return;
+  if (relay_sent >= max_msgs) return;
+  char pay[512], fr[1024];
+  long long t = now_us();
+  int pn = snprintf(pay, sizeof pay, "ts=%lld_seq=%lld_", t, relay_sent);
+  while (pn < payload_len && pn < (int)sizeof pay - 1) pay[pn++] = 'x';
+  pay[pn] = 0;
+  int n = snprintf(fr, sizeof fr, "{\"type\":\"send\",\"data\":\"%s\",\"ref\":%lld}", pay, t);
+  c->inflight++;
+  relay_sent++;
+  ws_send(fd, 1, fr, (size_t)n);
+}
+
+/* ------------------------------------------------------------------ http parsing */
+/* The response head is complete in p[0..hlen): note status and framing. */
+static void parse_head(conn_t *c, const char *p, size_t hlen) {
+  c->status = (hlen > 12 && !memcmp(p, "HTTP/1.", 7)) ? atoi(p + 9) : 0;
+  c->remaining = -1;
+  int chunked = 0;
+  c->close_after = 0;
+  const char *end = p + hlen;
+  for (const char *l = memchr(p, '\n', hlen); l && l + 1 < end;) {
+    l++;
+    const char *e = memchr(l, '\n', (size_t)(end - l));
+    if (!e) break;
+    if (!strncasecmp(l, "content-length:", 15)) c->remaining = atoll(l + 15);
+    else if (!strncasecmp(l, "transfer-encoding:", 18) && memmem(l, (size_t)(e - l), "chunked", 7)) chunked = 1;
+    else if (!strncasecmp(l, "connection:", 11) && memmem(l, (size_t)(e - l), "close", 5)) c->close_after = 1;
+    l = e;
+  }
+  if (chunked) c->hs = H_CHSIZE;
+  else if (c->remaining >= 0) c->hs = H_BODY;
+  else c->hs = H_UNTILCLOSE;
+}
+static void body_bytes(int fd, const char *p, size_t n, long long tnow) {
+  conn_t *c = &conns[fd];
+  if (c->blen + n > (64u << 20)) { note_err("body too large", "", 0); conn_close(fd, 1); return; }
+  ensure(&c->bbuf, &c->bcap, c->blen + n);
+  memcpy(c->bbuf + c->blen, p, n);
+  c->blen += (uint32_t)n;
+  if (c->kind == K_SUB && proto == PR_SSE) sse_events(fd, tnow);
+}
+static void body_done(int fd, long long tnow) {
+  conn_t *c = &conns[fd];
+  c->hs = H_HDR;
+  if (c->kind == K_PUB) pub_response(fd);
+  else if (c->kind == K_SUB && proto == PR_LP) lp_answer(fd, tnow);
+  else if (c->kind == K_SUB) { note_err("stream ended", c->bbuf, c->blen); conn_close(fd, 1); return; }
+  if (conns[fd].kind != K_FREE && c->close_after) conn_close(fd, c->kind == K_SUB);
+}
+/* WebSocket frames from the server; returns bytes consumed */
+static size_t ws_frames(int fd, const unsigned char *b, size_t len, long long tnow) {
+  size_t off = 0;
+  while (len - off >= 2) {
+    const unsigned char *f = b + off;
+    int op = f[0] & 15;
+    uint64_t pl = f[1] & 127;
+    size_t h = 2;
+    if (pl == 126) {
+      if (len - off < 4) break;
+      pl = ((uint64_t)f[2] << 8) | f[3];
+      h = 4;
+    } else if (pl == 127) {
+      if (len - off < 10) break;
+      pl = 0;
+      for (int i = 0; i < 8; i++) pl = (pl << 8) | f[2 + i];
+      h = 10;
+    }
+    if (f[1] & 0x80) h += 4; /* servers do not mask, but be lenient */
+    if (pl > (64u << 20)) { note_err("ws frame too large", "", 0); conn_close(fd, 1); return len; }
+    if (len - off < h + pl) break;
+    const char *p = (const char *)f + h;
+    if (op == 1 || op == 0 || op == 2) on_frame(fd, p, (size_t)pl, tnow);
+    else if (op == 9) ws_send(fd, 10, p, (size_t)pl);
+    else if (op == 8) {
+      int code = pl >= 2 ? ((unsigned char)p[0] << 8 | (unsigned char)p[1]) : 0;
+      char why[160];
+      snprintf(why, sizeof why, "code %d %.*s", code, (int)(pl > 2 ? (pl - 2 < 100 ? pl - 2 : 100) : 0), p + 2);
+      note_err("server closed the WebSocket", why, strlen(why));
+      conn_close(fd, 1);
+      return len;
+    }
+    if (conns[fd].kind == K_FREE) return len;
+    off += h + pl;
+  }
+  return off;
+}
+/* HTTP request from chloed's relay to our app server: answer 200 */
+static size_t app_requests_in(int fd, const char *p, size_t len) {
+  size_t off = 0;
+  static const char OK[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Type: text/plain\r\n\r\n";
+  while (off < len) {
+    const char *e = memmem(p + off, len - off, "\r\n\r\n", 4);
+    if (!e) break;
+    size_t hlen = (size_t)(e - (p + off)) + 4;
+    long long clen = 0;
+    for (const char *l = p + off; l < e;) {
+      const char *nl = memchr(l, '\n', (size_t)(e - l));
+      if (!nl) break;
+      l = nl + 1;
+      if (!strncasecmp(l, "content-length:", 15)) clen = atoll(l + 15);
+    }
+    if (len - off < hlen + (size_t)clen) break;
+    off += hlen + (size_t)clen;
+    app_requests++;
+    send_bytes(fd, OK, sizeof OK - 1);
+    if (conns[fd].kind == K_FREE) return len;
+  }
+  return off;
+}
+/* Feed input; returns bytes consumed (the rest waits for more). */
+static size_t feed(int fd, const char *p, size_t len, long long tnow) {
+  conn_t *c = &conns[fd];
+  if (c->kind == K_APP) return app_requests_in(fd, p, len);
+  size_t off = 0;
+  while (off < len && conns[fd].kind != K_FREE) {
+    const char *q = p + off;
+    size_t n = len - off;
+    switch (c->hs) {
+      case H_HDR: {
+        const char *e = memmem(q, n, "\r\n\r\n", 4);
+        if (!e) {
+          if (n > 65536) { note_err("response head too large", q, 200); conn_close(fd, 1); return len; }
+          return off;
+        }
+        size_t hlen = (size_t)(e - q) + 4;
+        parse_head(c, q, hlen);
+        off += hlen;
+        if (c->kind == K_SUB && proto == PR_WS) {
+          if (c->status != 101) { note_err("handshake refused", q, hlen); conn_close(fd, 1); return len; }
+          c->hs = H_WS;
+          c->sub = SUB_WAIT;
+          if (!relay) {
+            char m[160], ch[64];
+            channel_of(c->idx, ch, sizeof ch);
+            int k = snprintf(m, sizeof m, "{\"type\":\"subscribe\",\"channel\":\"%s\"}", ch);
+            ws_send(fd, 1, m, (size_t)k);
+          }
+          break;
+        }
+        if (c->kind == K_SUB && proto == PR_SSE && c->status != 200) {
+          note_err("SSE refused", q, hlen);
+          conn_close(fd, 1);
+          return len;
+        }
+        if (c->kind == K_SUB && c->sub == SUB_HS) c->sub = SUB_WAIT;
+        if (c->hs == H_BODY && c->remaining == 0) body_done(fd, tnow);
+        break;
+      }
+      case H_BODY: {
+        size_t k = n < (size_t)c->remaining ? n : (size_t)c->remaining;
+        body_bytes(fd, q, k, tnow);
+        off += k;
+        c->remaining -= (long long)k;
+        if (conns[fd].kind != K_FREE && c->remaining == 0) body_done(fd, tnow);
+        break;
+      }
+      case H_CHSIZE: {
+        const char *e = memmem(q, n, "\r\n", 2);
+        if (!e) return off;
+        c->remaining = strtoll(q, NULL, 16);
+        off += (size_t)(e - q) + 2;
+        c->hs = c->remaining ? H_CHDATA : H_CHTRAIL;
+        break;
+      }
+      case H_CHDATA: {
+        size_t k = n < (size_t)c->remaining ? n : (size_t)c->remaining;
+        body_bytes(fd, q, k, tnow);
+        off += k;
+        c->remaining -= (long long)k;
+        if (c->remaining == 0) c->hs = H_CHCRLF;
+        break;
+      }
+      case H_CHCRLF:
+        if (n < 2) return off;
+        off += 2;
+        c->hs = H_CHSIZE;
+        break;
+      case H_CHTRAIL: {
+        const char *e = memmem(q, n, "\r\n", 2);
+        if (!e) return off;
+        off += (size_t)(e - q) + 2;
+        if (e == q) body_done(fd, tnow);
+        break;
+      }
+      case H_UNTILCLOSE:
+        body_bytes(fd, q, n, tnow);
+        off += n;
+        break;
+      case H_WS:
+        off += ws_frames(fd, (const unsigned char *)q, n, tnow);
+        return off;
+    }
+  }
+  return off;
+}
+
+/* ------------------------------------------------------------------ connect */
+static int open_socket(int to_port, long i) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -1;
+  if (fd >= maxfd) { close(fd); errno = EMFILE; return -1; }
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (nsrc > 1) { /* several source addresses: plenty of ephemeral ports */
+    setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    struct sockaddr_in src = {.sin_family = AF_INET, .sin_port = 0};
+    src.sin_addr.s_addr = htonl(0x7f000001u + (uint32_t)(i % nsrc));
+    bind(fd, (struct sockaddr *)&src, sizeof src);
+  }
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)to_port)};
+  a.sin_addr.s_addr = htonl(0x7f000001u);
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) { close(fd); return -1; }
+  return fd;
+}
+static int pub_connect(int slotno) {
+  int fd = open_socket(port, slotno);
+  if (fd < 0) { pubfd[slotno] = -1; return -1; }
+  conn_t *c = &conns[fd];
+  memset(c, 0, sizeof *c);
+  c->kind = K_PUB;
+  c->state = S_CONNECTING;
+  c->idx = slotno;
+  c->busy = 1;
+  struct epoll_event e = {.events = EPOLLOUT, .data.fd = fd};
+  epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
+  pubfd[slotno] = fd;
+  return fd;
+}
+static void start_client(void) {
+  long i = my_index + (long)procs * my_started; /* global client index */
+  my_started++;
+  me->started++;
+  int fd = open_socket(port, i);
+  if (fd < 0) {
+    me->failed++;
+    note_err("socket/connect", strerror(errno), strlen(strerror(errno)));
+    return;
+  }
+  conn_t *c = &conns[fd];
+  memset(c, 0, sizeof *c);
+  c->kind = K_SUB;
+  c->state = S_CONNECTING;
+  c->idx = i;
+  my_inflight++;
+  struct epoll_event e = {.events = EPOLLOUT, .data.fd = fd};
+  epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
+}
+static void app_accept(void) {
+  for (int k = 0; k < 256; k++) {
+    int fd = accept4(applisten, NULL, NULL, SOCK_NONBLOCK);
+    if (fd < 0) return;
+    if (fd >= maxfd) { close(fd); continue; }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    conn_t *c = &conns[fd];
+    memset(c, 0, sizeof *c);
+    c->kind = K_APP;
+    c->state = S_OPEN;
+    struct epoll_event e = {.events = EPOLLIN, .data.fd = fd};
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &e);
+  }
+}
+
+/* ------------------------------------------------------------------ loop */
+static void on_event(int fd, uint32_t ev) {
+  conn_t *c = &conns[fd];
+  if (c->kind == K_FREE) return;
+  if (c->kind == K_APPLISTEN) { app_accept(); return; }
+  if (c->state == S_CONNECTING) {
+    int err = 0;
+    socklen_t l = sizeof err;
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l);
+    if (err || (ev & (EPOLLERR | EPOLLHUP))) {
+      if (c->kind == K_SUB) note_err("connect", strerror(err ? err : ECONNRESET), strlen(strerror(err ? err : ECONNRESET)));
+      conn_close(fd, 1);
+      return;
+    }
+    c->state = S_OPEN;
+    ep_set(fd, EPOLLIN);
+    if (c->kind == K_PUB) c->busy = 0;
+    else sub_send_request(fd);
+    return;
+  }
+  if (ev & EPOLLOUT) {
+    flush_out(fd);
+    if (conns[fd].kind == K_FREE) return;
+  }
+  if (!(ev & (EPOLLIN | EPOLLHUP | EPOLLERR))) return;
+  long long tnow = now_us();
+  for (int guard = 0; guard < 16; guard++) {
+    size_t have = c->rlen;
+    if (have) memcpy(rdbuf, c->rbuf, have);
+    size_t room = sizeof rdbuf - have;
+    ssize_t r = read(fd, rdbuf + have, room);
+    if (r <= 0 && !(r < 0 && errno == EAGAIN)) {
+      if (c->kind == K_SUB) {
+        if (c->hs == H_UNTILCLOSE && c->blen) body_done(fd, tnow);
+        if (conns[fd].kind != K_FREE) note_err(r == 0 ? "server closed the connection" : "read", r == 0 ? "" : strerror(errno), r == 0 ? 0 : strlen(strerror(errno)));
+      }
+      if (conns[fd].kind != K_FREE) conn_close(fd, c->kind != K_APP);
+      return;
+    }
+    if (r < 0) return; /* EAGAIN: leftover is still in c->rbuf */
+    have += (size_t)r;
+    c->rlen = 0;
+    size_t used = feed(fd, rdbuf, have, tnow);
+    if (conns[fd].kind == K_FREE) return;
+    if (used < have) {
+      ensure(&c->rbuf, &c->rcap, have - used);
+      memcpy(c->rbuf, rdbuf + used, have - used);
+      c->rlen = (uint32_t)(have - used);
+    }
+    if ((size_t)r < room) break; /* drained */
+  }
+}
+static struct epoll_event evs[4096];
+static void loop_once(int timeout_ms) {
+  int n = epoll_wait(ep, evs, 4096, timeout_ms);
+  for (int i = 0; i < n; i++) on_event(evs[i].data.fd, evs[i].events);
+}
+/* start connections while this process has some left and room in flight */
+static void connect_more(int per_proc_conc) {
+  if (shm->phase != PH_CONNECT) return;
+  while (my_started < my_share && my_inflight < per_proc_conc) start_client();
+  if (my_started >= my_share && my_inflight == 0) me->done = 1;
+}
+
+/* ------------------------------------------------------------------ totals */
+static long long sum_of(size_t field_offset) {
+  long long t = 0;
+  for (int p = 0; p < procs; p++) t += *(volatile long long *)((char *)&shm->slot[p] + field_offset);
+  return t;
+}
+#define SUM(f) sum_of(offsetof(slot_t, f))
+static double percentile_ms(double q, long long *count) {
+  long long n = 0;
+  for (int p = 0; p < procs; p++)
+    for (long i = 0; i < HIST_N; i++) n += hist_all[(size_t)p * HIST_N + i];
+  *count = n;
+  if (!n) return -1;
+  long long want = (long long)(q * (double)n), acc = 0;
+  for (long i = 0; i < HIST_N; i++) {
+    for (int p = 0; p < procs; p++) acc += hist_all[(size_t)p * HIST_N + i];
+    if (acc > want) return (i + 0.5) * HIST_US / 1000.0;
+  }
+  return HIST_N * HIST_US / 1000.0;
+}
+static double max_ms(void) {
+  for (long i = HIST_N - 1; i >= 0; i--)
+    for (int p = 0; p < procs; p++)
+      if (hist_all[(size_t)p * HIST_N + i]) return (i + 1) * HIST_US / 1000.0;
+  return -1;
+}
+static void json_str(const char *s) {
+  putchar('"');
+  for (; *s; s++) {
+    if (*s == '"' || *s == '\\') { putchar('\\'); putchar(*s); }
+    else if ((unsigned char)*s < 32) printf("\\u%04x", *s);
+    else putchar(*s);
+  }
+  putchar('"');
+}
+
+/* ------------------------------------------------------------------ main */
+static void usage(void) {
+  fprintf(stderr,
+          "usage: loadgen --port PORT [--proto ws|sse|longpoll] [--n N] [--channels K] [--conc C] [--procs P]\n"
+          "               (--idle [--hold S] | --saturate [--window W] | --rate R) [--random] [--relay --app-port P]\n"
+          "               [--pid SERVER_PID] [--secret S] [--warmup S] [--dur S] [--settle S] [--npub N]\n"
+          "               [--payload BYTES] [--connect-timeout S] [--drain S] [--max-msgs N] [--nsrc N] [--seed N]\n");
+  exit(2);
+}
+static void child_loop(int per_proc_conc, double deadline) {
+  while (shm->phase != PH_STOP && now_s() < deadline) {
+    connect_more(per_proc_conc);
+    loop_once(shm->phase == PH_CONNECT ? 5 : 50);
+  }
+  _exit(0);
+}
+
+int main(int argc, char **argv) {
+  signal(SIGPIPE, SIG_IGN);
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define OPT(name) (!strcmp(a, name) && v && ++i)
+    if (OPT("--port")) port = atoi(v);
+    else if (OPT("--proto")) {
+      if (!strcmp(v, "ws")) proto = PR_WS;
+      else if (!strcmp(v, "sse")) proto = PR_SSE;
+      else if (!strcmp(v, "longpoll")) proto = PR_LP;
+      else usage();
+    } else if (OPT("--n")) nclients = atol(v);
+    else if (OPT("--channels")) nchannels = atol(v);
+    else if (OPT("--conc")) conc = atoi(v);
+    else if (OPT("--procs")) procs = atoi(v);
+    else if (!strcmp(a, "--idle")) mode = M_IDLE;
+    else if (!strcmp(a, "--saturate")) mode = M_SATURATE;
+    else if (OPT("--rate")) { mode = M_RATE; rate = atof(v); }
+    else if (!strcmp(a, "--random")) randomize = 1;
+    else if (!strcmp(a, "--relay")) relay = 1;
+    else if (OPT("--app-port")) app_port = atoi(v);
+    else if (OPT("--window")) window = atof(v);
+    else if (OPT("--hold")) hold_s = atof(v);
+    else if (OPT("--warmup")) warmup_s = atof(v);
+    else if (OPT("--dur")) dur_s = atof(v);
+    else if (OPT("--settle")) settle_s = atof(v);
+    else if (OPT("--drain")) drain_s = atof(v);
+    else if (OPT("--connect-timeout")) connect_timeout_s = atof(v);
+    else if (OPT("--pid")) server_pid = atoi(v);
+    else if (OPT("--secret")) secret = v;
+    else if (OPT("--npub")) npub = atoi(v);
+    else if (OPT("--payload")) payload_len = atoi(v);
+    else if (OPT("--max-msgs")) max_msgs = atoll(v);
+    else if (OPT("--nsrc")) nsrc = atoi(v);
+    else if (OPT("--seed")) seed = strtoul(v, NULL, 10);
+    else usage();
+  }
+  if (port <= 0 || nclients < 0 || nchannels < 1 || conc < 1) usage();
+  if (relay && !app_port) usage();
+  if (relay && proto != PR_WS) { fprintf(stderr, "--relay needs --proto ws\n"); exit(2); }
+  if (npub < 1) npub = 1;
+  if (npub > MAXPUB) npub = MAXPUB;
+  if (payload_len < 40) payload_len = 40;
+  if (payload_len > 400) payload_len = 400;
+  if (procs <= 0) procs = nclients > 18000 ? (int)((nclients + 17999) / 18000) : 1;
+  if (relay) procs = 1;
+  if (procs > MAXPROCS) procs = MAXPROCS;
+  rng_state ^= seed * 0x9E3779B97F4A7C15ULL;
+
+  /* everything ends, whatever happens */
+  double budget = connect_timeout_s + settle_s + warmup_s + dur_s + hold_s + drain_s + 60;
+  alarm((unsigned)budget);
+
+  struct rlimit rl;
+  getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = rl.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &rl);
+  getrlimit(RLIMIT_NOFILE, &rl);
+  maxfd = rl.rlim_cur > 1000000 ? 1000000 : (int)rl.rlim_cur;
+
+  shm = mmap(NULL, sizeof(shared_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  hist_all = mmap(NULL, (size_t)procs * HIST_N * sizeof(uint32_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shm == MAP_FAILED || hist_all == MAP_FAILED) { perror("mmap"); exit(3); }
+  memset(shm, 0, sizeof *shm);
+  shm->phase = PH_CONNECT;
+  int per_proc_conc = conc / procs > 0 ? conc / procs : 1;
+  long long rss_before = server_pid ? proc_rss_kb(server_pid) : -1;
+  double t_start = now_s();
+
+  for (int p = 0; p < procs; p++) shm->slot[p].pid = getpid();
+  for (int p = 1; p < procs; p++) {
+    pid_t pid = fork();
+    if (pid < 0) { perror("fork"); shm->phase = PH_STOP; exit(3); }
+    if (pid == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      my_index = p;
+      break;
+    }
+    shm->slot[p].pid = pid;
+  }
+  me = &shm->slot[my_index];
+  me->pid = getpid();
+  hist = hist_all + (size_t)my_index * HIST_N;
+  my_share = nclients / procs + (my_index < nclients % procs ? 1 : 0);
+  rng_state ^= (unsigned long long)(my_index + 1) * 0xD1B54A32D192ED03ULL;
+  conns = calloc((size_t)maxfd, sizeof(conn_t));
+  ep = epoll_create1(0);
+  if (!conns || ep < 0) { perror("setup"); _exit(3); }
+  for (int i = 0; i < MAXPUB; i++) pubfd[i] = -1;
+  if (my_index > 0) child_loop(per_proc_conc, t_start + budget - 5);
+
+  /* ---- the parent: its own share of clients, the phases, the publisher */
+  if (relay) {
+    applisten = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int one = 1;
+    setsockopt(applisten, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)app_port)};
+    a.sin_addr.s_addr = htonl(0x7f000001u);
+    if (bind(applisten, (struct sockaddr *)&a, sizeof a) < 0 || listen(applisten, 1024) < 0) {
+      perror("app server listen");
+      exit(3);
+    }
+    conns[applisten].kind = K_APPLISTEN;
+    conns[applisten].state = S_OPEN;
+    struct epoll_event e = {.events = EPOLLIN, .data.fd = applisten};
+    epoll_ctl(ep, EPOLL_CTL_ADD, applisten, &e);
+  }
+
+  /* connect */
+  double t0 = now_s(), last_progress = t0;
+  long long last_count = -1;
+  for (;;) {
+    connect_more(per_proc_conc);
+    loop_once(5);
+    long long got = SUM(connected) + SUM(failed);
+    if (got != last_count) { last_count = got; last_progress = now_s(); }
+    int all_done = 1;
+    for (int p = 0; p < procs; p++) all_done &= shm->slot[p].done ? 1 : 0;
+    if (all_done) break;
+    if (now_s() - t0 > connect_timeout_s) { fprintf(stderr, "connect timeout\n"); break; }
+    if (now_s() - last_progress > 20) { fprintf(stderr, "connect stalled\n"); break; }
+  }
+  double connect_s = now_s() - t0;
+  shm->phase = PH_RUN;
+  long long connected0 = SUM(connected), failed0 = SUM(failed);
+  fprintf(stderr, "loadgen: %lld/%ld connected (%lld failed) in %.1f s\n", connected0, nclients, failed0, connect_s);
+  double t_settle = now_s();
+  while (now_s() - t_settle < settle_s) loop_once(20);
+  long long rss_after = server_pid ? proc_rss_kb(server_pid) : -1;
+  long long connected_settled = SUM(connected);
+
+  long long d0 = 0, d1 = 0;
+  double wall = 0, scpu = 0, lcpu = 0, pub_rate = 0;
+  long long pubs_in_window = 0, missing = 0, pub_unanswered = 0;
+  double swait = 0, cb0[2], ct0[2], cb1[2], ct1[2];
+  long long rss_end = -1;
+  double held_s = 0;
+
+  if (mode == M_IDLE) {
+    double h0 = now_s(), sc0 = server_pid ? proc_cpu_s(server_pid) : 0, lc0 = loader_cpu_s();
+    double sw0 = server_pid ? proc_wait_s(server_pid) : 0;
+    cpu_jiffies(cb0, ct0);
+    while (now_s() - h0 < hold_s) loop_once(50);
+    held_s = now_s() - h0;
+    wall = held_s;
+    scpu = server_pid ? proc_cpu_s(server_pid) - sc0 : 0;
+    lcpu = loader_cpu_s() - lc0;
+    swait = server_pid ? proc_wait_s(server_pid) - sw0 : 0;
+    cpu_jiffies(cb1, ct1);
+    rss_end = server_pid ? proc_rss_kb(server_pid) : -1;
+    d1 = d0 = SUM(delivered);
+  } else {
+    double subs_per_msg = (double)connected_settled / (double)nchannels;
+    if (subs_per_msg < 1) subs_per_msg = 1;
+    if (!relay) {
+      for (int i = 0; i < npub; i++) pub_connect(i);
+      double tp = now_s();
+      while (now_s() - tp < 0.3) loop_once(10);
+    }
+    long long tp0 = now_us();
+    long long tm0 = tp0 + (long long)(warmup_s * 1e6), tm1 = tm0 + (long long)(dur_s * 1e6);
+    int measuring = 0;
+    long long p0 = 0, tmeas0 = 0;
+    double sc0 = 0, lc0 = 0, sw0 = 0;
+    long rr = 0; /* relay round robin */
+    sending = 1;
+    if (relay && mode == M_SATURATE) /* fill every client's window; acks refill it */
+      for (int fd = 0; fd < maxfd; fd++)
+        if (conns[fd].kind == K_SUB && conns[fd].sub == SUB_READY)
+          for (int w = 0; w < (int)window; w++) relay_send(fd);
+    for (;;) {
+      long long t = now_us();
+      if (!measuring && t >= tm0) {
+        measuring = 1;
+        shm->recording = 1;
+        d0 = SUM(delivered);
+        p0 = relay ? relay_sent : published;
+        sc0 = server_pid ? proc_cpu_s(server_pid) : 0;
+        lc0 = loader_cpu_s();
+        sw0 = server_pid ? proc_wait_s(server_pid) : 0;
+        cpu_jiffies(cb0, ct0);
+        tmeas0 = t;
+      }
+      if (measuring && t >= tm1) break;
+      if (!relay) {
+        for (int i = 0; i < npub; i++) {
+          int fd = pubfd[i];
+          if (fd < 0) { if (pub_reconnects++ < 1000) pub_connect(i); continue; }
+          if (conns[fd].busy || conns[fd].state != S_OPEN) continue;
+          if (published >= max_msgs) break;
+          if (mode == M_RATE) {
+            if (published >= (long long)((double)(t - tp0) / 1e6 * rate) + 1) break;
+          } else {
+            double outstanding = (double)published - (double)SUM(delivered) / subs_per_msg;
+            if (outstanding >= window) break;
+          }
+          publish_one(fd);
+        }
+      } else if (mode == M_RATE) {
+        long long target = (long long)((double)(t - tp0) / 1e6 * rate) + 1;
+        for (int tries = 0; relay_sent < target && relay_sent < max_msgs && tries < maxfd; tries++) {
+          rr = (rr + 1) % maxfd;
+          if (conns[rr].kind == K_SUB && conns[rr].sub == SUB_READY && conns[rr].inflight < 64) relay_send((int)rr);
+        }
+      }
+      loop_once(mode == M_RATE ? 1 : 2);
+    }
+    long long tmeas1 = now_us();
+    sending = 0;
+    d1 = SUM(delivered);
+    scpu = server_pid ? proc_cpu_s(server_pid) - sc0 : 0;
+    lcpu = loader_cpu_s() - lc0;
+    swait = server_pid ? proc_wait_s(server_pid) - sw0 : 0;
+    cpu_jiffies(cb1, ct1);
+    rss_end = server_pid ? proc_rss_kb(server_pid) : -1;
+    shm->recording = 0;
+    wall = (tmeas1 - tmeas0) / 1e6;
+    pubs_in_window = (relay ? relay_sent : published) - p0;
+    pub_rate = pubs_in_window / wall;
+    /* drain: everything sent should arrive (bounded in time) */
+    shm->phase = PH_RUN;
+    double td = now_s(), last = td;
+    long long lastd = SUM(delivered);
+    while (now_s() - td < drain_s) {
+      loop_once(20);
+      long long d = SUM(delivered);
+      if (d != lastd) { lastd = d; last = now_s(); }
+      int busy = 0;
+      for (int i = 0; i < npub; i++)
+        if (pubfd[i] >= 0 && conns[pubfd[i]].busy) busy = 1;
+      if (relay) {
+        if (d + SUM(error_frames) >= relay_sent) break;
+      } else if (!busy && d >= expected) break;
+      if (now_s() - last > 5) break;
+    }
+    long long dtot = SUM(delivered);
+    missing = relay ? relay_sent - dtot - SUM(error_frames) : expected - dtot;
+    if (missing < 0) missing = 0;
+    if (!relay) pub_unanswered = published - pub_ok - pub_errors;
+  }
+
+  long long connected_end = SUM(connected);
+  shm->phase = PH_STOP;
+  for (int p = 1; p < procs; p++) {
+    for (int k = 0; k < 200; k++) { /* up to 2 s each */
+      if (waitpid((pid_t)shm->slot[p].pid, NULL, WNOHANG) != 0) break;
+      usleep(10000);
+    }
+  }
+  long long failed = SUM(failed), disconnects = SUM(disconnects), error_frames = SUM(error_frames);
+  long long not_connected = nclients - connected0 - failed0; /* still in flight at the timeout */
+  if (not_connected < 0) not_connected = 0;
+  long long errors = failed + not_connected + disconnects + error_frames + pub_errors + pub_unanswered + missing;
+  long long lat_n = 0;
+  double p50 = percentile_ms(0.50, &lat_n), p99 = percentile_ms(0.99, &lat_n), pmax = max_ms();
+  long long deliveries = d1 - d0;
+  static const char *pn[] = {"ws", "sse", "longpoll"};
+  static const char *mn[] = {"idle", "saturate", "rate"};
+  printf("{\"proto\":\"%s\",\"mode\":\"%s\",\"relay\":%s,\"random\":%s,\"n\":%ld,\"channels\":%ld,\"procs\":%d,"
+         "\"window\":%g,\"rate\":%g,\"connected\":%lld,\"connect_s\":%.2f,\"connected_end\":%lld,"
+         "\"failed\":%lld,\"not_connected\":%lld,\"disconnects\":%lld,\"error_frames\":%lld,"
+         "\"pub_errors\":%lld,\"pub_unanswered\":%lld,\"missing\":%lld,\"errors\":%lld,",
+         pn[proto], mn[mode], relay ? "true" : "false", randomize ? "true" : "false", nclients, nchannels, procs,
+         window, rate, connected0, connect_s, connected_end, failed, not_connected, disconnects, error_frames,
+         pub_errors, pub_unanswered, missing, errors);
+  printf("\"wall_s\":%.3f,\"published\":%lld,\"pub_rate\":%.2f,\"deliveries\":%lld,\"deliveries_per_s\":%.1f,"
+         "\"total_published\":%lld,\"total_expected\":%lld,\"total_delivered\":%lld,\"app_requests\":%lld,"
+         "\"lat_n\":%lld,\"lat_p50_ms\":%.3f,\"lat_p99_ms\":%.3f,\"lat_max_ms\":%.3f,\"bad_lat\":%lld,",
+         wall, pubs_in_window, pub_rate, deliveries, wall > 0 ? deliveries / wall : 0.0, relay ? relay_sent : published,
+         relay ? relay_sent : expected, SUM(delivered), app_requests, lat_n, p50, p99, pmax, SUM(bad_lat));
+  printf("\"server_cpu_s\":%.3f,\"server_cpu_share\":%.3f,\"cpu_s_per_million\":%.3f,\"loader_cpu_s\":%.3f,"
+         "\"loader_cpu_share\":%.3f,\"rss_before_kb\":%lld,\"rss_after_kb\":%lld,\"rss_end_kb\":%lld,"
+         "\"bytes_per_conn\":%.0f,\"held_s\":%.1f,\"server_wait_share\":%.3f,\"cpu0_busy\":%.3f,"
+         "\"cpu1_busy\":%.3f,\"first_error\":",
+         scpu, wall > 0 ? scpu / wall : 0.0, deliveries > 0 ? scpu / (deliveries / 1e6) : -1.0, lcpu,
+         wall > 0 ? lcpu / wall : 0.0, rss_before, rss_after, rss_end,
+         connected_settled > 0 && rss_before >= 0 ? (double)(rss_after - rss_before) * 1024.0 / connected_settled : -1.0,
+         held_s, wall > 0 ? swait / wall : 0.0, ct1[0] > ct0[0] ? (cb1[0] - cb0[0]) / (ct1[0] - ct0[0]) : -1.0,
+         ct1[1] > ct0[1] ? (cb1[1] - cb0[1]) / (ct1[1] - ct0[1]) : -1.0);
+  const char *fe = first_pub_err[0] ? first_pub_err : "";
+  for (int p = 0; p < procs && !fe[0]; p++)
+    if (shm->slot[p].first_err[0]) fe = shm->slot[p].first_err;
+  json_str(fe);
+  printf("}\n");
+  fflush(stdout);
+  return 0;
+}

@@ -1,0 +1,48 @@
+"""The benchmark kit still works: a small fan-out run end to end.
+
+``bench/run.py`` builds the C load generator, starts a real chloed, holds a
+few hundred WebSocket subscribers, publishes through ``POST /send`` and
+counts what comes back. Nothing here checks speed (the machine is shared
+and timings are noise); it checks that every message published reached
+every subscriber and that nothing failed along the way, so the bench
+cannot quietly rot while nobody runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from tests.servers import TWISTD
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(REPO, "bench", "run.py")
+
+
+def test_a_small_fanout_run_delivers_every_message_without_errors() -> None:
+    """A quick fan-out (100 and 300 subscribers of one channel: saturation,
+    then two fixed rates) reports deliveries, and no connection failure,
+    disconnect, error frame, refused publish or lost message."""
+    assert shutil.which("gcc") or shutil.which("cc"), "the bench needs a C compiler (gcc) to build bench/loadgen.c"
+    result = subprocess.run(
+        [sys.executable, RUN, "fanout", "--quick", "--no-write", "--twistd", TWISTD],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    runs = report["scenarios"]["fanout"]
+    assert {(r["n"], r["kind"]) for r in runs} == {
+        (n, kind) for n in (100, 300) for kind in ("saturate", "rate-half", "rate-fixed")
+    }
+    for run in runs:
+        context = json.dumps(run)
+        assert run["connected"] == run["n"], context
+        assert run["deliveries"] > 0, context
+        assert run["total_delivered"] == run["total_expected"] > 0, context
+        assert run["errors"] == 0, context
+    assert report["errors"] == 0
+    for server in report["server_logs"]:
+        assert server["issues"] == 0, server
