@@ -136,6 +136,30 @@ def open_chloe_page(page, stack: Stack, transport: str | None) -> None:
     page.wait_for_function("window.connected !== undefined")
 
 
+def publish_through_cuts(page, stack, received: str, total: int, cuts: list[tuple[int, str]]) -> None:
+    """Publish 1..total to "count" and cut the browser's connections at the
+    given counts ("close" or "kill"), each cut only once the browser came
+    back through the proxy and receives again (``received`` is the page's
+    array of numbers)."""
+    publisher = Publisher(stack.chloed, total, [at for at, _ in cuts])
+    publisher.start()
+    seen_at_cut, accepted_at_cut = 0, 0
+    try:
+        for at, how in cuts:
+            publisher.wait_published(at)
+            if accepted_at_cut:
+                stack.proxy.wait_accepted(more_than=accepted_at_cut)
+            page.wait_for_function(f"{received}.length > {seen_at_cut}")
+            seen_at_cut = page.evaluate(f"{received}.length")
+            accepted_at_cut = stack.proxy.accepted
+            cut = stack.proxy.close_all() if how == "close" else stack.proxy.kill_all()
+            assert cut >= 1, f"the cut at {at} found no connection to cut"
+            publisher.resume()  # the next numbers go out while the browser reconnects
+    finally:
+        publisher.finish()
+    assert publisher.failures == []
+
+
 def finish_with_sentinel(page, stack: Stack, array: str, total: int) -> list[int]:
     """Publish total + 1 after everything and wait for it: whatever doubled
     or came out of order is in the array by then (delivery is in order)."""
@@ -195,25 +219,7 @@ def test_cut_connections_lose_nothing_and_double_nothing(stack, page, transport)
     cuts = [(50, "close"), (100, "kill"), (150, "close"), (200, "kill"), (250, "close")]
     open_chloe_page(page, stack, transport)
     page.wait_for_function("window.acks.length === 1")  # subscribed to count by now
-    publisher = Publisher(stack.chloed, total, [at for at, _ in cuts])
-    publisher.start()
-    seen_at_cut, accepted_at_cut = 0, 0
-    try:
-        for at, how in cuts:
-            publisher.wait_published(at)
-            if accepted_at_cut:
-                # The browser came back through the proxy since the last cut...
-                stack.proxy.wait_accepted(more_than=accepted_at_cut)
-            # ...and receives again.
-            page.wait_for_function(f"window.received.length > {seen_at_cut}")
-            seen_at_cut = page.evaluate("window.received.length")
-            accepted_at_cut = stack.proxy.accepted
-            cut = stack.proxy.close_all() if how == "close" else stack.proxy.kill_all()
-            assert cut >= 1, f"the cut at {at} found no connection to cut"
-            publisher.resume()  # the next numbers go out while the browser reconnects
-    finally:
-        publisher.finish()
-    assert publisher.failures == []
+    publish_through_cuts(page, stack, "window.received", total, cuts)
     received = finish_with_sentinel(page, stack, "window.received", total)
     assert received == list(range(1, total + 2))
     assert stack.proxy.cuts == len(cuts)
@@ -322,22 +328,7 @@ def test_plain_eventsource_resumes_with_last_event_id(stack, page):
         stack.proxy.port,
     )
     page.wait_for_function("window.subscribed === 1")
-    publisher = Publisher(stack.chloed, total, [at for at, _ in cuts])
-    publisher.start()
-    seen_at_cut, accepted_at_cut = 0, 0
-    try:
-        for at, how in cuts:
-            publisher.wait_published(at)
-            if accepted_at_cut:
-                stack.proxy.wait_accepted(more_than=accepted_at_cut)
-            page.wait_for_function(f"window.plain.length > {seen_at_cut}")
-            seen_at_cut = page.evaluate("window.plain.length")
-            accepted_at_cut = stack.proxy.accepted
-            assert (stack.proxy.close_all() if how == "close" else stack.proxy.kill_all()) >= 1
-            publisher.resume()
-    finally:
-        publisher.finish()
-    assert publisher.failures == []
+    publish_through_cuts(page, stack, "window.plain", total, cuts)
     received = finish_with_sentinel(page, stack, "window.plain", total)
     assert received == list(range(1, total + 2))
     # It reconnected by itself after every cut, each time resubscribed by the URL.
