@@ -18,6 +18,7 @@ the same ``bytes`` object ten thousand times.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -68,9 +69,56 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+# A \uD800-\uDFFF escape: the only way a lone surrogate gets into valid
+# UTF-8 JSON, so the only case in which the decoded value needs a look.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a decoded JSON value holds a string that is not Unicode text
+    (iteratively: the value may be nested as deep as the parser went)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def loads(raw: bytes | str) -> Any:
-    """Strict JSON: no ``NaN`` or ``Infinity``, which no browser can parse."""
-    return json.loads(raw, parse_constant=_no_constants)
+    """Strict JSON in UTF-8, and only what can be written back as such: no
+    ``NaN`` or ``Infinity`` (no browser can parse them), no number too big
+    for a float (``1e400``), no other encoding, and no lone surrogate
+    (``"\\ud800"``), which has no UTF-8 form.
+
+    :raises ValueError: for anything else (``RecursionError`` when nested
+        deeper than the parser goes).
+    """
+    if not isinstance(raw, str):
+        if raw[:3] == _UTF8_BOM:
+            raw = raw[3:]
+        raw = bytes(raw).decode("utf-8")
+    elif _SURROGATE.search(raw):
+        raise ValueError("the text holds a lone surrogate")
+    value = json.loads(raw, parse_constant=_no_constants, parse_float=_finite)
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(value):
+        raise ValueError("a string holds a lone surrogate, which is not Unicode text")
+    return value
 
 
 def dumps(value: Any) -> bytes:
@@ -182,8 +230,10 @@ def parse_object(obj: Any) -> Frame:
             raise ProtocolError(BAD_FRAME, "send needs data", ref=ref, channel=channel)
         try:
             data = dumps(obj["data"])
-        except UnicodeEncodeError:
-            raise ProtocolError(BAD_FRAME, "data is not valid Unicode", ref=ref, channel=channel) from None
+        except (ValueError, RecursionError):
+            # Unicode or range errors of a value that did not come from
+            # :func:`loads` (parse_object takes any decoded object).
+            raise ProtocolError(BAD_FRAME, "data is not valid JSON text", ref=ref, channel=channel) from None
         return Frame("send", channel=channel, data=data, ref=ref)
     raise ProtocolError(
         UNKNOWN_TYPE,

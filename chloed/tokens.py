@@ -57,7 +57,9 @@ def verify(token: str | None, channel: str, secrets: tuple[str, ...]) -> Grant:
             raise refuse("the token has expired") from None
         except jwt.InvalidSignatureError:
             continue
-        except jwt.InvalidTokenError:
+        except (jwt.InvalidTokenError, UnicodeError):
+            # UnicodeError: PyJWT encodes a str token as UTF-8, which a
+            # lone surrogate (from a caller that did not refuse it) fails.
             raise refuse("the token is not a valid channel token") from None
     if claims is None:
         raise refuse("the token's signature does not match")

@@ -230,6 +230,76 @@ def test_send_data_with_lone_surrogate_is_bad_frame():
     assert refused(b'{"type":"send","data":"\\ud800","ref":1}').code == frames.BAD_FRAME
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type":"nope","ref":"\\ud800"}',
+        b'{"type":"ping","ref":"\\udfff"}',
+        b'{"type":"subscribe","channel":"\\ud800"}',
+        b'{"type":"subscribe","channel":"a","token":"\\ud800.x.y"}',
+        b'{"type":"subscribe","channel":"a","since":"\\udc00"}',
+        b'{"type":"\\ud800"}',
+        b'{"type":"ping","\\ud800":1}',
+        b'{"type":"send","data":{"k":["\\uDBFF"]}}',
+        b'{"type":"send","data":"\xed\xa0\x80"}',
+    ],
+)
+def test_lone_surrogate_anywhere_is_bad_frame(raw):
+    """A lone surrogate in any field (ref, channel, token, since, a key), as
+    an escape or as CESU-8 bytes, gets bad_frame: it could not be echoed in
+    an error frame or relayed, as it has no UTF-8 form."""
+    assert refused(raw).code == frames.BAD_FRAME
+
+
+def test_surrogate_pair_escape_is_one_character():
+    """A surrogate pair escape is an ordinary character (an emoji), kept."""
+    assert parse(b'{"type":"send","data":"\\ud83d\\ude00"}', LIMIT).data == '"\U0001f600"'.encode()
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1.5e309", "123456789e999"])
+def test_number_beyond_float_range_is_bad_frame(number):
+    """A number too big for a float would decode as inf, which is not JSON
+    to write back: bad_frame, not a crash when relaying it."""
+    assert refused('{"type":"send","data":%s}' % number).code == frames.BAD_FRAME
+    with pytest.raises(ValueError):
+        frames.loads('{"data":[%s]}' % number)
+
+
+def test_small_numbers_and_big_integers_are_kept():
+    """1e-400 is 0.0, an integer of a thousand digits is an integer."""
+    assert frames.loads(b"[1e-400, -0.0]") == [0.0, -0.0]
+    assert frames.loads(b"1" * 1000) == int("1" * 1000)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"type":"ping"}'.encode("utf-16"),
+        '{"type":"ping"}'.encode("utf-16-le"),
+        '{"type":"ping"}'.encode("utf-32"),
+        b'{"type":"ping","x":"\xff"}',
+    ],
+)
+def test_loads_takes_utf8_only(raw):
+    """JSON on the wire is UTF-8 (RFC 8259): other encodings are refused."""
+    with pytest.raises(ValueError):
+        frames.loads(raw)
+
+
+def test_loads_skips_a_utf8_bom():
+    """A UTF-8 byte order mark in front of a body is tolerated."""
+    assert frames.loads(b'\xef\xbb\xbf{"a":1}') == {"a": 1}
+
+
+def test_parse_object_refuses_data_that_cannot_be_written():
+    """parse_object, given an already decoded object, refuses data dumps
+    cannot write (inf, a lone surrogate) with bad_frame."""
+    for data in (float("inf"), "\ud800"):
+        with pytest.raises(ProtocolError) as info:
+            frames.parse_object({"type": "send", "data": data})
+        assert info.value.code == frames.BAD_FRAME
+
+
 # -- ref -------------------------------------------------------------------
 
 

@@ -188,3 +188,8 @@ def test_other_algorithm_refused():
 def test_not_yet_valid_token_refused():
     """A token whose nbf is in the future is refused."""
     refused(mint(claims(nbf=int(time.time()) + HOUR)))
+
+
+def test_token_with_lone_surrogate_refused():
+    """A token str that has no UTF-8 form is refused, not a crash in PyJWT."""
+    refused("\ud800.e30.sig")

@@ -171,10 +171,10 @@ class PollResource(Resource):
         session = _session(self.hub, request, self.transport)
         if session is None:
             return answer.error(404, "unknown_session", "no such session: start a new one")
-        cursor_text = arg(request, b"cursor") or ""
-        if not cursor_text.isdigit() or int(cursor_text) > session.seq:
+        cursor = parse_cursor(arg(request, b"cursor"))
+        if cursor is None or cursor > session.seq:
             return answer.error(400, "bad_request", "cursor must be the cursor of an earlier answer")
-        session.acknowledge(int(cursor_text))
+        session.acknowledge(cursor)
         if session.pending:
             return answer.body(200, frames_body(session, with_session=False))
         if session.waiter is not None:
@@ -219,6 +219,17 @@ class JsonpSendResource(Resource):
         except ProtocolError as exc:
             return answer.error(413 if exc.code == frames.TOO_LARGE else 400, exc.code, exc.message)
         return answer.body(200, b'{"ok":true}')
+
+
+MAX_CURSOR_DIGITS = 20
+
+
+def parse_cursor(text: str | None) -> int | None:
+    """A poll's cursor: ASCII digits only (``str.isdigit`` also takes ``²``
+    and ``٣``, which ``int`` refuses), and not so long that ``int`` would."""
+    if not text or len(text) > MAX_CURSOR_DIGITS or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text)
 
 
 def batch_limit(hub: Hub) -> int:
