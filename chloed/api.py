@@ -15,6 +15,7 @@ from typing import Any
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chloed import __version__, frames
 from chloed.errors import RequestError
@@ -48,6 +49,17 @@ def _authorized(request: IRequest, secrets: tuple[str, ...]) -> bool:
         # Every secret is compared, so timing says nothing of which matched.
         ok |= hmac.compare_digest(given.strip(), secret.encode("utf-8"))
     return ok
+
+
+def routing_error(request: IRequest, failure: Any) -> bytes:
+    """A path no route takes (404), or a method it does not (405 with
+    ``Allow``), as a JSON error."""
+    exc = failure.value
+    if isinstance(exc, MethodNotAllowed):
+        allowed = ", ".join(sorted(exc.valid_methods or ()))
+        request.setHeader(b"allow", allowed.encode("ascii"))
+        return error(request, 405, "method_not_allowed", f"this endpoint takes {allowed}")
+    return error(request, 404, "not_found", "no such endpoint")
 
 
 def _text(value: bytes, field: str) -> str:
@@ -137,6 +149,15 @@ class SendRequest:
         return cls(data, list(dict.fromkeys(channels)), session or None, exclude or None)
 
 
+def _receipt(request: IRequest, result: Any) -> bytes:
+    """``202``: the id per channel (or ``id`` for a broadcast or a session),
+    how many sessions got it now and how many hold it for their next poll."""
+    body: dict[str, Any] = {"ids": result.ids, "delivered": result.delivered, "queued": result.queued}
+    if result.id is not None:
+        body["id"] = result.id
+    return json_body(request, 202, body)
+
+
 class Api:
     """Klein routes of the app-facing API, bound to one hub."""
 
@@ -176,12 +197,10 @@ class Api:
             result = self.broker.to_session(req.session, req.data)
             if result is None:
                 raise RequestError(404, "unknown_session", "no such session on this server")
-            return json_body(request, 202, {"ids": {}, "id": result.id, "delivered": result.delivered})
+            return _receipt(request, result)
         if req.channels:
-            result = self.broker.publish(req.channels, req.data, exclude=req.exclude)
-            return json_body(request, 202, {"ids": result.ids, "delivered": result.delivered})
-        result = self.broker.broadcast(req.data, exclude=req.exclude)
-        return json_body(request, 202, {"ids": {}, "id": result.id, "delivered": result.delivered})
+            return _receipt(request, self.broker.publish(req.channels, req.data, exclude=req.exclude))
+        return _receipt(request, self.broker.broadcast(req.data, exclude=req.exclude))
 
     @app.route("/channels", methods=["GET"])
     def channels(self, request: IRequest) -> bytes:
@@ -221,6 +240,6 @@ class Api:
             return json_body(request, 503, {"status": "draining"})
         return json_body(request, 200, {"status": "ok", "version": __version__})
 
-    @app.route("/", branch=True)
-    def not_found(self, request: IRequest) -> bytes:
-        raise RequestError(404, "not_found", "no such endpoint")
+    @app.handle_errors(NotFound, MethodNotAllowed)
+    def _routing_error(self, request: IRequest, failure: Any) -> bytes:
+        return routing_error(request, failure)

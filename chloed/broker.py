@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import heapq
 import re
+import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -41,7 +42,8 @@ class Subscriber(Protocol):
 
     id: str
 
-    def deliver(self, frame: Encoded) -> None: ...
+    def deliver(self, frame: Encoded) -> bool | None:
+        """Take ``frame``; true when it is held for later, not written now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +86,13 @@ class Channel:
 
 @dataclass(slots=True)
 class PublishResult:
-    """What a publish did: the id per channel and how many got it now."""
+    """What a publish did: the id per channel, how many sessions got it now
+    and how many hold it for their next poll."""
 
     ids: dict[str, str] = field(default_factory=dict)
     id: str | None = None
     delivered: int = 0
+    queued: int = 0
 
 
 class Broker:
@@ -97,7 +101,16 @@ class Broker:
     :param clock: the reactor's time, for ids and history expiry.
     :param history_size: messages kept per channel.
     :param history_ttl: seconds a message is kept.
+
+    ``published`` (messages given an id) and ``delivered`` (frames handed to
+    subscribers) are counted once per publish, never per subscriber;
+    ``observe_fanout``, when set, is called with the seconds each publish
+    took to fan out. ``backend`` and ``backend_state`` say what holds the
+    channels and whether it is ``"up"``: a shared backend sets its own.
     """
+
+    backend = "memory"
+    backend_state = "up"
 
     def __init__(self, clock: IReactorTime, history_size: int, history_ttl: float) -> None:
         self._clock = clock
@@ -107,6 +120,9 @@ class Broker:
         self.sessions: dict[str, Subscriber] = {}
         self._seq = 0
         self._boot_ms = int(clock.seconds() * 1000)
+        self.published = 0
+        self.delivered = 0
+        self.observe_fanout: Callable[[float], None] | None = None
 
     # -- sessions ---------------------------------------------------------
 
@@ -201,6 +217,7 @@ class Broker:
         """
         result = PublishResult()
         now = self._clock.seconds()
+        started = time.perf_counter()
         for name in names:
             seq, id = self._next_id(now)
             frame = frames.message(name, id, data)
@@ -210,15 +227,19 @@ class Broker:
             self._retain(channel, seq, now, frame)
             channel.last_id = id
             result.ids[name] = id
-            result.delivered += self._fan_out(channel.subscribers, frame, exclude)
+            self._fan_out(channel.subscribers, frame, exclude, result)
             self._maybe_forget(channel)
+        self._count(len(result.ids), result, started)
         return result
 
     def broadcast(self, data: bytes, exclude: str | None = None) -> PublishResult:
         """Send ``data`` to every session (``channel: null``)."""
         _, id = self._next_id(self._clock.seconds())
-        frame = frames.message(None, id, data)
-        return PublishResult(id=id, delivered=self._fan_out(self.sessions.values(), frame, exclude))
+        result = PublishResult(id=id)
+        started = time.perf_counter()
+        self._fan_out(self.sessions.values(), frames.message(None, id, data), exclude, result)
+        self._count(1, result, started)
+        return result
 
     def to_session(self, session_id: str, data: bytes) -> PublishResult | None:
         """Send ``data`` to one session; None when there is no such session."""
@@ -226,7 +247,11 @@ class Broker:
         if session is None:
             return None
         _, id = self._next_id(self._clock.seconds())
-        return PublishResult(id=id, delivered=self._fan_out((session,), frames.message(None, id, data), None))
+        result = PublishResult(id=id)
+        started = time.perf_counter()
+        self._fan_out((session,), frames.message(None, id, data), None, result)
+        self._count(1, result, started)
+        return result
 
     def announce(self, name: str, frame: Encoded, exclude: str | None) -> int:
         """Deliver a frame that is not a message (presence) to a channel's
@@ -236,19 +261,43 @@ class Broker:
             return 0
         return self._fan_out(channel.subscribers, frame, exclude)
 
-    def _fan_out(self, subscribers: Iterable[Subscriber], frame: Encoded, exclude: str | None) -> int:
-        delivered = 0
+    def _count(self, published: int, result: PublishResult, started: float) -> None:
+        """Count one publish (not each subscriber) for ``/status`` and
+        ``/metrics``, and time its fan-out."""
+        self.published += published
+        self.delivered += result.delivered + result.queued
+        if self.observe_fanout is not None:
+            self.observe_fanout(time.perf_counter() - started)
+
+    def _fan_out(
+        self,
+        subscribers: Iterable[Subscriber],
+        frame: Encoded,
+        exclude: str | None,
+        result: PublishResult | None = None,
+    ) -> int:
+        """Deliver ``frame`` to each subscriber; returns how many took it.
+
+        With ``result``, adds to its ``delivered`` (written to a connection
+        now) and ``queued`` (held for the session's next poll).
+        """
+        reached = held = 0
         # A copy: a delivery may end a slow subscriber, which unsubscribes it.
         for subscriber in tuple(subscribers):
             if exclude is not None and subscriber.id == exclude:
                 continue
             try:
-                subscriber.deliver(frame)
+                later = subscriber.deliver(frame)
             except Exception:
                 log.failure("delivery to {session} failed", session=subscriber.id)
             else:
-                delivered += 1
-        return delivered
+                reached += 1
+                if later:
+                    held += 1
+        if result is not None:
+            result.delivered += reached - held
+            result.queued += held
+        return reached
 
     # -- history ----------------------------------------------------------
 

@@ -37,6 +37,7 @@ class Config:
     max_message_bytes: int = 65536
     max_connections: int = 100000
     max_subscriptions: int = 100
+    rate_limit: float = 50.0
     outbound_buffer_bytes: int = 1048576
     upstream_timeout: float = 10.0
     upstream_retries: int = 5
@@ -137,6 +138,7 @@ _CHECKS: dict[str, Any] = {
     "max_message_bytes": lambda n, v: _number(n, v, 64, True),
     "max_connections": lambda n, v: _number(n, v, 1, True),
     "max_subscriptions": lambda n, v: _number(n, v, 1, True),
+    "rate_limit": lambda n, v: _number(n, v, 0, False),
     "outbound_buffer_bytes": lambda n, v: _number(n, v, 1024, True),
     "upstream_timeout": lambda n, v: _number(n, v, 0.01, False),
     "upstream_retries": lambda n, v: _number(n, v, 0, True),

@@ -60,7 +60,11 @@ class Hub:
         self.frames_received = 0
         self.sent_by_browsers = 0
         self.slow_consumers = 0
+        self.rate_limited = 0
+        # Sessions whose rate limiting was logged: once each, not per frame.
+        self._limited: set[str] = set()
         self.draining = False
+        self._burst = max(2 * config.rate_limit, config.max_subscriptions + 10)
         self.presence = Presence(clock, config.session_grace, broker.announce)
         self._handlers: dict[str, Callable[[Session, Frame], None]] = {
             "subscribe": self._subscribe,
@@ -134,6 +138,7 @@ class Hub:
         if session.closed:
             return
         session.closed = True
+        self._limited.discard(session.id)
         grace: IDelayedCall | None = session.grace  # type: ignore[assignment]
         if grace is not None and grace.active():
             grace.cancel()
@@ -187,6 +192,10 @@ class Hub:
         if session.closed:
             return
         self.frames_received += 1
+        rate = self.config.rate_limit
+        if rate and not session.admit(self.clock.seconds(), rate, self._burst):
+            self._refuse_rate(session, raw)
+            return
         try:
             frame = frames.parse(raw, self.config.max_message_bytes)
             self._handlers[frame.type](session, frame)
@@ -196,6 +205,25 @@ class Hub:
                 session=session.id, code=exc.code, message=exc.message,
             )
             session.deliver(frames.from_protocol_error(exc))
+
+    def _refuse_rate(self, session: Session, raw: bytes | str) -> None:
+        """Answer ``rate_limited`` (with the frame's ref, so a ``send``'s
+        sender knows which one); logged once per session, not per frame."""
+        self.rate_limited += 1
+        if session.id not in self._limited:
+            self._limited.add(session.id)
+            log.info(
+                "session {session}: rate_limited: more than {rate} frames per second",
+                session=session.id, rate=self.config.rate_limit,
+            )
+        ref = None
+        try:
+            ref = frames.parse(raw, self.config.max_message_bytes).ref
+        except ProtocolError:
+            pass
+        session.deliver(frames.error(
+            frames.RATE_LIMITED, f"at most {self.config.rate_limit:g} frames per second", ref
+        ))
 
     def receive_batch(self, session: Session, body: bytes, limit: int) -> None:
         """Handle a POSTed body: one frame, or a JSON array of frames.
@@ -255,6 +283,7 @@ class Hub:
                 raise
             if grant.user is not None:
                 session.user = grant.user
+            session.granted = session.granted | grant.channels
         if channel not in session.channels and len(session.channels) >= self.config.max_subscriptions:
             raise ProtocolError(
                 frames.TOO_MANY_SUBSCRIPTIONS,
@@ -304,10 +333,10 @@ class Hub:
         self.sent_by_browsers += 1
         published = False
         if self.config.client_publish and frame.channel is not None:
-            if tokens.needs_token(frame.channel) or frame.channel not in session.channels:
+            if tokens.needs_token(frame.channel) and frame.channel not in session.granted:
                 raise ProtocolError(
                     frames.FORBIDDEN,
-                    "a browser may publish only to public channels it is subscribed to",
+                    "a browser may publish only to public channels and to channels its token lists",
                     ref=frame.ref, channel=frame.channel,
                 )
             self.broker.publish([frame.channel], frame.data)

@@ -40,7 +40,8 @@ class Session:
 
     __slots__ = (
         "id", "transport", "channels", "user", "sink", "pending", "pending_bytes",
-        "seq", "limit", "waiter", "closed", "_on_overflow", "grace", "presence", "__weakref__",
+        "seq", "limit", "waiter", "closed", "_on_overflow", "grace", "presence",
+        "allowance", "stamp", "granted", "__weakref__",
     )
 
     def __init__(
@@ -62,29 +63,55 @@ class Session:
         self.grace: object = None
         # presence channel -> the token user this session is there as
         self.presence: dict[str, dict] | None = None
+        # The rate limit's bucket: frames it may still send, and when that
+        # was last topped up (the hub's clock); None until its first frame.
+        self.allowance = 0.0
+        self.stamp: float | None = None
+        # Token channels it may publish to (``client_publish``), from the
+        # tokens it subscribed with.
+        self.granted: frozenset[str] = frozenset()
         self._on_overflow = on_overflow
 
     def __repr__(self) -> str:
         return f"<Session {self.id[:6]}… {self.transport}>"
 
-    def deliver(self, frame: Encoded) -> None:
-        """Write ``frame`` to the sink, or hold it until a poll takes it."""
+    def deliver(self, frame: Encoded) -> bool:
+        """Write ``frame`` to the sink, or hold it until a poll takes it.
+
+        :returns: True when it is held (for ``queued`` in ``/send`` answers).
+        """
         sink = self.sink
         if sink is not None:
             sink.write(frame)
-            return
+            return False
         if self.closed:
-            return
+            return False
         self.seq += 1
         self.pending.append((self.seq, frame))
         self.pending_bytes += frame.size
         if self.pending_bytes > self.limit:
             self._on_overflow(self)
-            return
+            return False
         waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            waiter()
+        if waiter is None:
+            return True
+        # A poll is waiting: it answers with this frame at once.
+        self.waiter = None
+        waiter()
+        return False
+
+    def admit(self, now: float, rate: float, burst: float) -> bool:
+        """Whether one more frame from the browser is within the rate limit
+        (a token bucket: ``rate`` per second, at most ``burst`` saved up)."""
+        if self.stamp is None:
+            self.allowance = burst
+        else:
+            self.allowance = min(burst, self.allowance + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.allowance < 1.0:
+            return False
+        self.allowance -= 1.0
+        return True
 
     def attach(self, sink: Sink) -> None:
         """Stream from now on to ``sink``, starting with what is pending."""

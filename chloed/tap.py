@@ -26,6 +26,7 @@ class Options(usage.Options):
         ["config", "c", None, "TOML file of options (see conf/chloe.toml)."],
         ["app-url", "a", None, "application_server_url: where browser messages are POSTed."],
         ["secret", "s", None, "The shared secret of the app and Chloe (or CHLOE_SECRET)."],
+        ["log-format", None, "text", "text (twistd's log) or json (one JSON object per line, on stdout)."],
     ]
 
     def __init__(self) -> None:
@@ -42,6 +43,13 @@ class Options(usage.Options):
             self["chloe"] = self._load()
         except ConfigError as exc:
             raise usage.UsageError(str(exc)) from None
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(f"log-format: must be text or json, not {self['log-format']!r}")
+        parent = getattr(self, "parent", None)
+        if self["log-format"] == "json" and parent is not None:
+            # As if given ``twistd --logger``, which twistd resolves after
+            # this and sets up before anything logs.
+            parent["logger"] = "chloed.logs.json_observer"
 
     def _load(self) -> config_module.Config:
         base = config_module.load(self["config"]) if self["config"] else config_module.Config()

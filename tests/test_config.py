@@ -26,7 +26,8 @@ def refused(values: dict) -> ConfigError:
 
 
 def test_defaults_are_the_spec_table():
-    """With no options, every option has the default SPEC section 1 documents."""
+    """With no options, every option has the default SPEC section 1 documents
+    (and rate_limit, which issue 7 added and conf/chloe.toml documents)."""
     assert dataclasses.asdict(Config()) == {
         "listen": ("tcp:8901",),
         "application_server_url": None,
@@ -42,6 +43,7 @@ def test_defaults_are_the_spec_table():
         "max_message_bytes": 65536,
         "max_connections": 100000,
         "max_subscriptions": 100,
+        "rate_limit": 50.0,
         "outbound_buffer_bytes": 1048576,
         "upstream_timeout": 10.0,
         "upstream_retries": 5,

@@ -495,15 +495,110 @@ def test_client_publish_to_subscribed_channel():
     assert [f["type"] for f in alice_sink.frames[1:]] == ["message", "ack"]
 
 
-@pytest.mark.parametrize("channel", ["elsewhere", "private-room"])
-def test_client_publish_only_to_public_subscribed_channels(channel):
-    """A browser may not publish to a channel it is not on, nor to a private one."""
+def test_client_publish_to_public_channel_without_subscribing():
+    """A public channel is open to client publish, subscribed or not."""
+    w = World(client_publish=True)
+    sender, sender_sink = w.connect()
+    reader, reader_sink = w.connect()
+    w.send(reader, {"type": "subscribe", "channel": "room"})
+    w.send(sender, {"type": "send", "channel": "room", "data": "hi", "ref": 2})
+    assert [(f["type"], f.get("data")) for f in reader_sink.frames[1:]] == [("message", "hi")]
+    assert sender_sink.frames[-1] == {"type": "ack", "ref": 2}
+
+
+def test_client_publish_to_token_channels_only():
+    """Token channels are open to client publish when a token the session
+    subscribed with lists them; the others are forbidden."""
     w = World(client_publish=True)
     session, sink = w.connect()
-    w.send(session, {"type": "subscribe", "channel": "private-room", "token": token(["private-room"])})
-    w.send(session, {"type": "send", "channel": channel, "data": 1, "ref": 4})
+    w.send(session, {"type": "subscribe", "channel": "private-a", "token": token(["private-a", "private-b"])})
+    w.send(session, {"type": "send", "channel": "private-b", "data": 1, "ref": 3})
+    assert sink.frames[-1] == {"type": "ack", "ref": 3}
+    assert w.broker.channels["private-b"].last_id is not None
+    w.send(session, {"type": "send", "channel": "private-c", "data": 1, "ref": 4})
     error = sink.frames[-1]
-    assert (error["code"], error["ref"], error["channel"]) == ("forbidden", 4, channel)
+    assert (error["code"], error["ref"], error["channel"]) == ("forbidden", 4, "private-c")
+    assert "private-c" not in w.broker.channels
+
+
+def test_client_publish_without_token_forbidden():
+    """A session with no token may not publish to a private channel."""
+    w = World(client_publish=True)
+    session, sink = w.connect()
+    w.send(session, {"type": "send", "channel": "presence-x", "data": 1, "ref": 5})
+    assert (sink.frames[-1]["code"], sink.frames[-1]["ref"]) == ("forbidden", 5)
+
+
+def test_publish_receipt_counts_delivered_now_and_held_for_later():
+    """A streaming session and a poll waiting get it now; a polling session
+    between two polls holds it (the /send receipt's delivered and queued)."""
+    w = World()
+    streaming, _ = w.connect()
+    between = w.hub.open_session("longpoll")
+    waiting = w.hub.open_session("longpoll")
+    answered = []
+    for s in (streaming, between, waiting):
+        w.send(s, {"type": "subscribe", "channel": "a"})
+    waiting.waiter = lambda: answered.append(True)
+    result = w.broker.publish(["a"], b"1")
+    assert (result.delivered, result.queued) == (2, 1)
+    assert answered == [True]
+
+
+# -- rate limit ------------------------------------------------------------
+
+
+def test_rate_limit_refuses_frames_beyond_the_burst():
+    """Past the burst each frame is answered rate_limited with its ref and is
+    not processed; the session stays, and time refills the bucket."""
+    w = World(rate_limit=10, max_subscriptions=5)
+    session, sink = w.connect()
+    burst = 20  # max(2 * rate_limit, max_subscriptions + 10)
+    for n in range(burst):
+        w.send(session, {"type": "ping"})
+    assert [f["type"] for f in sink.frames] == ["pong"] * burst
+    w.send(session, {"type": "subscribe", "channel": "a", "ref": 9})
+    assert sink.frames[-1]["code"] == "rate_limited"
+    assert sink.frames[-1]["ref"] == 9
+    assert "a" not in session.channels
+    assert w.hub.rate_limited == 1
+    w.advance(0.1)  # one frame's worth at 10 per second
+    w.send(session, {"type": "ping"})
+    assert sink.frames[-1] == {"type": "pong"}
+    w.send(session, {"type": "ping"})
+    assert sink.frames[-1]["code"] == "rate_limited"
+    assert not session.closed
+
+
+def test_rate_limit_burst_covers_resubscribing_every_channel():
+    """A reconnect that resubscribes max_subscriptions channels at once fits the burst."""
+    w = World(rate_limit=1, max_subscriptions=30)
+    session, sink = w.connect()
+    for n in range(30):
+        w.send(session, {"type": "subscribe", "channel": f"c{n}"})
+    assert len(session.channels) == 30
+    assert [f["type"] for f in sink.frames] == ["subscribed"] * 30
+
+
+def test_rate_limit_is_per_session():
+    """One flooding session does not limit another."""
+    w = World(rate_limit=1, max_subscriptions=1)
+    flood, flood_sink = w.connect()
+    calm, calm_sink = w.connect()
+    for n in range(50):
+        w.send(flood, {"type": "ping"})
+    assert flood_sink.frames[-1]["code"] == "rate_limited"
+    w.send(calm, {"type": "ping"})
+    assert calm_sink.frames[-1] == {"type": "pong"}
+
+
+def test_rate_limit_zero_is_off():
+    w = World(rate_limit=0)
+    session, sink = w.connect()
+    for n in range(500):
+        w.send(session, {"type": "ping"})
+    assert sink.frames[-1] == {"type": "pong"}
+    assert w.hub.rate_limited == 0
 
 
 # -- slow consumers --------------------------------------------------------

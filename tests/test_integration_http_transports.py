@@ -110,7 +110,9 @@ def test_longpoll_delivers_by_cursor_and_loses_nothing_between_polls(chloed):
     assert status == 200
     session, cursor = opened["session"], opened["cursor"]
     assert [f["type"] for f in opened["frames"]] == ["connected", "subscribed"]
-    chloed.send(data="while away", channel="news")
+    status, receipt = chloed.send(data="while away", channel="news")
+    # Nobody had it now; the polling session holds it for its next poll.
+    assert status == 202 and (receipt["delivered"], receipt["queued"]) == (0, 1)
     status, answer = poll(chloed, f"session={session}&cursor={cursor}")
     assert [f["data"] for f in answer["frames"]] == ["while away"]
     # The answer was "lost": the same cursor gets the same frames again.

@@ -187,7 +187,8 @@ def test_dead_app_with_full_queue_keeps_memory_flat(chloed_factory, tmp_path):
 
     server = chloed_factory(
         "--app-url", f"http://127.0.0.1:{free_port()}/updates",
-        config=relay_conf(tmp_path, upstream_queue=10, upstream_retries=1000, upstream_timeout=1),
+        # rate_limit off: this floods on purpose, to fill the relay queue.
+        config=relay_conf(tmp_path, upstream_queue=10, upstream_retries=1000, upstream_timeout=1, rate_limit=0),
     )
     browser = Browser(server)
     try:

@@ -35,8 +35,11 @@ class OutboundFlow:
         return self.backlog <= self.limit
 
     def pauseProducing(self) -> None:
-        self.paused = True
-        self.backlog = 0
+        # The transport asks again on every write while its buffer is full:
+        # only the first call starts the count.
+        if not self.paused:
+            self.paused = True
+            self.backlog = 0
 
     def resumeProducing(self) -> None:
         self.paused = False
