@@ -1,11 +1,14 @@
 # make demo: set everything up, run chloed and the echo app (open http://localhost:4567)
+# make chat: the same, with the chat demo app instead (open http://localhost:4567 in two browsers)
 # make test: set everything up, run every test (what CI runs, through .ci/run)
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 DEMO_SECRET ?= demo-secret
+CHAT_SECRET ?= chat-demo-secret-change-me-0123456789
+CHAT_STAFF ?= alice
 
-.PHONY: setup system-deps test demo clean
+.PHONY: setup system-deps test demo chat clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +31,12 @@ demo: setup
 	@CHLOE_SECRET=$(DEMO_SECRET) $(BIN)/python examples/echo_app.py --port 4567 --chloe http://localhost:8901 & \
 	  app=$$!; trap "kill $$app" EXIT INT TERM; \
 	  CHLOE_SECRET=$(DEMO_SECRET) $(BIN)/twistd -n --pidfile= chloe --listen tcp:8901:interface=127.0.0.1 --app-url http://127.0.0.1:4567/updates
+
+chat: setup
+	@echo "chloed on http://localhost:8901, the chat app on http://localhost:4567 -- open http://localhost:4567/ (staff: $(CHAT_STAFF))"
+	@CHLOE_SECRET=$(CHAT_SECRET) $(BIN)/python examples/chat_app.py --port 4567 --chloe http://localhost:8901 --staff '$(CHAT_STAFF)' & \
+	  app=$$!; trap "kill $$app" EXIT INT TERM; \
+	  CHLOE_SECRET=$(CHAT_SECRET) $(BIN)/twistd -n --pidfile= chloe --listen tcp:8901:interface=127.0.0.1 --app-url http://127.0.0.1:4567/updates
 
 clean:
 	rm -rf $(VENV) build *.egg-info
