@@ -20,12 +20,14 @@ from chloed import __version__
 from chloed.broker import Broker
 from chloed.config import Config
 from chloed.hub import Hub
+from chloed.metrics import Metrics
 from chloed.upstream import MAX_LANES_IN_FLIGHT, Relay
 from chloed.web import make_site
 
 log = Logger()
 
 SWEEP_INTERVAL = 60.0
+STATUS_INTERVAL = 1.0
 
 
 def make_http_client(reactor: Any) -> Any:
@@ -77,6 +79,7 @@ class ChloeService(MultiService):
 
     hub: Hub
     site: Any
+    metrics: Metrics
 
 
 def make_service(config: Config, reactor: Any, http: Any = None) -> ChloeService:
@@ -87,6 +90,7 @@ def make_service(config: Config, reactor: Any, http: Any = None) -> ChloeService
         when None.
     """
     service = ChloeService()
+    metrics = Metrics(reactor)
     broker = Broker(reactor, config.history_size, config.history_ttl)
     relay, pool = None, None
     if config.application_server_url is not None:
@@ -100,16 +104,22 @@ def make_service(config: Config, reactor: Any, http: Any = None) -> ChloeService
             config.upstream_timeout,
             config.upstream_retries,
             config.upstream_queue,
+            observe=metrics.relay_latency.observe,
         )
     hub = Hub(config, broker, reactor, relay)
-    site = make_site(hub)
-    service.hub, service.site = hub, site
+    metrics.attach(hub)
+    site = make_site(hub, metrics)
+    service.hub, service.site, service.metrics = hub, site, metrics
 
     _Upstream(relay, pool, reactor, config.upstream_timeout).setServiceParent(service)
     _Sessions(hub).setServiceParent(service)
     sweeper = TimerService(min(SWEEP_INTERVAL, max(config.history_ttl, 1.0)), broker.sweep)
     sweeper.clock = reactor
     sweeper.setServiceParent(service)
+    # The status page's live numbers: a dict lookup a second while nobody looks.
+    status_feed = TimerService(STATUS_INTERVAL, metrics.announce)
+    status_feed.clock = reactor
+    status_feed.setServiceParent(service)
     for description in config.listen:
         strports.service(description, site, reactor=reactor).setServiceParent(service)
 

@@ -4,6 +4,7 @@ the static files, under one ``twisted.web`` Site."""
 from __future__ import annotations
 
 import html
+import json
 from importlib import resources
 from typing import Any
 
@@ -14,6 +15,8 @@ from twisted.web.static import Data
 from chloed import __version__
 from chloed.api import Api
 from chloed.hub import Hub
+from chloed.metrics import Metrics
+from chloed.ops import PATHS as OPS_PATHS, Ops
 from chloed.transports.inbound import SessionPostResource
 from chloed.transports.longpoll import PollResource
 from chloed.transports.sse import SSEResource
@@ -25,21 +28,31 @@ def static_bytes(name: str) -> bytes:
 
 
 class IndexPage(Resource):
-    """``GET /``: says Chloe is up, with its version and a few counters."""
+    """``GET /``: the public status page. It says Chloe is up, with its
+    version and counters as they are now, then keeps them (and its charts)
+    live over Chloe itself, subscribed to ``chloe.status``.
+
+    It shows only :meth:`Metrics.status` with ``public=True``: counts, and
+    the names of channels anyone may subscribe to.
+    """
 
     isLeaf = True
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, metrics: Metrics) -> None:
         super().__init__()
         self._hub = hub
+        self._metrics = metrics
         self._template = static_bytes("index.html").decode("utf-8")
 
     def render_GET(self, request: Any) -> bytes:
         hub = self._hub
+        # "<" escaped, so no value can end the <script> it sits in.
+        snapshot = json.dumps(self._metrics.status(public=True)).replace("<", "\\u003c")
         page = (
             self._template.replace("{version}", html.escape(__version__))
             .replace("{sessions}", str(len(hub.broker.sessions)))
             .replace("{channels}", str(len(hub.broker.channels)))
+            .replace("{snapshot}", snapshot)
         )
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
@@ -48,16 +61,18 @@ class IndexPage(Resource):
 
 class Root(Resource):
     """Named children first (``/ws``, ``/chloe.js``, ``/``); every other
-    path goes whole to the Klein API."""
+    path goes whole to a Klein app: the one of ``whole`` named by its first
+    segment, else the API."""
 
-    def __init__(self, fallback: IResource) -> None:
+    def __init__(self, fallback: IResource, whole: dict[bytes, IResource] | None = None) -> None:
         super().__init__()
         self._fallback = fallback
+        self._whole = whole or {}
 
     def getChild(self, path: bytes, request: Any) -> IResource:
         # Give Klein back the segment twisted.web just consumed.
         request.postpath.insert(0, request.prepath.pop())
-        return self._fallback
+        return self._whole.get(path, self._fallback)
 
 
 class ChloeSite(Site):
@@ -69,10 +84,17 @@ class ChloeSite(Site):
         pass
 
 
-def make_site(hub: Hub) -> Site:
-    """The Site serving every endpoint of SPEC sections 3, 5 and 6."""
-    root = Root(Api(hub).resource())
-    root.putChild(b"", IndexPage(hub))
+def make_site(hub: Hub, metrics: Metrics | None = None) -> Site:
+    """The Site serving every endpoint of SPEC sections 3, 5 and 6.
+
+    :param metrics: what ``/status``, ``/metrics`` and ``/`` report; one is
+        made and attached to ``hub`` when None.
+    """
+    if metrics is None:
+        metrics = Metrics(hub.clock).attach(hub)
+    ops = Ops(hub, metrics).resource()
+    root = Root(Api(hub).resource(), {path: ops for path in OPS_PATHS})
+    root.putChild(b"", IndexPage(hub, metrics))
     root.putChild(b"chloe.js", Data(static_bytes("chloe.js"), "application/javascript; charset=utf-8"))
     transports = hub.config.transports
     if "websocket" in transports:

@@ -1,0 +1,94 @@
+"""The operator's HTTP endpoints: ``GET /status``, ``GET /metrics`` and
+``GET /openapi.json``.
+
+``/status`` (JSON) and ``/metrics`` (Prometheus text) say as much about the
+server as ``/channels`` does, so they take the same bearer ``secret``; as
+SPEC section 6 says, loopback clients may read them without it too (a
+Prometheus or an agent on the same machine needs no copy of the secret).
+``/openapi.json``, the description of the whole HTTP API, is public: it
+holds nothing of this server.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from klein import Klein
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from chloed.api import _authorized, is_loopback, routing_error
+from chloed.errors import RequestError
+from chloed.hub import Hub
+from chloed.metrics import Metrics
+from chloed.transports._http import error, json_body
+
+log = Logger()
+
+#: The paths this module answers; everything else goes to the app's API.
+PATHS = (b"status", b"metrics", b"openapi.json")
+
+
+def openapi_document() -> bytes:
+    """``chloed/openapi.json``, shipped with the package."""
+    return (resources.files("chloed") / "openapi.json").read_bytes()
+
+
+class Ops:
+    """Klein routes of the operator's endpoints, bound to one hub."""
+
+    app = Klein()
+
+    def __init__(self, hub: Hub, metrics: Metrics) -> None:
+        self.hub = hub
+        self.metrics = metrics
+        self._openapi = openapi_document()
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    @app.handle_errors(RequestError)
+    def _request_error(self, request: IRequest, failure: Any) -> bytes:
+        exc: RequestError = failure.value
+        log.info(
+            "{method} {path}: {status} {code}: {message}",
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("ascii", "replace"),
+            status=exc.status, code=exc.code, message=exc.message,
+        )
+        return error(request, exc.status, exc.code, exc.message)
+
+    def _authorize(self, request: IRequest) -> None:
+        # Loopback, or the app API's bearer check with its answers (chloed.api.Api).
+        secrets = self.hub.config.secret
+        if not is_loopback(request) and not _authorized(request, secrets):
+            if secrets:
+                request.setHeader(b"www-authenticate", b'Bearer realm="chloe"')
+                raise RequestError(401, "unauthorized", "a valid Authorization: Bearer secret is required")
+            raise RequestError(403, "forbidden", "with no secret configured only loopback clients may call the API")
+
+    @app.route("/status", methods=["GET"])
+    def status(self, request: IRequest) -> bytes:
+        self._authorize(request)
+        request.setHeader(b"cache-control", b"no-store")
+        return json_body(request, 200, self.metrics.status())
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: IRequest) -> bytes:
+        self._authorize(request)
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return self.metrics.exposition()
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"access-control-allow-origin", b"*")
+        return self._openapi
+
+    @app.handle_errors(NotFound, MethodNotAllowed)
+    def _routing_error(self, request: IRequest, failure: Any) -> bytes:
+        return routing_error(request, failure)
