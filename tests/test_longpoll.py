@@ -20,3 +20,51 @@ def test_bad_cursor_is_none(text):
     """Anything but up to 20 ASCII digits is refused (``"²".isdigit()`` is
     true, yet ``int("²")`` raises; so does ``int`` of 5000 digits)."""
     assert parse_cursor(text) is None
+
+
+# -- the resource, on a Hub over a Clock ------------------------------------
+
+
+def poll_resource():
+    from twisted.internet.task import Clock
+
+    from chloed.broker import Broker
+    from chloed.config import Config
+    from chloed.hub import Hub
+    from chloed.transports.longpoll import PollResource
+
+    clock = Clock()
+    config = Config(longpoll_timeout=1.0)
+    hub = Hub(config, Broker(clock, config.history_size, config.history_ttl), clock, None)
+    return PollResource(hub, jsonp=False), hub
+
+
+def get(resource, query: dict[bytes, list[bytes]]):
+    import json
+
+    from twisted.web.test.requesthelper import DummyRequest
+
+    request = DummyRequest([b""])
+    request.args = query
+    body = resource.render(request)
+    return request.responseCode or 200, json.loads(body)
+
+
+@pytest.mark.parametrize("session", [b"\xff", b"", b"no-such-session"])
+def test_poll_of_a_session_that_is_not_there_is_404(session):
+    """session= naming no session, even one that is not UTF-8, is 404 (it
+    used to open a new session when the name did not decode)."""
+    resource, hub = poll_resource()
+    status, answer = get(resource, {b"session": [session], b"cursor": [b"0"]})
+    assert (status, answer["error"]) == (404, "unknown_session")
+    assert not hub.sessions
+
+
+@pytest.mark.parametrize("cursor", [b"\xc2\xb2", b"9" * 5000, b"2", b"-1", b""])
+def test_bad_cursor_is_400(cursor):
+    """A cursor that is not one this session answered is 400, never a crash."""
+    resource, hub = poll_resource()
+    status, opened = get(resource, {})
+    assert status == 200 and opened["cursor"] == 1
+    status, answer = get(resource, {b"session": [opened["session"].encode()], b"cursor": [cursor]})
+    assert (status, answer["error"]) == (400, "bad_request")

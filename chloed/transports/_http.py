@@ -7,7 +7,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from twisted.web.error import UnsupportedMethod
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 
 from chloed import frames
 
@@ -71,6 +73,25 @@ def json_error_body(status: int, code: str, message: str) -> bytes:
 def error(request: IRequest, status: int, code: str, message: str) -> bytes:
     """Set ``status`` and return the JSON error body ``{error, message}``."""
     return json_body(request, status, {"error": code, "message": message})
+
+
+class BrowserResource(Resource):
+    """A browser endpoint: a method it does not serve is answered with a
+    JSON ``405 {"error": "method_not_allowed"}`` and ``Allow``, like its
+    other errors, not twisted.web's HTML page (or its 501 for a method
+    twisted.web does not know)."""
+
+    def render(self, request: Any) -> Any:
+        try:
+            return super().render(request)
+        except UnsupportedMethod as exc:
+            allowed = list(exc.allowedMethods)
+            request.setHeader(b"allow", b", ".join(allowed))
+            method = request.method.decode("latin-1")
+            return error(
+                request, 405, "method_not_allowed",
+                f"{method} is not allowed here; use {', '.join(m.decode('latin-1') for m in allowed)}",
+            )
 
 
 def valid_callback(name: str) -> bool:

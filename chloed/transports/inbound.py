@@ -13,16 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.web.resource import Resource
-
 from chloed import frames
 from chloed.errors import ProtocolError
 from chloed.hub import Hub
-from chloed.transports._http import browser_headers, error, preflight
+from chloed.transports._http import BrowserResource, browser_headers, error, preflight
 from chloed.transports.longpoll import batch_limit
 
 
-class SessionPostResource(Resource):
+class SessionPostResource(BrowserResource):
     """``/session/<id>``: the session id is the one path segment below."""
 
     isLeaf = True

@@ -33,14 +33,13 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from chloed import frames
 from chloed.errors import ProtocolError
 from chloed.hub import Hub
 from chloed.session import Session
-from chloed.transports._http import arg, args, browser_headers, preflight, valid_callback
+from chloed.transports._http import BrowserResource, arg, args, browser_headers, preflight, valid_callback
 
 log = Logger()
 
@@ -148,7 +147,7 @@ class _HeldPoll:
             self._end()
 
 
-class PollResource(Resource):
+class PollResource(BrowserResource):
     """``GET /poll`` and ``GET /jsonp`` (with ``/jsonp/send`` below it)."""
 
     def __init__(self, hub: Hub, jsonp: bool) -> None:
@@ -166,7 +165,7 @@ class PollResource(Resource):
         answer, refusal = _begin(request, self.hub, self.jsonp)
         if answer is None:
             return refusal
-        if arg(request, b"session") is None:
+        if b"session" not in request.args:
             return self._open(request, answer)
         session = _session(self.hub, request, self.transport)
         if session is None:
@@ -197,7 +196,7 @@ class PollResource(Resource):
         return answer.body(200, frames_body(session, with_session=True))
 
 
-class JsonpSendResource(Resource):
+class JsonpSendResource(BrowserResource):
     """``GET /jsonp/send``: browser frames of a JSONP session."""
 
     isLeaf = True

@@ -21,14 +21,13 @@ from typing import Any
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from chloed.frames import Encoded
 from chloed.hub import Hub
 from chloed.session import Session
 from chloed.transports._flow import OutboundFlow
-from chloed.transports._http import arg, args, browser_headers, error, preflight
+from chloed.transports._http import BrowserResource, arg, args, browser_headers, error, preflight
 
 log = Logger()
 
@@ -92,7 +91,7 @@ class SSEStream:
             self.hub.connection_lost(session)
 
 
-class SSEResource(Resource):
+class SSEResource(BrowserResource):
     """``GET /sse``: opens a session streaming to the browser."""
 
     isLeaf = True

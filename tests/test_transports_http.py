@@ -1,0 +1,56 @@
+"""Unit tests of chloed.transports._http, what browser endpoints share."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.web.test.requesthelper import DummyRequest
+
+from chloed.transports._http import BrowserResource, valid_callback
+
+
+class Endpoint(BrowserResource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"got"
+
+    def render_OPTIONS(self, request):
+        return b""
+
+
+@pytest.mark.parametrize("method", [b"POST", b"PUT", b"DELETE", b"BREW", b"PATCH"])
+def test_other_methods_get_a_json_405(method):
+    """A method the endpoint does not serve gets 405 with Allow and a JSON
+    error, like every other error of a browser endpoint."""
+    request = DummyRequest([b""])
+    request.method = method
+    body = Endpoint().render(request)
+    assert request.responseCode == 405
+    assert request.responseHeaders.getRawHeaders(b"content-type") == [b"application/json"]
+    allowed = request.responseHeaders.getRawHeaders(b"allow")[0].split(b", ")
+    assert set(allowed) >= {b"GET", b"OPTIONS"}
+    answer = json.loads(body)
+    assert answer["error"] == "method_not_allowed" and method.decode() in answer["message"]
+
+
+def test_head_renders_as_get():
+    """HEAD is not refused: twisted.web's Resource serves it as GET."""
+    request = DummyRequest([b""])
+    request.method = b"HEAD"
+    assert Endpoint().render(request) == b"got"
+
+
+def test_served_methods_render():
+    request = DummyRequest([b""])
+    assert Endpoint().render(request) == b"got"
+
+
+@pytest.mark.parametrize(
+    "name,ok",
+    [("cb", True), ("$", True), ("_a.b$.c9", True), ("a" * 64, True), ("a" * 65, False), ("1a", False),
+     ("a..b", False), (".a", False), ("a.", False), ("a-b", False), ("a b", False), ("é", False), ("", False)],
+)
+def test_valid_callback(name, ok):
+    assert valid_callback(name) is ok
