@@ -8,6 +8,8 @@ connection pool to the app closes last.
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 from twisted.application import strports
@@ -74,6 +76,46 @@ class _Upstream(Service):
         return d
 
 
+class _Drain(Service):
+    """SIGTERM drains and exits 0; a second SIGTERM exits at once.
+
+    Twisted's own handler stops the reactor too, but then twistd ends the
+    process with the signal (status 143), which systemd and supervisors
+    report as a failure. This one stops the reactor plainly, so the other
+    services' ``stopService`` (listeners, ``shutting_down``, the relay's
+    flush) run and the exit status is 0.
+    """
+
+    def __init__(self, reactor: Any, hub: Hub) -> None:
+        self.reactor = reactor
+        self.hub = hub
+        self.terms = 0
+
+    def startService(self) -> None:
+        super().startService()
+        if hasattr(self.reactor, "callWhenRunning"):
+            # After the reactor installed its own handlers, which it does
+            # while starting up.
+            self.reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+
+    def on_sigterm(self, signum: int, frame: Any = None) -> None:
+        self.terms += 1
+        if self.terms > 1:
+            # Die by the signal, as an undrained stop should.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.hub.draining = True
+        self.reactor.callFromThread(self._stop)
+
+    def _stop(self) -> None:
+        log.info("SIGTERM: draining (a second SIGTERM stops at once)")
+        self.reactor.stop()
+
+
 class ChloeService(MultiService):
     """The running server; ``hub`` and ``site`` are there for tests."""
 
@@ -111,6 +153,7 @@ def make_service(config: Config, reactor: Any, http: Any = None) -> ChloeService
     site = make_site(hub, metrics)
     service.hub, service.site, service.metrics = hub, site, metrics
 
+    _Drain(reactor, hub).setServiceParent(service)
     _Upstream(relay, pool, reactor, config.upstream_timeout).setServiceParent(service)
     _Sessions(hub).setServiceParent(service)
     sweeper = TimerService(min(SWEEP_INTERVAL, max(config.history_ttl, 1.0)), broker.sweep)

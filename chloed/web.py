@@ -17,8 +17,9 @@ from chloed.api import Api
 from chloed.hub import Hub
 from chloed.metrics import Metrics
 from chloed.ops import PATHS as OPS_PATHS, Ops
+from chloed.transports._channel import REQUEST_DEADLINE, GuardedHTTPChannel
 from chloed.transports.inbound import SessionPostResource
-from chloed.transports.longpoll import PollResource
+from chloed.transports.longpoll import PollResource, batch_limit
 from chloed.transports.sse import SSEResource
 from chloed.transports.websocket import websocket_resource
 
@@ -78,7 +79,13 @@ class Root(Resource):
 class ChloeSite(Site):
     """A Site without the per-request access log: with thousands of
     long-poll browsers that is a line per poll; Chloe logs what happens to
-    sessions and messages instead."""
+    sessions and messages instead. A request must arrive whole within
+    ``request_deadline`` seconds, its body no larger than ``max_body_bytes``
+    (see :mod:`chloed.transports._channel`)."""
+
+    protocol = GuardedHTTPChannel
+    request_deadline = REQUEST_DEADLINE
+    max_body_bytes: int | None = None
 
     def log(self, request: Any) -> None:
         pass
@@ -107,6 +114,8 @@ def make_site(hub: Hub, metrics: Metrics | None = None) -> Site:
         root.putChild(b"jsonp", PollResource(hub, jsonp=True))
     if "sse" in transports or "longpoll" in transports:
         root.putChild(b"session", SessionPostResource(hub))
-    site = ChloeSite(root)
+    site = ChloeSite(root, reactor=hub.clock)
+    # The largest body any endpoint takes: a batch of browser frames.
+    site.max_body_bytes = batch_limit(hub)
     site.displayTracebacks = False
     return site

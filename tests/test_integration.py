@@ -290,3 +290,20 @@ def test_unknown_config_key_stops_start_up(tmp_path):
         [TWISTD, "-n", "--pidfile=", "chloe", "--config", str(conf)], capture_output=True, timeout=60
     )
     assert result.returncode == 1 and b"histroy_size" in result.stderr + result.stdout
+
+
+def test_json_logs_one_object_per_line_without_secrets(chloed_factory, browsers):
+    """--log-format json: every line of output is a JSON object; client
+    mistakes are logged without tracebacks; no secret or token is logged."""
+    server = chloed_factory("--log-format", "json")
+    browser = browsers(server)
+    assert browser.ask("{nope")["code"] == "bad_frame"
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJjaGFubmVscyI6WyJwcml2YXRlLXgiXX0.c2lnbmF0dXJlLXRoYXQtZmFpbHM"
+    assert browser.ask({"type": "subscribe", "channel": "private-x", "token": token})["code"] == "forbidden"
+    server.stop()
+    lines = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+    assert any(line.get("code") == "bad_frame" for line in lines)
+    assert all({"time", "level", "namespace", "text"} <= set(line) for line in lines)
+    text = server.log()
+    assert "traceback" not in text.lower()
+    assert server.secret not in text and token not in text and token.split(".")[2] not in text

@@ -195,3 +195,52 @@ def test_plugin_is_found_by_twisted():
     from twisted.plugin import getPlugins
 
     assert "chloe" in {m.tapname for m in getPlugins(IServiceMaker)}
+
+
+def test_log_format_json_hands_twistd_the_json_observer():
+    """--log-format json is as if twistd was given --logger chloed.logs.json_observer."""
+    from twisted.scripts.twistd import ServerOptions
+
+    options = ServerOptions()
+    options.parseOptions(["-n", "chloe", "--log-format", "json"])
+    from chloed.logs import json_observer
+
+    assert options["logger"] is json_observer
+
+
+def test_log_format_text_leaves_twistd_logging_alone():
+    from twisted.scripts.twistd import ServerOptions
+
+    options = ServerOptions()
+    options.parseOptions(["-n", "chloe"])
+    assert options["logger"] is None
+
+
+def test_bad_log_format():
+    assert "log-format" in str(refused("--log-format", "xml"))
+
+
+def test_json_log_lines():
+    """One JSON object per event and per line, with the event's plain fields,
+    and a traceback kept inside its line."""
+    import io
+    import json
+
+    from twisted.logger import Logger
+
+    from chloed.logs import json_observer
+
+    out = io.StringIO()
+    log = Logger(namespace="chloed.test", observer=json_observer(out))
+    log.info("session {session}: {code}", session="abc", code="bad_frame", data=object())
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.failure("it broke")
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["text"] == "session abc: bad_frame"
+    assert (first["level"], first["namespace"], first["session"], first["code"]) == (
+        "info", "chloed.test", "abc", "bad_frame"
+    )
+    assert "data" not in first
+    assert second["level"] == "critical" and "ZeroDivisionError" in second["traceback"]

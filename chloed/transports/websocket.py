@@ -13,6 +13,14 @@ frames, built once per message for every subscriber (Autobahn's
 connection registers as the transport's producer, so it knows when the
 kernel stops taking data: what it writes after that counts against
 ``outbound_buffer_bytes``, past which the reader is a ``slow_consumer``.
+
+On a plain TCP connection whose transport holds nothing unsent, a frame is
+handed straight to the socket (:func:`send_now`): ``transport.write`` would
+buffer it, register the socket with epoll, and write and unregister it on
+the next reactor turn, two ``epoll_ctl`` calls and a reactor dispatch per
+subscriber per message, which was the largest cost of fan-out after the
+``send`` itself (see bench/RESULTS.md). Whatever the kernel does not take
+goes to the transport as before, so order and back-pressure are unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import tcp
 from twisted.logger import Logger
 
 from chloed import frames
@@ -41,12 +50,60 @@ def ws_framing(frame: Encoded) -> bytes:
     return PreparedMessage(frame.payload, False, False, True).payloadHybi
 
 
+def send_now(transport: Any, sock: Any, data: bytes) -> bytes:
+    """Send ``data`` on ``sock`` now if ``transport`` has nothing unsent
+    (else the bytes would overtake it); returns what is left to write
+    through the transport (empty when the kernel took it all).
+
+    Errors are left for the transport to find on its own write, so a broken
+    connection ends the usual way.
+    """
+    if (
+        transport._tempDataLen
+        or transport.offset != len(transport.dataBuffer)
+        or transport.disconnecting
+        or not transport.connected
+    ):
+        return data
+    try:
+        sent = sock.send(data)
+    except OSError:
+        return data
+    return data[sent:] if sent < len(data) else b""
+
+
+class WriteBatch:
+    """Frames for idle sockets, held until the reactor finishes the events
+    at hand, then sent with one ``send`` per socket: several messages
+    published in one turn cost one syscall per subscriber, not one each."""
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._waiting: list[ChloeWebSocket] = []
+        self._call: Any = None
+
+    def hold(self, connection: "ChloeWebSocket") -> None:
+        self._waiting.append(connection)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._call = None
+        waiting, self._waiting = self._waiting, []
+        for connection in waiting:
+            connection.flush_held()
+
+
 class ChloeWebSocket(WebSocketServerProtocol):
     """One browser over WebSocket: a sink of its session."""
 
     _log = Logger()
     session: Session | None = None
     flow: OutboundFlow | None = None
+    # The socket, when the transport is plain TCP (not TLS): see send_now.
+    _sock: Any = None
+    # Frames waiting for the end of this reactor turn (see WriteBatch).
+    _held: list[bytes] | None = None
 
     def onConnect(self, request: Any) -> None:
         hub: Hub = self.factory.hub
@@ -62,6 +119,8 @@ class ChloeWebSocket(WebSocketServerProtocol):
             transport.unregisterProducer()
         self.flow = OutboundFlow(self.factory.hub.config.outbound_buffer_bytes)
         transport.registerProducer(self.flow, True)
+        if type(transport) is tcp.Server:
+            self._sock = transport.socket
         self.session = self.factory.hub.open_session("websocket", self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -84,12 +143,35 @@ class ChloeWebSocket(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return
         data = frame.framed(ws_framing)
-        if not self.flow.admit(len(data)):  # type: ignore[union-attr]
+        flow = self.flow
+        if not flow.admit(len(data)):  # type: ignore[union-attr]
             session = self.session
             if session is not None:
                 self.factory.hub.slow(session)
             return
+        held = self._held
+        if held is not None:
+            held.append(data)
+            return
+        if self._sock is not None and not flow.paused:  # type: ignore[union-attr]
+            # The first frame of the turn goes now; the others wait for it
+            # to end and go together.
+            self._held = []
+            self.factory.batch.hold(self)
+            data = send_now(self.transport, self._sock, data)
+            if not data:
+                return
         self.transport.write(data)
+
+    def flush_held(self) -> None:
+        """Send what this turn wrote, straight to the socket when it can."""
+        held, self._held = self._held, None
+        if not held or self.state != self.STATE_OPEN:
+            return
+        data = held[0] if len(held) == 1 else b"".join(held)
+        rest = send_now(self.transport, self._sock, data)
+        if rest:
+            self.transport.write(rest)
 
     def close(self, last: Encoded | None) -> None:
         """Write ``last`` and close; a slow consumer is not waited for.
@@ -97,6 +179,7 @@ class ChloeWebSocket(WebSocketServerProtocol):
         self.session = None
         if self.state != self.STATE_OPEN:
             return
+        self.flush_held()
         stalled = self.flow is not None and self.flow.paused
         if last is not None and not stalled:
             self.transport.write(last.framed(ws_framing))
@@ -111,6 +194,7 @@ def websocket_resource(hub: Hub, url: str = "ws://localhost/ws") -> WebSocketRes
     factory = WebSocketServerFactory(url)
     factory.protocol = ChloeWebSocket
     factory.hub = hub
+    factory.batch = WriteBatch(hub.clock)
     heartbeat = hub.config.heartbeat
     factory.setProtocolOptions(
         autoPingInterval=heartbeat,

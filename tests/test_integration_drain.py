@@ -1,0 +1,87 @@
+"""SIGTERM drains a real chloed: it stops accepting, tells browsers
+``shutting_down``, hands the app every message it still holds, and exits 0;
+a second SIGTERM ends it at once."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+
+import pytest
+
+from tests.servers import Chloed
+from tests.test_integration import Browser
+
+EXIT_TIMEOUT = 20
+
+
+def conf(tmp_path, **options) -> str:
+    path = tmp_path / "chloe.toml"
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in options.items()))
+    return str(path)
+
+
+@pytest.fixture
+def gated_app(app_server):
+    """The app holds every answer until the test opens the gate."""
+    gate = threading.Event()
+
+    def respond(relayed):
+        gate.wait(EXIT_TIMEOUT)
+        return 200
+
+    app_server.respond = respond
+    yield app_server, gate
+    gate.set()
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_sigterm_drains_the_relay_and_exits_0(chloed_factory, gated_app, tmp_path):
+    """Messages queued for the app at SIGTERM all reach it; the browser hears
+    shutting_down; new connections are refused; the exit status is 0; a new
+    chloed on the same port takes the browser back."""
+    app, gate = gated_app
+    server = chloed_factory("--app-url", app.url, config=conf(tmp_path, upstream_timeout=10))
+    browser = Browser(server)
+    for n in range(5):
+        browser.send({"type": "send", "data": n, "ref": f"r{n}"})
+    first = app.next()  # the app holds it: four more wait in chloed's queue
+    assert first.event["data"] == 0
+    server.process.send_signal(signal.SIGTERM)
+    last = browser.recv()
+    assert (last["type"], last["code"]) == ("error", "shutting_down")
+    assert refused(server.port)
+    gate.set()
+    assert [app.next().event["data"] for _ in range(4)] == [1, 2, 3, 4]
+    assert server.process.wait(EXIT_TIMEOUT) == 0
+    log = server.log()
+    assert "Traceback" not in log and "draining" in log
+
+    again = chloed_factory("--app-url", app.url, port=server.port)
+    browser = Browser(again)
+    assert browser.ask({"type": "send", "data": 5, "ref": "r5"}) == {"type": "ack", "ref": "r5"}
+    assert app.next().event["data"] == 5
+    browser.close()
+
+
+def test_second_sigterm_stops_at_once(chloed_factory, gated_app, tmp_path):
+    """With the app never answering, a second SIGTERM does not wait for the drain."""
+    app, gate = gated_app
+    server = chloed_factory("--app-url", app.url, config=conf(tmp_path, upstream_timeout=60))
+    browser = Browser(server)
+    browser.send({"type": "send", "data": 1, "ref": "x"})
+    app.next()
+    server.process.send_signal(signal.SIGTERM)
+    assert browser.recv()["code"] == "shutting_down"
+    assert server.process.poll() is None  # still draining, the app holds the message
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(EXIT_TIMEOUT) == -signal.SIGTERM
