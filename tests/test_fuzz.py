@@ -698,6 +698,13 @@ def raw_http_case(name: str, data: bytes, half_close: bool, status: int | None) 
     return Case("raw HTTP", name, run)
 
 
+def _head_refused(h: Harness, path: str) -> None:
+    """HEAD has no body to carry the JSON error: status and type say it."""
+    status, headers, body = fi.raw_request(h.port, "HEAD", path)
+    assert (status, body) == (405, b"")
+    assert headers["content-type"] == "application/json"
+
+
 NON_UTF8_PATH = (
     "api.py/web.py: a request path that is not UTF-8 reaches Klein, which logs a Traceback "
     "(UnicodeDecodeError in klein/_resource.py extractURLparts) and answers an HTML 400"
@@ -747,6 +754,8 @@ def build_cases() -> list[Case]:
     cases += [raw_http_case(*row) for row in fi.RAW_HTTP]
     cases += [http_error_case("method", name, method, path, 405, "method_not_allowed")
               for name, method, path in fi.WRONG_METHODS]
+    cases += [Case("method", f"HEAD {path}", lambda h, path=path: _head_refused(h, path))
+              for path in ("/session/x", "/session/" + "s" * 300)]
     cases += [
         http_error_case("raw HTTP", "path not UTF-8", "GET", "/%FF", (400, 404), None, xfail=NON_UTF8_PATH),
         http_error_case("raw HTTP", "channel name not UTF-8 on GET /channels/NAME", "GET", "/channels/%FF",

@@ -54,3 +54,22 @@ def test_served_methods_render():
 )
 def test_valid_callback(name, ok):
     assert valid_callback(name) is ok
+
+
+class PostOnly(BrowserResource):
+    isLeaf = True
+
+    def render_POST(self, request):
+        return b"posted"
+
+
+@pytest.mark.parametrize("method", [b"HEAD", b"GET", b"DELETE"])
+def test_endpoint_without_get_refuses_head_too(method):
+    """HEAD of an endpoint with no GET is a 405, not Resource.render_HEAD
+    calling the missing render_GET (an AttributeError, a 500 and a traceback)."""
+    request = DummyRequest([b""])
+    request.method = method
+    body = PostOnly().render(request)
+    assert request.responseCode == 405
+    assert request.responseHeaders.getRawHeaders(b"allow") == [b"POST"]
+    assert json.loads(body)["error"] == "method_not_allowed"

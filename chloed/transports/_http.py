@@ -83,15 +83,24 @@ class BrowserResource(Resource):
 
     def render(self, request: Any) -> Any:
         try:
+            if request.method == b"HEAD" and not hasattr(self, "render_GET"):
+                # Resource.render_HEAD would call the missing render_GET.
+                raise UnsupportedMethod(self._allowed())
             return super().render(request)
-        except UnsupportedMethod as exc:
-            allowed = list(exc.allowedMethods)
+        except UnsupportedMethod:
+            allowed = self._allowed()
             request.setHeader(b"allow", b", ".join(allowed))
             method = request.method.decode("latin-1")
             return error(
                 request, 405, "method_not_allowed",
                 f"{method} is not allowed here; use {', '.join(m.decode('latin-1') for m in allowed)}",
             )
+
+    def _allowed(self) -> list[bytes]:
+        methods = sorted(name[len("render_"):] for name in dir(self) if name.startswith("render_"))
+        if "GET" not in methods:
+            methods.remove("HEAD")
+        return [m.encode("ascii") for m in methods]
 
 
 def valid_callback(name: str) -> bool:
