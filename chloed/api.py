@@ -32,9 +32,12 @@ def is_loopback(request: IRequest) -> bool:
         # A UNIX socket: only local processes can reach it.
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # On a dual-stack IPv6 socket, 127.0.0.1 arrives as ::ffff:127.0.0.1.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def _authorized(request: IRequest, secrets: tuple[str, ...]) -> bool:

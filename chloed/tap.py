@@ -66,6 +66,12 @@ class Options(usage.Options):
             try:
                 serverFromString(MemoryReactor(), description)
             except Exception as exc:  # each endpoint parser fails its own way
+                if description.startswith("systemd:"):
+                    raise ConfigError(
+                        "listen",
+                        f"{description!r}: no socket inherited from systemd "
+                        "(is chloe.socket active? LISTEN_FDS and LISTEN_FDNAMES must be set)",
+                    ) from None
                 raise ConfigError("listen", f"{description!r} is not a usable endpoint: {exc}") from None
         return cfg
 

@@ -366,20 +366,8 @@ section { margin-bottom: 1em; }
     else if (frame.event === 'leave') { delete members[id]; notice(name + ' left'); }
     renderMembers();
   }
-  // chloe.js hands `subscribed` and `presence` frames to the page through
-  // onsubscribed/onpresence; an older chloe.js that keeps them to itself
-  // is watched at the one place every frame goes through.
-  if (typeof chloe.onsubscribed === 'function' && typeof chloe.onpresence === 'function') {
-    chloe.onsubscribed(onsubscribed);
-    chloe.onpresence(onpresence);
-  } else {
-    var frameOf = chloe._frame;
-    chloe._frame = function (frame) {
-      frameOf.call(this, frame);
-      if (frame.type === 'subscribed') onsubscribed(frame);
-      else if (frame.type === 'presence') onpresence(frame);
-    };
-  }
+  chloe.onsubscribed(onsubscribed);
+  chloe.onpresence(onpresence);
 
   chloe.onerror(function (e) {
     if (me && e.channel === me.staff && e.code === 'forbidden') {

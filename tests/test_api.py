@@ -24,6 +24,8 @@ def request(address, authorization: bytes | None = None) -> DummyRequest:
         (IPv4Address("TCP", "127.0.0.1", 5000), True),
         (IPv4Address("TCP", "127.8.9.10", 5000), True),
         (IPv6Address("TCP", "::1", 5000), True),
+        (IPv6Address("TCP", "::ffff:127.0.0.1", 5000), True),
+        (IPv6Address("TCP", "::ffff:10.0.0.7", 5000), False),
         (UNIXAddress(b"/run/chloe.sock"), True),
         (IPv4Address("TCP", "10.0.0.7", 5000), False),
         (IPv4Address("TCP", "192.168.1.2", 5000), False),

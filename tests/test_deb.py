@@ -140,9 +140,8 @@ def _stop(process: subprocess.Popen, timeout: float = 30) -> int:
         raise AssertionError(f"PID {process.pid} did not exit within {timeout}s of SIGTERM")
 
 
-# A clean stop: status 0 (chloed's drain), or death by the SIGTERM itself,
-# which twistd re-raises after its shutdown and systemd counts as success.
-CLEAN_STOP = (0, -signal.SIGTERM)
+# A clean stop: chloed drains on SIGTERM and exits 0.
+CLEAN_STOP = (0,)
 
 
 def _purge() -> subprocess.CompletedProcess:

@@ -148,7 +148,8 @@ def test_ssl_endpoint_with_missing_key_file(tmp_path):
 def test_systemd_endpoint_without_sockets(monkeypatch):
     """A systemd: endpoint outside socket activation stops start-up with a line naming listen."""
     monkeypatch.setattr(endpoints._SystemdParser, "_sddaemon", ListenFDs([]))
-    assert str(refused("--listen", "systemd:domain=INET:index=0")).startswith("listen: ")
+    message = str(refused("--listen", "systemd:domain=INET:index=0"))
+    assert message.startswith("listen: ") and "no socket inherited from systemd" in message
 
 
 def test_systemd_endpoint_with_a_socket(monkeypatch):

@@ -2,6 +2,8 @@
  *
  *   var chloe = new Chloe({host: 'localhost', port: 8901});
  *   chloe.onmessage(function (data, meta) { ... });        // meta: {channel, id}
+ *   chloe.onsubscribed(function (frame) { ... });           // {channel, recovered, members?}
+ *   chloe.onpresence(function (frame) { ... });             // {channel, event: 'join'|'leave', member}
  *   chloe.connect(function () {
  *     chloe.send('hi mom');                                 // or send(data, {channel, ack: fn})
  *     chloe.subscribe('pumpkin', function (data, meta) { ... }, {token: t});
@@ -67,6 +69,8 @@
     this._messageHandlers = [];
     this._closeHandlers = [];
     this._errorHandlers = [];
+    this._subscribedHandlers = [];
+    this._presenceHandlers = [];
     this._conn = null;
     this._timer = null;         // the pending reconnect
     this._attempt = 0;
@@ -83,6 +87,11 @@
   Chloe.prototype.onmessage = function (fn) { this._messageHandlers.push(fn); return this; };
   Chloe.prototype.onclose = function (fn) { this._closeHandlers.push(fn); return this; };
   Chloe.prototype.onerror = function (fn) { this._errorHandlers.push(fn); return this; };
+  /* Every `subscribed` frame as it comes, also after each resubscribe on a
+   * reconnect (on presence- channels it carries the `members` then). */
+  Chloe.prototype.onsubscribed = function (fn) { this._subscribedHandlers.push(fn); return this; };
+  /* Every `presence` frame: {type, channel, event: 'join'|'leave', member}. */
+  Chloe.prototype.onpresence = function (fn) { this._presenceHandlers.push(fn); return this; };
 
   Chloe.prototype.connect = function (callback) {
     var self = this;
@@ -350,8 +359,14 @@
         }
         this._emit(this._errorHandlers, [frame]);
         return;
+      case 'subscribed':
+        if (this._channels[frame.channel]) this._emit(this._subscribedHandlers, [frame]);
+        return;
+      case 'presence':
+        if (this._channels[frame.channel]) this._emit(this._presenceHandlers, [frame]);
+        return;
       default:
-        return;   // subscribed, unsubscribed, pong, presence: nothing to do here
+        return;   // unsubscribed, pong: nothing to do here
     }
   };
 
