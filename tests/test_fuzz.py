@@ -754,6 +754,8 @@ def build_cases() -> list[Case]:
     cases += [raw_http_case(*row) for row in fi.RAW_HTTP]
     cases += [http_error_case("method", name, method, path, 405, "method_not_allowed")
               for name, method, path in fi.WRONG_METHODS]
+    cases += [http_error_case("path", f"GET {path}", "GET", path, 404, "not_found")
+              for path in ("/poll/", "/poll/x", "/poll/x/y", "/jsonp/x?callback=cb", "/jsonp/send%2Fx?callback=cb")]
     cases += [Case("method", f"HEAD {path}", lambda h, path=path: _head_refused(h, path))
               for path in ("/session/x", "/session/" + "s" * 300)]
     cases += [

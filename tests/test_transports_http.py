@@ -73,3 +73,27 @@ def test_endpoint_without_get_refuses_head_too(method):
     assert request.responseCode == 405
     assert request.responseHeaders.getRawHeaders(b"allow") == [b"POST"]
     assert json.loads(body)["error"] == "method_not_allowed"
+
+
+class WithChild(BrowserResource):
+    def __init__(self):
+        super().__init__()
+        self.putChild(b"known", Endpoint())
+
+    def render_GET(self, request):
+        return b"parent"
+
+
+@pytest.mark.parametrize("path", [b"", b"x", b"known-not"])
+def test_unknown_path_below_an_endpoint_is_a_json_404(path):
+    """/poll/ or /jsonp/x name nothing: a JSON 404, not an HTML page."""
+    request = DummyRequest([path])
+    child = WithChild().getChildWithDefault(path, request)
+    body = child.render(request)
+    assert request.responseCode == 404
+    assert json.loads(body)["error"] == "not_found"
+
+
+def test_known_children_are_still_found():
+    resource = WithChild()
+    assert isinstance(resource.getChildWithDefault(b"known", DummyRequest([b"known"])), Endpoint)

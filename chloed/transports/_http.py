@@ -96,11 +96,26 @@ class BrowserResource(Resource):
                 f"{method} is not allowed here; use {', '.join(m.decode('latin-1') for m in allowed)}",
             )
 
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        """A path below the endpoint that names nothing (``/poll/x``): a
+        JSON 404 like the API's, not twisted.web's HTML page."""
+        return _NOT_FOUND
+
     def _allowed(self) -> list[bytes]:
         methods = sorted(name[len("render_"):] for name in dir(self) if name.startswith("render_"))
         if "GET" not in methods:
             methods.remove("HEAD")
         return [m.encode("ascii") for m in methods]
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        return error(request, 404, "not_found", "no such endpoint")
+
+
+_NOT_FOUND = _NotFound()
 
 
 def valid_callback(name: str) -> bool:
