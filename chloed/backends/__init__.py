@@ -1,0 +1,57 @@
+"""Where channels live: the seam between the hub and a backend.
+
+Two backends hold channels. :class:`chloed.broker.Broker` keeps everything in
+this process (``backend = "memory"``); :class:`chloed.backends.redis.RedisBroker`
+shares channels, history and ids between several nodes through Redis
+(``backend = "redis://host:port/db"``). Both are the same object to the hub
+and the HTTP API, with one difference, said by ``asynchronous``:
+
+- the memory broker answers at once: ``subscribe`` returns
+  ``(recovered, missed)`` and ``publish`` a
+  :class:`~chloed.broker.PublishResult`;
+- a shared backend has to ask Redis first: ``subscribe``, ``subscribe_many``,
+  ``publish``, ``broadcast`` and ``to_session`` return Deferreds firing with
+  the same values, or failing with :class:`BackendUnavailable` while the
+  backend cannot take a publish.
+
+What the hub does with the answer (``subscribed``, then the replay, then live
+messages) is the same either way, so the memory path pays nothing for the
+seam: :func:`when` hands a plain value straight to its callback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from twisted.internet.defer import Deferred
+
+from chloed.broker import Broker
+
+T = TypeVar("T")
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot take a publish now (Redis is down or answered an
+    error); ``/send`` answers 503 ``backend_unavailable``."""
+
+
+def when(result: Any, callback: Callable[..., T], *args: Any) -> Any:
+    """Call ``callback(value, *args)`` with ``result`` now when it is a
+    plain value, or when it fires when it is a Deferred (whose chain is
+    returned)."""
+    if isinstance(result, Deferred):
+        return result.addCallback(callback, *args)
+    return callback(result, *args)
+
+
+def make_broker(backend: str, clock: Any, history_size: int, history_ttl: float) -> Broker:
+    """The broker ``backend`` (the ``backend`` option) names.
+
+    A Redis broker has to be connected: it has a ``service()`` to add to the
+    server's services.
+    """
+    if backend == "memory":
+        return Broker(clock, history_size, history_ttl)
+    from chloed.backends.redis import RedisBroker
+
+    return RedisBroker(clock, history_size, history_ttl, backend)

@@ -1,0 +1,247 @@
+"""The Redis broker against a real ``redis-server``: several brokers in this
+process stand for several nodes sharing one Redis."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from chloed.backends import BackendUnavailable
+from chloed.backends.redis import RedisBroker, parse_key
+from chloed.frames import Encoded
+from tests.redis_server import RedisServer, redis_server  # noqa: F401 (fixture)
+
+TIMEOUT = 10.0
+
+
+class Recorder:
+    """A subscriber that keeps every frame it gets."""
+
+    def __init__(self, id: str = "s1") -> None:
+        self.id = id
+        self.frames: list[Encoded] = []
+        self._waiting: list[tuple[Callable[[], bool], defer.Deferred[None]]] = []
+
+    def deliver(self, frame: Encoded) -> bool:
+        self.frames.append(frame)
+        for entry in list(self._waiting):
+            if entry[0]():
+                self._waiting.remove(entry)
+                entry[1].callback(None)
+        return False
+
+    def messages(self) -> list[Any]:
+        return [json.loads(f.payload) for f in self.frames if f.kind == "message"]
+
+    def data(self) -> list[Any]:
+        return [m["data"] for m in self.messages()]
+
+    def wait(self, count: int) -> defer.Deferred[None]:
+        """Fires once ``count`` messages arrived (fails after TIMEOUT)."""
+        done: defer.Deferred[None] = defer.Deferred()
+        predicate = lambda: len(self.messages()) >= count  # noqa: E731
+        if predicate():
+            done.callback(None)
+        else:
+            self._waiting.append((predicate, done))
+        return done.addTimeout(TIMEOUT, reactor)
+
+
+def until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> defer.Deferred[None]:
+    """Fires once ``predicate()`` holds, checking each 10 ms (a bounded wait
+    for a state change, not a sleep)."""
+    deadline = reactor.seconds() + timeout
+
+    @defer.inlineCallbacks
+    def check() -> Any:
+        while not predicate():
+            if reactor.seconds() > deadline:
+                raise AssertionError("timed out waiting for a condition")
+            yield task.deferLater(reactor, 0.01, lambda: None)
+
+    return check()
+
+
+@pytest.fixture
+def nodes(redis_server: RedisServer):  # noqa: F811
+    """Make brokers on the test's Redis; all are disconnected after."""
+    made: list[RedisBroker] = []
+
+    def make(history_size: int = 100, history_ttl: float = 300) -> RedisBroker:
+        broker = RedisBroker(reactor, history_size, history_ttl, redis_server.url)
+        broker.connect()
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        pytest_twisted.blockon(broker.disconnect())
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_publish_on_one_node_reaches_subscribers_on_another(nodes):
+    """A message published on node A reaches B's subscriber, encoded once on
+    B for all of B's subscribers, with an id that increases."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    one, two = Recorder("one"), Recorder("two")
+    assert (yield b.subscribe("pumpkin", one)) == (True, [])
+    assert (yield b.subscribe("pumpkin", two)) == (True, [])
+    first = yield a.publish(["pumpkin"], b'"Trotter"')
+    second = yield a.publish(["pumpkin"], b'{"n":2}')
+    yield one.wait(2)
+    yield two.wait(2)
+    assert one.data() == ["Trotter", {"n": 2}]
+    assert one.frames[0] is two.frames[0]  # the same bytes for both
+    ids = [first.ids["pumpkin"], second.ids["pumpkin"]]
+    assert [m["id"] for m in one.messages()] == ids
+    assert parse_key(ids[0]) < parse_key(ids[1])
+
+
+@pytest_twisted.inlineCallbacks
+def test_resume_on_another_node_replays_exactly_what_was_missed(nodes):
+    """A subscriber resuming with ``since`` on any node gets every message
+    after it, in order, and ``recovered: true``."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    ids = []
+    for n in range(5):
+        ids.append((yield a.publish(["c"], str(n).encode())).ids["c"])
+    sub = Recorder()
+    recovered, missed = yield b.subscribe("c", sub, ids[1])
+    assert recovered is True
+    assert [json.loads(f.payload)["data"] for f in missed] == [2, 3, 4]
+    assert [f.id for f in missed] == ids[2:]
+
+
+@pytest_twisted.inlineCallbacks
+def test_recovered_false_when_history_was_trimmed_or_the_id_is_foreign(nodes):
+    """``recovered`` is false when ``since`` is older than what Redis kept,
+    or is not an id of this cluster (then everything kept is replayed)."""
+    a = nodes(history_size=3)
+    yield until(lambda: a.backend_state == "up")
+    ids = []
+    for n in range(6):
+        ids.append((yield a.publish(["t"], str(n).encode())).ids["t"])
+    recovered, missed = yield a.subscribe("t", Recorder("x"), ids[0])
+    assert recovered is False
+    assert missed and missed[-1].id == ids[-1]
+    recovered, missed = yield a.subscribe("t", Recorder("y"), ids[-2])
+    assert recovered is True and [f.id for f in missed] == [ids[-1]]
+    recovered, missed = yield a.subscribe("t", Recorder("z"), "not-an-id")
+    assert recovered is False and missed[-1].id == ids[-1]
+    recovered, missed = yield a.subscribe("fresh", Recorder("w"), ids[-1])
+    assert recovered is True and missed == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_joining_while_messages_flow_loses_and_repeats_nothing(nodes):
+    """A subscriber joining with ``since`` while another node publishes
+    gets every message after ``since`` exactly once, in order."""
+    a, b = nodes(history_size=1000), nodes(history_size=1000)
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    first = yield a.publish(["flow"], b"0")
+    sub = Recorder()
+    answer: list[Any] = []
+
+    def joined(result: Any) -> None:
+        recovered, missed = result
+        answer.append((recovered, len(missed)))
+        for frame in missed:
+            sub.deliver(frame)
+
+    for n in range(1, 301):
+        if n == 50:
+            # Join while the publishes go on, one after the other.
+            b.subscribe("flow", sub, first.ids["flow"]).addCallback(joined)
+        yield a.publish(["flow"], str(n).encode())
+    yield sub.wait(300)
+    (recovered, replayed), = answer
+    assert 0 < replayed < 300  # some came from history, the rest live
+    assert recovered is True
+    assert sub.data() == list(range(1, 301))
+
+
+@pytest_twisted.inlineCallbacks
+def test_subscribe_many_merges_the_replay_in_publish_order(nodes):
+    """One cursor over several channels (SSE's Last-Event-ID) replays them
+    merged in publish order."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    start = yield a.publish(["x"], b"0")
+    for n, name in enumerate(["x", "y", "x", "y", "y"], 1):
+        yield a.publish([name], str(n).encode())
+    recovered, missed = yield b.subscribe_many(["x", "y"], Recorder(), start.ids["x"])
+    assert recovered == {"x": True, "y": True}
+    assert [json.loads(f.payload)["data"] for f in missed] == [1, 2, 3, 4, 5]
+
+
+@pytest_twisted.inlineCallbacks
+def test_broadcast_and_one_session_across_nodes(nodes):
+    """A broadcast reaches every session of every node; a message to one
+    session reaches it on whichever node holds it; an unknown session is
+    None (404)."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    on_a, on_b = Recorder("session-a"), Recorder("session-b")
+    a.add_session(on_a)
+    b.add_session(on_b)
+    yield until(lambda: b"node" not in b"")  # registration is fire-and-forget
+    yield a.broadcast(b'"all"')
+    yield on_a.wait(1)
+    yield on_b.wait(1)
+    assert on_a.messages()[0]["channel"] is None
+    # The session key is written without waiting; read it back before relying on it.
+    yield until(lambda: a._commands is not None)
+    result = None
+    for _ in range(100):
+        result = yield a.to_session("session-b", b'"you"')
+        if result is not None:
+            break
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    assert result is not None and result.id
+    yield on_b.wait(2)
+    assert on_b.data() == ["all", "you"]
+    assert (yield a.to_session("nobody", b"1")) is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_last_subscriber_leaving_unsubscribes_the_node(nodes, redis_server):  # noqa: F811
+    """A node listens to a channel's pub/sub only while it has subscribers."""
+    b = nodes()
+    yield until(lambda: b.backend_state == "up")
+    sub = Recorder()
+    yield b.subscribe("quiet", sub)
+    assert b":1\r\n" in redis_server.command("PUBSUB", "NUMSUB", "chloe:0:c:quiet")
+    assert b.unsubscribe("quiet", sub)
+    assert "quiet" not in b.channels
+    yield until(lambda: b":0\r\n" in redis_server.command("PUBSUB", "NUMSUB", "chloe:0:c:quiet"))
+
+
+@pytest_twisted.inlineCallbacks
+def test_redis_restart_publish_fails_then_nothing_is_lost(nodes, redis_server):  # noqa: F811
+    """While Redis is down a publish fails (503) and the state is down; when
+    it is back the node subscribes again and its subscribers get what was
+    published since, including what another node published before this one
+    had resubscribed."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    sub = Recorder()
+    yield b.subscribe("r", sub)
+    yield a.publish(["r"], b"1")
+    yield sub.wait(1)
+    redis_server.kill()
+    yield until(lambda: a.backend_state == "down" and b.backend_state == "down")
+    with pytest.raises(BackendUnavailable):
+        yield a.publish(["r"], b"2")
+    redis_server.start()
+    yield until(lambda: a._commands is not None)
+    yield a.publish(["r"], b"2")  # maybe before b has resubscribed
+    yield until(lambda: b.backend_state == "up")
+    yield a.publish(["r"], b"3")
+    yield sub.wait(3)
+    assert sub.data() == [1, 2, 3]
