@@ -245,3 +245,39 @@ def test_redis_restart_publish_fails_then_nothing_is_lost(nodes, redis_server): 
     yield a.publish(["r"], b"3")
     yield sub.wait(3)
     assert sub.data() == [1, 2, 3]
+
+
+@pytest_twisted.inlineCallbacks
+def test_presence_is_shared_and_a_dead_nodes_members_leave_after_the_grace(redis_server):  # noqa: F811
+    """A member joining on node B is announced to subscribers on node A and
+    listed there; when B dies (stops holding it) it leaves after about the
+    grace period, announced once."""
+    a = RedisBroker(reactor, 100, 300, redis_server.url)
+    b = RedisBroker(reactor, 100, 300, redis_server.url)
+    presence_a = a.make_presence(reactor, 1.0)
+    presence_b = b.make_presence(reactor, 1.0)
+    a.connect()
+    b.connect()
+    try:
+        yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+        watcher, member = Recorder("watcher"), Recorder("member")
+        yield a.subscribe("presence-room", watcher)
+        yield b.subscribe("presence-room", member)
+        presence_b.join("presence-room", "member", {"id": 7, "info": {"name": "Ann"}})
+        yield until(lambda: any(f.kind == "presence" for f in watcher.frames))
+        events = [json.loads(f.payload) for f in watcher.frames if f.kind == "presence"]
+        assert events == [{"type": "presence", "channel": "presence-room", "event": "join",
+                           "member": {"id": "7", "info": {"name": "Ann"}}}]
+        assert presence_a.members("presence-room") == [{"id": "7", "info": {"name": "Ann"}}]
+        assert presence_b.members("presence-room") == [{"id": "7", "info": {"name": "Ann"}}]
+        assert not [f for f in member.frames if f.kind == "presence"]  # not told of itself
+        started = reactor.seconds()
+        yield b.disconnect()  # node B is gone: nobody holds the member any more
+        yield until(lambda: len([f for f in watcher.frames if f.kind == "presence"]) == 2)
+        assert reactor.seconds() - started >= 0.5
+        leave = json.loads([f for f in watcher.frames if f.kind == "presence"][1].payload)
+        assert leave["event"] == "leave" and leave["member"]["id"] == "7"
+        assert presence_a.members("presence-room") == []
+    finally:
+        yield a.disconnect()
+        yield b.disconnect()

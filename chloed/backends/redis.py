@@ -53,6 +53,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -60,6 +61,7 @@ from chloed import frames
 from chloed.backends import BackendUnavailable
 from chloed.broker import Broker, Channel, PublishResult, Subscriber
 from chloed.frames import Encoded
+from chloed.presence import presence_frame
 
 log = Logger()
 
@@ -151,6 +153,55 @@ for i = 2, #KEYS do
     end
     out[#out + 1] = {1, deleted, first, redis.call('XRANGE', KEYS[i], '(' .. ARGV[i - 1], '+')}
   end
+end
+return out
+"""
+
+
+# Presence of a channel: zset chloe:p:<channel> (user id -> when it expires,
+# pushed forward by every node holding the user) and hash chloe:pi:<channel>
+# (user id -> member JSON). First those past expiry leave, then each
+# (user id, member JSON) of ARGV is held for ARGV[1] ms more; a user not
+# there before joins. Announcements go over the channel's pub/sub as
+# "p <seq> <join|leave> <excluded session> <member JSON>".
+PRESENCE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local hold = tonumber(ARGV[1])
+local target = ARGV[2]
+for _, uid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  local member = redis.call('HGET', KEYS[3], uid) or '{}'
+  redis.call('ZREM', KEYS[2], uid)
+  redis.call('HDEL', KEYS[3], uid)
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('PUBLISH', target, 'p ' .. string.format('%.0f', seq) .. ' leave  ' .. member)
+end
+for i = 4, #ARGV, 2 do
+  local uid = ARGV[i]
+  local old = redis.call('ZSCORE', KEYS[2], uid)
+  redis.call('ZADD', KEYS[2], 'GT', now + hold, uid)
+  if not old then
+    redis.call('HSET', KEYS[3], uid, ARGV[i + 1])
+    local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+    redis.call('PUBLISH', target, 'p ' .. string.format('%.0f', seq) .. ' join ' .. ARGV[3] .. ' ' .. ARGV[i + 1])
+  end
+end
+if #ARGV >= 4 then
+  redis.call('PEXPIRE', KEYS[2], 2 * hold)
+  redis.call('PEXPIRE', KEYS[3], 2 * hold)
+end
+return 1
+"""
+
+# The members of a presence channel now, and the last seq given out (so
+# announcements already reflected here can be told apart).
+MEMBERS_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {redis.call('HGET', KEYS[1], 'seq') or '0'}
+for _, uid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')) do
+  out[#out + 1] = uid
+  out[#out + 1] = redis.call('HGET', KEYS[3], uid) or '{}'
 end
 return out
 """
@@ -396,7 +447,7 @@ class RedisBroker(Broker):
         self._subscriptions: Any = None
         self._base_confirmed = False
         self._services: list[ClientService] = []
-        self.commands_per_publish = 1
+        self.presence: RedisPresence | None = None
 
     # -- connections ------------------------------------------------------
 
@@ -404,8 +455,16 @@ class RedisBroker(Broker):
         """The service that connects this broker while the server runs."""
         return _Connector(self)
 
+    def make_presence(self, clock: IReactorTime, grace: float, announce: Any = None) -> "RedisPresence":
+        """Presence kept in Redis, for the hub (in place of
+        :class:`chloed.presence.Presence`)."""
+        self.presence = RedisPresence(self, clock, grace)
+        return self.presence
+
     def connect(self) -> None:
         """Open both connections; they come back by themselves when lost."""
+        if self.presence is not None:
+            self.presence.start()
         policy = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)
         for proto, dbid, timeout in ((_Commands, self.db, REPLY_TIMEOUT), (_Subscriptions, None, None)):
             endpoint = HostnameEndpoint(self._reactor, self.host, self.port, timeout=5)
@@ -417,6 +476,8 @@ class RedisBroker(Broker):
 
     def disconnect(self) -> Deferred[Any]:
         services, self._services = self._services, []
+        if self.presence is not None:
+            self.presence.stop()
         return defer.gatherResults([s.stopService() for s in services], consumeErrors=True)
 
     @property  # type: ignore[override]
@@ -575,6 +636,20 @@ class RedisBroker(Broker):
                 if key > floor:
                     self._deliver_live(channel, id, data, exclude)
         channel.cursor = floor if position is None else max(floor, position)
+        if self.presence is not None and channel.name.startswith("presence-"):
+            channel.checking = True
+            self.presence.load(channel.name).addCallbacks(
+                self._loaded, self._check_failed, callbackArgs=(channel,), errbackArgs=(channel,)
+            )
+            return
+        self._now_ready(channel)
+
+    def _loaded(self, _: Any, channel: RedisChannel) -> None:
+        channel.checking = False
+        if self.channels.get(channel.name) is channel and channel.confirmed:
+            self._now_ready(channel)
+
+    def _now_ready(self, channel: RedisChannel) -> None:
         channel.ready = True
         for join in list(channel.joining):
             self._try_join(join)
@@ -729,6 +804,8 @@ class RedisBroker(Broker):
             return
         if self.channels.get(channel.name) is channel:
             del self.channels[channel.name]
+            if self.presence is not None:
+                self.presence.forget(channel.name)
             if channel.confirmed or channel.subscribing:
                 self._call_sub("unsubscribe", [self.pubsub + "c:" + channel.name]).addErrback(self._ignore)
 
@@ -781,6 +858,10 @@ class RedisBroker(Broker):
             name = channel_name[len(self._channel_prefix):].decode("ascii")
             channel = self.channels.get(name)
             if channel is None:
+                return
+            if payload[:2] == b"p ":
+                if self.presence is not None:
+                    self.presence.event(name, payload)
                 return
             raw_id, raw_exclude, data = payload.split(b" ", 2)
             id = raw_id.decode("ascii")
@@ -843,3 +924,137 @@ class RedisBroker(Broker):
     def sweep(self) -> int:
         """History lives in Redis, which expires it: nothing to sweep."""
         return 0
+
+
+class RedisPresence:
+    """Who is in each ``presence-`` channel, across every node.
+
+    The hub's interface of :class:`chloed.presence.Presence`. A user is a
+    member while some node holds a session of it there: that node pushes the
+    user's expiry in Redis ``session_grace`` ahead, every ``interval``
+    seconds; once no node does (its last tab left, or its node died) it
+    expires, and the first node to sweep announces the leave. ``members``
+    answers from this node's copy, loaded when the channel gets its first
+    local subscriber and kept up by the join and leave announcements.
+    """
+
+    def __init__(self, broker: RedisBroker, clock: IReactorTime, grace: float) -> None:
+        self._broker = broker
+        self._clock = clock
+        self._hold_ms = max(1, int(grace * 1000))
+        self.interval = max(0.2, min(grace / 3.0, 10.0))
+        # channel -> user id -> (member JSON, this node's sessions of it)
+        self._local: dict[str, dict[str, tuple[bytes, set[str]]]] = {}
+        # channel -> user id -> member JSON: every member, as last heard
+        self._mirror: dict[str, dict[str, bytes]] = {}
+        self._floor: dict[str, int] = {}
+        self._loading: dict[str, list[bytes]] = {}
+        self._ticker: LoopingCall | None = None
+
+    def start(self) -> None:
+        self._ticker = LoopingCall(self.refresh)
+        self._ticker.clock = self._clock
+        self._ticker.start(self.interval, now=False).addErrback(
+            lambda f: log.failure("presence refresh stopped", f)
+        )
+
+    def stop(self) -> None:
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+
+    def members(self, channel: str) -> list[dict[str, Any]]:
+        """The members of ``channel`` as ``{"id", "info"}``."""
+        return [frames.loads(member) for member in self._mirror.get(channel, {}).values()]
+
+    def join(self, channel: str, session: str, user: dict[str, Any]) -> None:
+        """``session`` of ``user`` subscribed to ``channel`` on this node."""
+        uid = str(user["id"])
+        local = self._local.setdefault(channel, {})
+        entry = local.get(uid)
+        if entry is not None:
+            entry[1].add(session)
+            return
+        member = frames.dumps({"id": uid, "info": user.get("info")})
+        local[uid] = (member, {session})
+        self._mirror.setdefault(channel, {})[uid] = member
+        self._hold(channel, [(uid, member)], session)
+
+    def part(self, channel: str, session: str, user: dict[str, Any]) -> None:
+        """``session`` left ``channel``; once this node has no session of
+        the user there it stops holding it, and it leaves when it expires."""
+        uid = str(user["id"])
+        local = self._local.get(channel, {})
+        entry = local.get(uid)
+        if entry is None:
+            return
+        entry[1].discard(session)
+        if not entry[1]:
+            del local[uid]
+            if not local:
+                del self._local[channel]
+
+    def refresh(self) -> None:
+        """Hold this node's members, and sweep those nobody holds, in every
+        presence channel this node has members or subscribers in."""
+        names = set(self._local)
+        names.update(name for name in self._broker.channels if name.startswith("presence-"))
+        for channel in names:
+            held = [(uid, entry[0]) for uid, entry in self._local.get(channel, {}).items()]
+            self._hold(channel, held, "")
+
+    def _hold(self, channel: str, held: list[tuple[str, bytes]], exclude: str) -> None:
+        keys = [IDS_KEY, "chloe:p:" + channel, "chloe:pi:" + channel]
+        args: list[Any] = [self._hold_ms, self._broker.pubsub + "c:" + channel, exclude]
+        for uid, member in held:
+            args += [uid, member]
+        self._broker._call("eval", PRESENCE_SCRIPT, keys, args).addErrback(self._broker._ignore)
+
+    def load(self, channel: str) -> Deferred[None]:
+        """Read the members of ``channel`` (when this node starts listening
+        to it); announcements coming meanwhile are applied after."""
+        self._loading[channel] = []
+        keys = [IDS_KEY, "chloe:p:" + channel, "chloe:pi:" + channel]
+
+        def loaded(reply: list[Any]) -> None:
+            mirror = {}
+            for i in range(1, len(reply) - 1, 2):
+                mirror[reply[i].decode("utf-8")] = reply[i + 1]
+            for uid, entry in self._local.get(channel, {}).items():
+                mirror.setdefault(uid, entry[0])
+            self._mirror[channel] = mirror
+            self._floor[channel] = int(reply[0])
+            for payload in self._loading.pop(channel, []):
+                self.event(channel, payload)
+
+        def failed(failure: Failure) -> Failure:
+            self._loading.pop(channel, None)
+            return failure
+
+        return self._broker._call("eval", MEMBERS_SCRIPT, keys, []).addCallbacks(loaded, failed)
+
+    def event(self, channel: str, payload: bytes) -> None:
+        """A join or leave announced through Redis: update the copy, tell
+        this node's subscribers."""
+        pending = self._loading.get(channel)
+        if pending is not None:
+            pending.append(payload)
+            return
+        _, raw_seq, event, exclude, member = payload.split(b" ", 4)
+        if int(raw_seq) <= self._floor.get(channel, 0):
+            return
+        value = frames.loads(member)
+        uid = str(value.get("id"))
+        mirror = self._mirror.setdefault(channel, {})
+        if event == b"join":
+            mirror[uid] = member
+        else:
+            mirror.pop(uid, None)
+        frame = presence_frame(channel, event.decode("ascii"), value)
+        self._broker.announce(channel, frame, exclude.decode("ascii") or None)
+
+    def forget(self, channel: str) -> None:
+        """This node no longer listens to ``channel``."""
+        if channel not in self._local:
+            self._mirror.pop(channel, None)
+        self._floor.pop(channel, None)
+        self._loading.pop(channel, None)
