@@ -291,9 +291,18 @@ def message(channel: str | None, id: str | None, data: bytes) -> Encoded:
     return Encoded(head[:-1] + b',"data":' + data + b"}", "message", channel, id)
 
 
-def connected(session: str, heartbeat: float) -> Encoded:
-    seconds = int(heartbeat) if float(heartbeat).is_integer() else heartbeat
-    return encode({"type": "connected", "session": session, "heartbeat": seconds})
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+def connected(session: str, heartbeat: float, rate_limit: float = 0, burst: float = 0) -> Encoded:
+    """The first frame; with a rate limit it says the rate and the burst, so
+    that a client can pace itself instead of being refused."""
+    frame: dict = {"type": "connected", "session": session, "heartbeat": _number(heartbeat)}
+    if rate_limit:
+        frame["rate_limit"] = _number(rate_limit)
+        frame["burst"] = _number(burst)
+    return encode(frame)
 
 
 def subscribed(channel: str, recovered: bool) -> Encoded:

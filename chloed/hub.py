@@ -95,7 +95,7 @@ class Hub:
             self.connections[transport] += 1
         else:
             self._start_grace(session)
-        session.deliver(frames.connected(session.id, self.config.heartbeat))
+        session.deliver(frames.connected(session.id, self.config.heartbeat, self.config.rate_limit, self._burst))
         self._event("connect", session)
         return session
 
@@ -216,13 +216,14 @@ class Hub:
                 "session {session}: rate_limited: more than {rate} frames per second",
                 session=session.id, rate=self.config.rate_limit,
             )
-        ref = None
+        ref = channel = None
         try:
-            ref = frames.parse(raw, self.config.max_message_bytes).ref
+            frame = frames.parse(raw, self.config.max_message_bytes)
+            ref, channel = frame.ref, frame.channel
         except ProtocolError:
             pass
         session.deliver(frames.error(
-            frames.RATE_LIMITED, f"at most {self.config.rate_limit:g} frames per second", ref
+            frames.RATE_LIMITED, f"at most {self.config.rate_limit:g} frames per second", ref, channel
         ))
 
     def receive_batch(self, session: Session, body: bytes, limit: int) -> None:

@@ -7,6 +7,7 @@ import html
 import json
 from importlib import resources
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
@@ -17,6 +18,7 @@ from chloed.api import Api
 from chloed.hub import Hub
 from chloed.metrics import Metrics
 from chloed.ops import PATHS as OPS_PATHS, Ops
+from chloed.transports._http import error
 from chloed.transports._channel import REQUEST_DEADLINE, GuardedHTTPChannel
 from chloed.transports.inbound import SessionPostResource
 from chloed.transports.longpoll import PollResource, batch_limit
@@ -71,9 +73,23 @@ class Root(Resource):
         self._whole = whole or {}
 
     def getChild(self, path: bytes, request: Any) -> IResource:
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            # Klein cannot route it (and would log a traceback trying).
+            return _BadPath()
         # Give Klein back the segment twisted.web just consumed.
         request.postpath.insert(0, request.prepath.pop())
         return self._whole.get(path, self._fallback)
+
+
+class _BadPath(Resource):
+    """A path that is not UTF-8: a JSON 400, whatever the method."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        return error(request, 400, "bad_request", "the path is not UTF-8")
 
 
 class ChloeSite(Site):

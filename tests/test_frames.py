@@ -381,6 +381,9 @@ def test_connected():
     """connected names the session and the heartbeat, whole seconds as an integer."""
     assert frames.connected("S", 25.0).payload == b'{"type":"connected","session":"S","heartbeat":25}'
     assert decoded(frames.connected("S", 2.5)) == {"type": "connected", "session": "S", "heartbeat": 2.5}
+    assert decoded(frames.connected("S", 25, 50.0, 110.0)) == {
+        "type": "connected", "session": "S", "heartbeat": 25, "rate_limit": 50, "burst": 110
+    }
 
 
 def test_subscribed_and_unsubscribed():

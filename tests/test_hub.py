@@ -82,7 +82,7 @@ def test_open_session_delivers_connected():
     w = World(heartbeat=25.0)
     sink = RecordingSink()
     session = w.hub.open_session("websocket", sink)
-    assert sink.frames == [{"type": "connected", "session": session.id, "heartbeat": 25}]
+    assert sink.frames == [{"type": "connected", "session": session.id, "heartbeat": 25, "rate_limit": 50, "burst": 110}]
     assert w.hub.find(session.id) is session
     assert w.hub.connections["websocket"] == 1
 
@@ -91,7 +91,7 @@ def test_polling_session_holds_connected():
     """A polling browser finds connected waiting for its first poll."""
     w = World()
     session = w.hub.open_session("longpoll")
-    assert pending(session) == [{"type": "connected", "session": session.id, "heartbeat": 25}]
+    assert pending(session) == [{"type": "connected", "session": session.id, "heartbeat": 25, "rate_limit": 50, "burst": 110}]
     assert w.hub.connections["longpoll"] == 0
 
 
@@ -559,7 +559,7 @@ def test_rate_limit_refuses_frames_beyond_the_burst():
     assert [f["type"] for f in sink.frames] == ["pong"] * burst
     w.send(session, {"type": "subscribe", "channel": "a", "ref": 9})
     assert sink.frames[-1]["code"] == "rate_limited"
-    assert sink.frames[-1]["ref"] == 9
+    assert (sink.frames[-1]["ref"], sink.frames[-1]["channel"]) == (9, "a")
     assert "a" not in session.channels
     assert w.hub.rate_limited == 1
     w.advance(0.1)  # one frame's worth at 10 per second

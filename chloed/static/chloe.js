@@ -71,6 +71,7 @@
     this._errorHandlers = [];
     this._subscribedHandlers = [];
     this._presenceHandlers = [];
+    this._pace = null;          // the server's rate limit, kept under: {rate, burst, tokens, stamp, queue, timer}
     this._conn = null;
     this._timer = null;         // the pending reconnect
     this._attempt = 0;
@@ -160,7 +161,47 @@
   };
 
   Chloe.prototype._write = function (frame) {
-    if (this._conn && this._conn.ready) this._conn.send(frame);
+    if (!this._conn || !this._conn.ready) return;
+    var pace = this._pace;
+    if (pace && (pace.queue.length || !this._take(pace))) {
+      pace.queue.push(frame);
+      this._drainLater(pace);
+      return;
+    }
+    this._conn.send(frame);
+  };
+
+  /* The server refuses frames beyond its rate limit (`rate_limited`); it
+   * says the rate and the burst in `connected`, and the client stays under
+   * both (by a margin for clock drift): frames wait here, in order, instead
+   * of being refused. A new connection starts a new allowance. */
+  Chloe.prototype._startPacing = function (connected) {
+    if (this._pace && this._pace.timer) clearTimeout(this._pace.timer);
+    this._pace = null;
+    if (!(connected.rate_limit > 0)) return;
+    var burst = Math.max(1, Math.floor((connected.burst || connected.rate_limit) * 0.9));
+    this._pace = {rate: connected.rate_limit * 0.9, burst: burst, tokens: burst,
+                  stamp: Date.now(), queue: [], timer: null};
+  };
+
+  Chloe.prototype._take = function (pace) {
+    var now = Date.now();
+    pace.tokens = Math.min(pace.burst, pace.tokens + (now - pace.stamp) * pace.rate / 1000);
+    pace.stamp = now;
+    if (pace.tokens < 1) return false;
+    pace.tokens -= 1;
+    return true;
+  };
+
+  Chloe.prototype._drainLater = function (pace) {
+    var self = this;
+    if (pace.timer) return;
+    pace.timer = setTimeout(function () {
+      pace.timer = null;
+      if (self._pace !== pace || !self._conn || !self._conn.ready) return;
+      while (pace.queue.length && self._take(pace)) self._conn.send(pace.queue.shift());
+      if (pace.queue.length) self._drainLater(pace);
+    }, Math.ceil(1000 / pace.rate));
   };
 
   Chloe.prototype._emit = function (handlers, args) {
@@ -211,6 +252,7 @@
         self._attempt = 0;
         self.transport = name;
         self.session = frame.session;
+        self._startPacing(frame);
         self._resume();
         var first = !self._connectedOnce;
         self._connectedOnce = true;
@@ -253,6 +295,21 @@
     sub.seen[id] = true;
     return false;
   }
+
+  /* A frame refused with `rate_limited`: a send still pending, or a
+   * subscribe to a channel still wanted, is written again a second later. */
+  Chloe.prototype._refused = function (frame) {
+    var self = this, again = null;
+    if (frame.ref !== undefined && frame.ref !== null && this._pending.has(frame.ref)) {
+      again = this._pending.get(frame.ref).frame;
+    } else if (frame.channel && this._channels[frame.channel]) {
+      again = this._subscribeFrame(frame.channel);
+    }
+    if (!again) { this._emit(this._errorHandlers, [frame]); return; }
+    setTimeout(function () {
+      if (again.type === 'send' ? self._pending.has(again.ref) : self._channels[again.channel]) self._write(again);
+    }, 1000 + Math.random() * 500);
+  };
 
   /* A send was answered (ack or error): it leaves the outbox. */
   Chloe.prototype._answered = function (ref) {
@@ -346,6 +403,12 @@
         }
         return;
       case 'error':
+        if (frame.code === 'rate_limited') {
+          // Only when the server counts differently from us (the pacing
+          // above keeps under its limit): what it refused goes again later.
+          this._refused(frame);
+          return;
+        }
         if (frame.ref !== undefined && frame.ref !== null && this._pending.has(frame.ref)) {
           pending = this._answered(frame.ref);
           if (pending.ack) {

@@ -56,8 +56,8 @@ def setup():
     pages = serve(PAGE.format(port=port).encode())
     servers: list[Chloed] = []
 
-    def start_chloed() -> Chloed:
-        server = Chloed("--app-url", app.url, port=port)
+    def start_chloed(*args: str) -> Chloed:
+        server = Chloed("--app-url", app.url, *args, port=port)
         servers.append(server)
         return server
 
@@ -128,3 +128,25 @@ def test_persistent_outbox_survives_a_page_reload(setup, page):
     while page.evaluate("window.outboxSize()") != 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert page.evaluate("window.outboxSize()") == 0
+
+
+def test_a_burst_beyond_the_rate_limit_is_paced_not_refused(setup, page, tmp_path):
+    """With rate_limit = 20 (burst 30), 150 sends made at once all reach the
+    app in order and are acked: chloe.js keeps under the limit the server
+    announced in `connected`, so nothing is refused."""
+    start_chloed, app, pages = setup
+    conf = tmp_path / "chloe.toml"
+    conf.write_text("rate_limit = 20\nmax_subscriptions = 5\n")
+    chloed = start_chloed("--config", str(conf))
+    page.goto(f"http://127.0.0.1:{pages.server_port}/", wait_until="domcontentloaded")
+    page.wait_for_function("window.connected === true")
+    page.evaluate("for (var k = 1; k <= 150; k++) (function (k) { chloe.send(k, {ack: function (err) {"
+                  " if (err) window.errors.push(err.code); else window.acked.push(k); }}); })(k);")
+    page.wait_for_function("window.acked.length + window.errors.length >= 150", timeout=30000)
+    assert page.evaluate("window.errors") == []
+    assert page.evaluate("window.acked") == list(range(1, 151))
+    order = []
+    while not app.received.empty():
+        order.append(app.received.get().event["data"])
+    assert order == list(range(1, 151))
+    assert "rate_limited" not in chloed.log()
