@@ -15,33 +15,20 @@ and the HTTP API, with one difference, said by ``asynchronous``:
   backend cannot take a publish.
 
 What the hub does with the answer (``subscribed``, then the replay, then live
-messages) is the same either way, so the memory path pays nothing for the
-seam: :func:`when` hands a plain value straight to its callback.
+messages) is the same either way; it checks for a Deferred once per subscribe
+or ``/send``, so the memory path pays nothing per delivery for the seam.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
-
-from twisted.internet.defer import Deferred
+from typing import Any
 
 from chloed.broker import Broker
-
-T = TypeVar("T")
 
 
 class BackendUnavailable(Exception):
     """The backend cannot take a publish now (Redis is down or answered an
     error); ``/send`` answers 503 ``backend_unavailable``."""
-
-
-def when(result: Any, callback: Callable[..., T], *args: Any) -> Any:
-    """Call ``callback(value, *args)`` with ``result`` now when it is a
-    plain value, or when it fires when it is a Deferred (whose chain is
-    returned)."""
-    if isinstance(result, Deferred):
-        return result.addCallback(callback, *args)
-    return callback(result, *args)
 
 
 def make_broker(backend: str, clock: Any, history_size: int, history_ttl: float) -> Broker:

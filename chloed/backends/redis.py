@@ -70,6 +70,7 @@ HISTORY_PREFIX = "chloe:h:"
 SESSION_PREFIX = "chloe:s:"
 SESSION_TTL = 86400  # a dead node's sessions are forgotten after a day
 REPLY_TIMEOUT = 5.0
+RETRY_DELAY = 0.5
 
 Key = tuple[int, int]
 ZERO: Key = (0, 0)
@@ -448,6 +449,7 @@ class RedisBroker(Broker):
         self._base_confirmed = False
         self._services: list[ClientService] = []
         self.presence: RedisPresence | None = None
+        self._stopping = False
 
     # -- connections ------------------------------------------------------
 
@@ -476,6 +478,7 @@ class RedisBroker(Broker):
 
     def disconnect(self) -> Deferred[Any]:
         services, self._services = self._services, []
+        self._stopping = True
         if self.presence is not None:
             self.presence.stop()
         return defer.gatherResults([s.stopService() for s in services], consumeErrors=True)
@@ -500,12 +503,15 @@ class RedisBroker(Broker):
     def _commands_lost(self, proto: Any) -> None:
         if self._commands is proto:
             self._commands = None
-            log.warn("redis: lost the connection for commands; /send answers 503 until it is back")
+            if not self._stopping:
+                log.warn("redis: lost the connection for commands; /send answers 503 until it is back")
 
     def _subscriptions_ready(self, proto: Any) -> None:
         self._subscriptions = proto
         base = [self._all.decode("ascii"), self._mine.decode("ascii")]
-        self._call_sub("subscribe", base).addCallback(self._base_subscribed, proto)
+        self._call_sub("subscribe", base).addCallbacks(
+            self._base_subscribed, self._base_failed, callbackArgs=(proto,), errbackArgs=(proto,)
+        )
         for channel in list(self.channels.values()):
             self._subscribe_channel(channel)
 
@@ -513,12 +519,24 @@ class RedisBroker(Broker):
         if self._subscriptions is proto:
             self._base_confirmed = True
 
+    def _base_failed(self, failure: Failure, proto: Any) -> None:
+        if self._subscriptions is proto:
+            log.warn("redis: SUBSCRIBE failed ({why}); trying again", why=failure.getErrorMessage())
+            self._later(self._subscriptions_ready, proto)
+
+    def _later(self, f: Any, *args: Any) -> None:
+        """Try ``f`` again in a moment: Redis answered an error (it may be
+        loading its data after a restart)."""
+        if not self._stopping:
+            self._reactor.callLater(RETRY_DELAY, f, *args)
+
     def _subscriptions_lost(self, proto: Any) -> None:
         if self._subscriptions is not proto:
             return
         self._subscriptions = None
         self._base_confirmed = False
-        log.warn("redis: lost the pub/sub connection; resubscribing when it is back")
+        if not self._stopping:
+            log.warn("redis: lost the pub/sub connection; resubscribing when it is back")
         for channel in self.channels.values():
             channel.confirmed = channel.ready = channel.subscribing = False
             # Joins already reading are final: the channel is read again
@@ -587,6 +605,8 @@ class RedisBroker(Broker):
     def _subscribe_channel(self, channel: RedisChannel) -> None:
         if self._subscriptions is None or channel.subscribing or channel.confirmed:
             return
+        if self.channels.get(channel.name) is not channel:
+            return  # forgotten meanwhile
         channel.subscribing = True
         proto = self._subscriptions
         self._call_sub("subscribe", [self.pubsub + "c:" + channel.name]).addCallbacks(
@@ -604,6 +624,8 @@ class RedisBroker(Broker):
 
     def _subscribe_failed(self, failure: Failure, channel: RedisChannel) -> None:
         channel.subscribing = False
+        if self._subscriptions is not None:
+            self._later(self._subscribe_channel, channel)
         if not failure.check(BackendUnavailable, txredisapi.ConnectionError):
             log.failure("redis: subscribing to {channel} failed", failure, channel=channel.name)
 
@@ -611,6 +633,8 @@ class RedisBroker(Broker):
         """Once subscribed: learn the channel's position (and, after Redis
         came back, deliver what its subscribers missed), then let joins in."""
         if not channel.confirmed or channel.ready or channel.checking or self._commands is None:
+            return
+        if self.channels.get(channel.name) is not channel:
             return
         channel.checking = True
         position = channel.position()
@@ -656,6 +680,8 @@ class RedisBroker(Broker):
 
     def _check_failed(self, failure: Failure, channel: RedisChannel) -> None:
         channel.checking = False
+        if self._commands is not None:
+            self._later(self._check, channel)
         if not failure.check(BackendUnavailable):
             log.failure("redis: reading {channel} failed", failure, channel=channel.name)
 
@@ -733,6 +759,8 @@ class RedisBroker(Broker):
         if not failure.check(BackendUnavailable):
             log.failure("redis: reading history failed", failure)
             self._abandon(join, failure)
+        elif self._commands is not None:
+            self._later(self._try_join, join)
         # else: tried again when the command connection is back
 
     def _abandon(self, join: _Join, failure: Failure) -> None:
