@@ -276,3 +276,20 @@ def test_presence_is_shared_and_a_dead_nodes_members_leave_after_the_grace(redis
     finally:
         yield a.disconnect()
         yield b.disconnect()
+
+
+@pytest_twisted.inlineCallbacks
+def test_leaving_before_the_join_completes(nodes):
+    """A subscriber that unsubscribes while its join is on its way is told
+    None, gets nothing later, and the node stops listening to the channel."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    sub, other = Recorder("gone"), Recorder("other")
+    joining = b.subscribe("brief", sub, "0-0")
+    assert b.unsubscribe("brief", sub)
+    assert (yield joining) is None
+    yield b.subscribe("elsewhere", other)
+    yield a.publish(["brief"], b"1")
+    yield a.publish(["elsewhere"], b"2")
+    yield other.wait(1)
+    assert sub.frames == [] and "brief" not in b.channels
