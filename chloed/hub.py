@@ -180,7 +180,11 @@ class Hub:
         last = frames.error(frames.SHUTTING_DOWN, "this server is restarting; reconnect")
         for session in list(self.broker.sessions.values()):
             if isinstance(session, Session):
-                self.end_session(session, last)
+                try:
+                    self.end_session(session, last)
+                except Exception:
+                    # One broken connection must not keep the rest from hearing it.
+                    log.failure("ending {session} failed", session=session.id)
 
     # -- frames -----------------------------------------------------------
 

@@ -117,11 +117,26 @@ class _Drain(Service):
 
 
 class ChloeService(MultiService):
-    """The running server; ``hub`` and ``site`` are there for tests."""
+    """The running server; ``hub`` and ``site`` are there for tests.
+
+    Its parts stop one after the other, each once the one before has
+    finished (``MultiService`` would start them all at once): the listening
+    sockets are closed before any browser is told ``shutting_down``, so a
+    reconnect cannot land on this process again.
+    """
 
     hub: Hub
     site: Any
     metrics: Metrics
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        for service in reversed(list(self)):
+            try:
+                yield defer.maybeDeferred(service.stopService)
+            except Exception:
+                log.failure("stopping {service} failed", service=service)
 
 
 def make_service(config: Config, reactor: Any, http: Any = None) -> ChloeService:

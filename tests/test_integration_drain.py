@@ -10,6 +10,7 @@ import socket
 import threading
 
 import pytest
+from websockets.exceptions import ConnectionClosedOK
 
 from tests.servers import Chloed
 from tests.test_integration import Browser
@@ -52,13 +53,18 @@ def test_sigterm_drains_the_relay_and_exits_0(chloed_factory, gated_app, tmp_pat
     app, gate = gated_app
     server = chloed_factory("--app-url", app.url, config=conf(tmp_path, upstream_timeout=10))
     browser = Browser(server)
+    others = [Browser(server) for _ in range(3)]
     for n in range(5):
         browser.send({"type": "send", "data": n, "ref": f"r{n}"})
     first = app.next()  # the app holds it: four more wait in chloed's queue
     assert first.event["data"] == 0
     server.process.send_signal(signal.SIGTERM)
-    last = browser.recv()
-    assert (last["type"], last["code"]) == ("error", "shutting_down")
+    for each in [browser] + others:
+        last = each.recv()
+        assert (last["type"], last["code"]) == ("error", "shutting_down")
+        with pytest.raises(ConnectionClosedOK):  # and a clean close follows
+            each.recv()
+        each.close()
     assert refused(server.port)
     gate.set()
     assert [app.next().event["data"] for _ in range(4)] == [1, 2, 3, 4]

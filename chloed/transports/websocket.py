@@ -41,8 +41,9 @@ from chloed.session import Session
 from chloed.transports._flow import OutboundFlow
 from chloed.transports._http import origin_allowed
 
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
+# Autobahn lets an application close only with 1000 or 3000-4999; the
+# error frame written just before says why.
+CLOSE_NORMAL = 1000
 
 
 def ws_framing(frame: Encoded) -> bytes:
@@ -186,7 +187,7 @@ class ChloeWebSocket(WebSocketServerProtocol):
         if stalled:
             self.dropConnection(abort=True)
         else:
-            self.sendClose(CLOSE_GOING_AWAY)
+            self.sendClose(CLOSE_NORMAL)
 
 
 def websocket_resource(hub: Hub, url: str = "ws://localhost/ws") -> WebSocketResource:
