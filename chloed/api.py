@@ -13,11 +13,13 @@ import ipaddress
 from typing import Any
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chloed import __version__, frames
+from chloed.backends import BackendUnavailable
 from chloed.errors import RequestError
 from chloed.hub import Hub
 from chloed.transports._http import error, json_body
@@ -198,12 +200,26 @@ class Api:
         req = SendRequest.from_request(request, self.config.max_message_bytes)
         if req.session is not None:
             result = self.broker.to_session(req.session, req.data)
-            if result is None:
-                raise RequestError(404, "unknown_session", "no such session on this server")
-            return _receipt(request, result)
-        if req.channels:
-            return _receipt(request, self.broker.publish(req.channels, req.data, exclude=req.exclude))
-        return _receipt(request, self.broker.broadcast(req.data, exclude=req.exclude))
+        elif req.channels:
+            result = self.broker.publish(req.channels, req.data, exclude=req.exclude)
+        else:
+            result = self.broker.broadcast(req.data, exclude=req.exclude)
+        if isinstance(result, Deferred):
+            # A shared backend: 202 once it has stored the message.
+            return result.addCallbacks(self._sent, self._not_sent, callbackArgs=(request,))
+        return self._sent(result, request)
+
+    def _sent(self, result: Any, request: IRequest) -> bytes:
+        if result is None:
+            raise RequestError(404, "unknown_session", "no such session on this server")
+        return _receipt(request, result)
+
+    @staticmethod
+    def _not_sent(failure: Any) -> None:
+        failure.trap(BackendUnavailable)
+        raise RequestError(
+            503, "backend_unavailable", f"the backend cannot take messages now ({failure.getErrorMessage()}); retry"
+        )
 
     @app.route("/channels", methods=["GET"])
     def channels(self, request: IRequest) -> bytes:
@@ -241,6 +257,8 @@ class Api:
     def health(self, request: IRequest) -> bytes:
         if self.hub.draining:
             return json_body(request, 503, {"status": "draining"})
+        if self.broker.backend_state != "up":
+            return json_body(request, 503, {"status": "degraded", "backend": self.broker.backend})
         return json_body(request, 200, {"status": "ok", "version": __version__})
 
     @app.handle_errors(NotFound, MethodNotAllowed)

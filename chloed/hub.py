@@ -15,6 +15,7 @@ import secrets
 from collections import Counter
 from typing import Any, Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -65,7 +66,13 @@ class Hub:
         self._limited: set[str] = set()
         self.draining = False
         self._burst = max(2 * config.rate_limit, config.max_subscriptions + 10)
-        self.presence = Presence(clock, config.session_grace, broker.announce)
+        # A shared backend keeps presence itself (in Redis, across nodes).
+        make_presence = getattr(broker, "make_presence", None)
+        self.presence: Any = (
+            make_presence(clock, config.session_grace)
+            if make_presence is not None
+            else Presence(clock, config.session_grace, broker.announce)
+        )
         self._handlers: dict[str, Callable[[Session, Frame], None]] = {
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
@@ -258,6 +265,9 @@ class Hub:
         Each channel is answered like a ``subscribe`` frame (``subscribed``
         or an ``error``); then comes what was missed, in publish order.
         """
+        if getattr(self.broker, "asynchronous", False):
+            self._subscribe_all_shared(session, channels, since, token)
+            return
         accepted = []
         for channel in dict.fromkeys(channels):
             try:
@@ -274,9 +284,44 @@ class Hub:
             for message in missed:
                 session.deliver(message)
 
-    def _subscribe(self, session: Session, frame: Frame, replay: bool = True) -> None:
-        """Subscribe; ``replay=False`` answers ``recovered`` for ``since`` but
-        leaves the replay to the caller (which merges several channels)."""
+    def _subscribe_all_shared(
+        self, session: Session, channels: list[str], since: str | None, token: str | None
+    ) -> None:
+        """``subscribe_all`` on a shared backend: every channel joins at once
+        and the replay, merged across them, comes when they all are in."""
+        accepted: list[tuple[str, Any, bool]] = []
+        for channel in dict.fromkeys(channels):
+            try:
+                frame = frames.parse_object(
+                    {"type": "subscribe", "channel": channel, "token": token, "since": since}
+                )
+                grant = self._admit(session, frame)
+            except ProtocolError as exc:
+                session.deliver(frames.from_protocol_error(exc))
+            else:
+                accepted.append((channel, grant, channel not in session.channels))
+                session.channels.add(channel)
+        if not accepted:
+            return
+
+        def joined(answer: Any) -> None:
+            if answer is None or session.closed:
+                return
+            recovered, missed = answer
+            for channel, grant, fresh in accepted:
+                if channel in session.channels:
+                    self._subscribed(session, channel, grant, fresh, recovered.get(channel, True), ())
+            for message in missed:
+                session.deliver(message)
+
+        names = [channel for channel, _, _ in accepted]
+        self.broker.subscribe_many(names, session, since).addCallback(joined).addErrback(
+            lambda f: log.failure("subscribing {session} to {channels} failed", f, session=session.id, channels=names)
+        )
+
+    def _admit(self, session: Session, frame: Frame) -> Any:
+        """Check the token and the subscription limit of a ``subscribe``;
+        returns the token's grant (None for a public channel)."""
         channel = frame.channel
         assert channel is not None
         grant = None
@@ -295,11 +340,41 @@ class Hub:
                 f"at most {self.config.max_subscriptions} subscriptions per session",
                 ref=frame.ref, channel=channel,
             )
+        return grant
+
+    def _subscribe(self, session: Session, frame: Frame, replay: bool = True) -> None:
+        """Subscribe; ``replay=False`` answers ``recovered`` for ``since`` but
+        leaves the replay to the caller (which merges several channels)."""
+        channel = frame.channel
+        assert channel is not None
+        grant = self._admit(session, frame)
         fresh = channel not in session.channels
-        recovered, missed = self.broker.subscribe(channel, session, frame.since if replay else None)
+        answer = self.broker.subscribe(channel, session, frame.since if replay else None)
+        session.channels.add(channel)
+        if isinstance(answer, Deferred):
+            # A shared backend answers once the channel's history was read.
+            answer.addCallback(self._joined, session, channel, grant, fresh).addErrback(
+                lambda f: log.failure(
+                    "subscribing {session} to {channel} failed", f, session=session.id, channel=channel
+                )
+            )
+            return
+        recovered, missed = answer
         if not replay and frame.since is not None:
             recovered = self.broker.replay(channel, frame.since)[0]
-        session.channels.add(channel)
+        self._subscribed(session, channel, grant, fresh, recovered, missed)
+
+    def _joined(self, answer: Any, session: Session, channel: str, grant: Any, fresh: bool) -> None:
+        if answer is None or session.closed or channel not in session.channels:
+            return  # it left before it was in
+        recovered, missed = answer
+        self._subscribed(session, channel, grant, fresh, recovered, missed)
+
+    def _subscribed(
+        self, session: Session, channel: str, grant: Any, fresh: bool, recovered: bool, missed: Any
+    ) -> None:
+        """The session is in: ``subscribed`` (with the members on a presence
+        channel), then the replay."""
         if fresh and grant is not None and channel.startswith("presence-"):
             if session.presence is None:
                 session.presence = {}
@@ -344,8 +419,13 @@ class Hub:
                     "a browser may publish only to public channels and to channels its token lists",
                     ref=frame.ref, channel=frame.channel,
                 )
-            self.broker.publish([frame.channel], frame.data)
+            stored = self.broker.publish([frame.channel], frame.data)
             published = True
+            if isinstance(stored, Deferred):
+                stored.addErrback(self._publish_failed, session, frame)
+                if self.relay is None or "message" not in self.config.events:
+                    stored.addCallback(lambda result: result and session.deliver(frames.ack(frame.ref)))
+                    return
         if self.relay is None or "message" not in self.config.events:
             if published:
                 session.deliver(frames.ack(frame.ref))
@@ -360,6 +440,14 @@ class Hub:
             self._relay_failed,
             errbackArgs=(session, frame),
         )
+
+    def _publish_failed(self, failure: Any, session: Session, frame: Frame) -> None:
+        """A browser's publish the shared backend could not take."""
+        log.warn("publish from {session} failed: {why}", session=session.id, why=failure.getErrorMessage())
+        session.deliver(frames.error(
+            frames.UPSTREAM_FAILED, f"could not publish: {failure.getErrorMessage()}", frame.ref, frame.channel
+        ))
+        return None
 
     def _relay_failed(self, failure: Any, session: Session, frame: Frame) -> None:
         if failure.check(UpstreamRejected):

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from chloed import __version__
-from chloed.broker import Broker
+from chloed.backends import make_broker
 from chloed.config import Config
 from chloed.hub import Hub
 from chloed.metrics import Metrics
@@ -148,7 +148,7 @@ def make_service(config: Config, reactor: Any, http: Any = None) -> ChloeService
     """
     service = ChloeService()
     metrics = Metrics(reactor)
-    broker = Broker(reactor, config.history_size, config.history_ttl)
+    broker = make_broker(config.backend, reactor, config.history_size, config.history_ttl)
     relay, pool = None, None
     if config.application_server_url is not None:
         if http is None:
@@ -168,6 +168,10 @@ def make_service(config: Config, reactor: Any, http: Any = None) -> ChloeService
     site = make_site(hub, metrics)
     service.hub, service.site, service.metrics = hub, site, metrics
 
+    connector = getattr(broker, "service", None)
+    if connector is not None:
+        # First in, last out: Redis stays connected while sessions end.
+        connector().setServiceParent(service)
     _Drain(reactor, hub).setServiceParent(service)
     _Upstream(relay, pool, reactor, config.upstream_timeout).setServiceParent(service)
     _Sessions(hub).setServiceParent(service)
