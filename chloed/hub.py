@@ -66,6 +66,10 @@ class Hub:
         self._limited: set[str] = set()
         self.draining = False
         self._burst = max(2 * config.rate_limit, config.max_subscriptions + 10)
+        if config.rate_limit:
+            self._interval = 1.0 / config.rate_limit
+            # (a microsecond more: the sums of intervals are not exact)
+            self._tolerance = (self._burst - 1) * self._interval + 1e-6
         # A shared backend keeps presence itself (in Redis, across nodes).
         make_presence = getattr(broker, "make_presence", None)
         self.presence: Any = (
@@ -204,7 +208,7 @@ class Hub:
             return
         self.frames_received += 1
         rate = self.config.rate_limit
-        if rate and not session.admit(self.clock.seconds(), rate, self._burst):
+        if rate and not session.admit(self.clock.seconds(), self._interval, self._tolerance):
             self._refuse_rate(session, raw)
             return
         try:
@@ -333,7 +337,7 @@ class Hub:
                 raise
             if grant.user is not None:
                 session.user = grant.user
-            session.granted = session.granted | grant.channels
+            session.granted = grant.channels if session.granted is None else session.granted | grant.channels
         if channel not in session.channels and len(session.channels) >= self.config.max_subscriptions:
             raise ProtocolError(
                 frames.TOO_MANY_SUBSCRIPTIONS,
@@ -413,7 +417,7 @@ class Hub:
         self.sent_by_browsers += 1
         published = False
         if self.config.client_publish and frame.channel is not None:
-            if tokens.needs_token(frame.channel) and frame.channel not in session.granted:
+            if tokens.needs_token(frame.channel) and frame.channel not in (session.granted or ()):
                 raise ProtocolError(
                     frames.FORBIDDEN,
                     "a browser may publish only to public channels and to channels its token lists",
