@@ -11,6 +11,7 @@ kept ``session_grace`` seconds after the last one.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections import Counter
 from typing import Any, Callable
@@ -31,6 +32,8 @@ from chloed.upstream import Relay, delivery_id, event_body
 log = Logger()
 
 STREAMING = frozenset({"websocket", "sse"})
+# What new_session_id makes; anything else is no session of any node.
+SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 
 
 def new_session_id() -> str:
@@ -71,6 +74,8 @@ class Hub:
             # (a microsecond more: the sums of intervals are not exact)
             self._tolerance = (self._burst - 1) * self._interval + 1e-6
         # A shared backend keeps presence itself (in Redis, across nodes).
+        if hasattr(broker, "on_forward"):
+            broker.on_forward = self._forwarded
         make_presence = getattr(broker, "make_presence", None)
         self.presence: Any = (
             make_presence(clock, config.session_grace)
@@ -240,6 +245,25 @@ class Hub:
         session.deliver(frames.error(
             frames.RATE_LIMITED, f"at most {self.config.rate_limit:g} frames per second", ref, channel
         ))
+
+    def forward(self, session_id: str, body: bytes) -> Any:
+        """Browser frames POSTed here for a session this node does not hold:
+        with a shared backend, a Deferred firing with whether the node that
+        holds it took them; None when there is nobody to ask."""
+        forward = getattr(self.broker, "forward", None)
+        if forward is None or not SESSION_ID_RE.fullmatch(session_id):
+            return None
+        return forward(session_id, body)
+
+    def _forwarded(self, session_id: str, body: bytes) -> None:
+        """Frames another node took for one of this node's sessions."""
+        session = self.find(session_id)
+        if session is None or session.transport not in ("sse", "longpoll"):
+            return
+        try:
+            self.receive_batch(session, body, self.config.max_message_bytes * 4)
+        except ProtocolError as exc:
+            session.deliver(frames.from_protocol_error(exc))
 
     def receive_batch(self, session: Session, body: bytes, limit: int) -> None:
         """Handle a POSTed body: one frame, or a JSON array of frames.

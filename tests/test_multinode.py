@@ -348,3 +348,24 @@ def test_redis_killed_and_restarted(cluster, redis_server):  # noqa: F811
     assert [late.message()["id"] for _ in accepted] == accepted
     browser.close()
     late.close()
+
+
+def test_sse_session_frames_posted_to_another_node_are_forwarded(cluster):
+    """``POST /session/<id>`` reaching a node that does not hold the SSE
+    session is handed over to the node that does (chloe.js's SSE works
+    without sticky sessions); an unknown session is still a 404."""
+    a, b = cluster(2)
+    reader = SSEReader(a, "/sse")
+    try:
+        session = reader.event()["data"]["session"]
+        body = json.dumps([{"type": "subscribe", "channel": "fwd"}, {"type": "ping"}]).encode()
+        status, _, _ = b.request("POST", f"/session/{session}", body, {"Content-Type": "text/plain"}, auth=False)
+        assert status == 204
+        answers = [reader.event()["data"] for _ in range(2)]  # pong may come first: subscribing waits for Redis
+        assert {"type": "subscribed", "channel": "fwd", "recovered": True} in answers and {"type": "pong"} in answers
+        b.send(data="via b", channel="fwd")
+        assert reader.event()["data"]["data"] == "via b"
+        status, _, body = b.request("POST", "/session/nobody", b"{}", {"Content-Type": "text/plain"}, auth=False)
+        assert status == 404 and json.loads(body)["error"] == "unknown_session"
+    finally:
+        reader.close()

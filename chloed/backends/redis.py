@@ -134,6 +134,15 @@ if #KEYS > 1 and reached == 0 then return false end
 return id
 """
 
+# Browser frames for a session another node holds (POST /session/<id> that
+# reached the wrong node): to that node, or false when none holds it.
+FORWARD_SCRIPT = """
+local node = redis.call('GET', KEYS[1])
+if not node then return false end
+local reached = redis.call('PUBLISH', ARGV[1] .. 'n:' .. node, 'f ' .. ARGV[2] .. ' ' .. ARGV[3])
+return reached > 0
+"""
+
 # Atomically, for several channels: the server's time, the last id given
 # out, and for each stream after its ARGV cursor ('' for none): whether it
 # exists, the newest entry trimmed away, the first entry kept, the entries.
@@ -450,6 +459,9 @@ class RedisBroker(Broker):
         self._services: list[ClientService] = []
         self.presence: RedisPresence | None = None
         self._stopping = False
+        # Set by the hub: takes frames POSTed for one of this node's
+        # sessions on another node.
+        self.on_forward: Any = None
 
     # -- connections ------------------------------------------------------
 
@@ -879,6 +891,12 @@ class RedisBroker(Broker):
         d = self._call("eval", DIRECT_SCRIPT, keys, [data, self.pubsub, "", session_id])
         return d.addCallback(lambda id: PublishResult(id=id.decode("ascii")) if id else None)
 
+    def forward(self, session_id: str, body: bytes) -> Deferred[bool]:
+        """Hand browser frames POSTed here to the node holding
+        ``session_id``; fires with whether one does."""
+        args = [self.pubsub, session_id, body]
+        return self._call("eval", FORWARD_SCRIPT, [SESSION_PREFIX + session_id], args).addCallback(bool)
+
     # -- live messages ----------------------------------------------------
 
     def _on_message(self, channel_name: bytes, payload: bytes) -> None:
@@ -902,6 +920,11 @@ class RedisBroker(Broker):
             self._deliver_live(channel, id, data, exclude)
             return
         if channel_name == self._mine:
+            if payload[:2] == b"f ":
+                _, session_id, body = payload.split(b" ", 2)
+                if self.on_forward is not None:
+                    self.on_forward(session_id.decode("ascii"), body)
+                return
             session_id, rest = payload.split(b" ", 1)
             session = self.sessions.get(session_id.decode("ascii"))
             raw_id, _, data = rest.split(b" ", 2)

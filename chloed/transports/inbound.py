@@ -16,6 +16,8 @@ from typing import Any
 from chloed import frames
 from chloed.errors import ProtocolError
 from chloed.hub import Hub
+from twisted.web.server import NOT_DONE_YET
+
 from chloed.transports._http import BrowserResource, browser_headers, error, preflight
 from chloed.transports.longpoll import batch_limit
 
@@ -38,10 +40,20 @@ class SessionPostResource(BrowserResource):
             return error(request, 403, "forbidden_origin", "this origin is not allowed")
         if len(request.postpath) != 1:
             return error(request, 404, "not_found", "POST /session/<session id>")
-        session = hub.find(request.postpath[0].decode("latin-1"))
+        session_id = request.postpath[0].decode("latin-1")
+        session = hub.find(session_id)
+        limit = batch_limit(hub)
+        if session is None:
+            # With several nodes, the session may live on another one.
+            body = request.content.read(limit + 1)
+            if len(body) <= limit:
+                forwarded = hub.forward(session_id, body)
+                if forwarded is not None:
+                    forwarded.addCallbacks(self._forwarded, self._not_forwarded, callbackArgs=(request,),
+                                           errbackArgs=(request,))
+                    return NOT_DONE_YET
         if session is None or session.transport not in ("sse", "longpoll"):
             return error(request, 404, "unknown_session", "no such session: start a new one")
-        limit = batch_limit(hub)
         body = request.content.read(limit + 1)
         try:
             hub.receive_batch(session, body, limit)
@@ -50,3 +62,20 @@ class SessionPostResource(BrowserResource):
             return error(request, status, exc.code, exc.message)
         request.setResponseCode(204)
         return b""
+
+    @staticmethod
+    def _forwarded(taken: bool, request: Any) -> None:
+        if getattr(request, "_disconnected", False):  # the browser went away
+            return
+        if taken:
+            request.setResponseCode(204)
+        else:
+            request.write(error(request, 404, "unknown_session", "no such session: start a new one"))
+        request.finish()
+
+    @staticmethod
+    def _not_forwarded(failure: Any, request: Any) -> None:
+        if getattr(request, "_disconnected", False):  # the browser went away
+            return
+        request.write(error(request, 503, "backend_unavailable", "cannot reach the node holding this session"))
+        request.finish()
