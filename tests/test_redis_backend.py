@@ -293,3 +293,25 @@ def test_leaving_before_the_join_completes(nodes):
     yield a.publish(["elsewhere"], b"2")
     yield other.wait(1)
     assert sub.frames == [] and "brief" not in b.channels
+
+
+@pytest_twisted.inlineCallbacks
+def test_messages_published_while_the_pubsub_connection_is_away_arrive_once(nodes, redis_server):  # noqa: F811
+    """When a node's pub/sub connection drops (Redis itself stays up), what
+    other nodes publish meanwhile reaches its subscribers once it has
+    subscribed again: each message once, in order."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    sub = Recorder()
+    yield b.subscribe("gap", sub)
+    yield a.publish(["gap"], b"1")
+    yield sub.wait(1)
+    connection = b._subscriptions
+    assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub").startswith(b":")
+    yield until(lambda: b._subscriptions is not connection)
+    for n in range(2, 6):
+        yield a.publish(["gap"], str(n).encode())
+    yield until(lambda: b.backend_state == "up")
+    yield a.publish(["gap"], b"6")
+    yield sub.wait(6)
+    assert sub.data() == [1, 2, 3, 4, 5, 6]

@@ -331,6 +331,11 @@ class RedisChannel(Channel):
         self.cursor: Key | None = None
         self.buffer: list[tuple[Key, str, bytes, str | None]] | None = None
 
+    def delivering(self) -> bool:
+        """Whether someone here already gets the channel's live messages
+        (a subscriber, or a join past its history)."""
+        return bool(self.subscribers) or any(join.floor is not None for join in self.joining)
+
     def position(self) -> Key | None:
         """The last id this node has for the channel."""
         last = parse_key(self.last_id)
@@ -550,12 +555,9 @@ class RedisBroker(Broker):
         if not self._stopping:
             log.warn("redis: lost the pub/sub connection; resubscribing when it is back")
         for channel in self.channels.values():
+            # Read again, once subscribed again, after the last id delivered
+            # live; joins still dropping repeats go on dropping them.
             channel.confirmed = channel.ready = channel.subscribing = False
-            # Joins already reading are final: the channel is read again
-            # after the last id delivered, which covers them too.
-            for join in list(channel.joining):
-                if join.floor is not None:
-                    self._promote(join, channel)
 
     def _call(self, method: str, *args: Any) -> Deferred[Any]:
         """A command on the command connection; fails with
@@ -603,7 +605,10 @@ class RedisBroker(Broker):
 
     @staticmethod
     def _ignore(failure: Failure) -> None:
-        failure.trap(BackendUnavailable)
+        """For commands sent without waiting: Redis being away is expected
+        (they are sent again when it is back); anything else is logged."""
+        if not failure.check(BackendUnavailable, txredisapi.ConnectionError):
+            log.failure("redis: a command failed", failure)
 
     # -- subscriptions ----------------------------------------------------
 
@@ -630,7 +635,7 @@ class RedisBroker(Broker):
             return
         channel.subscribing = False
         channel.confirmed = True
-        if channel.subscribers:
+        if channel.delivering():
             channel.buffer = []
         self._check(channel)
 
@@ -650,7 +655,7 @@ class RedisBroker(Broker):
             return
         channel.checking = True
         position = channel.position()
-        since = format_key(position) if position is not None and channel.subscribers else ""
+        since = format_key(position) if position is not None and channel.delivering() else ""
         self._snapshot([channel.name], [since]).addCallbacks(
             self._checked, self._check_failed, callbackArgs=(channel, since), errbackArgs=(channel,)
         )
@@ -799,8 +804,6 @@ class RedisBroker(Broker):
         for name in join.names:
             channel = self.channels[name]
             position = channel.position()
-            if floor is not None:
-                channel.cursor = floor if channel.cursor is None else max(channel.cursor, floor)
             caught_up = floor is None or (position is not None and position >= floor)
             if caught_up:
                 self._promote(join, channel)
