@@ -61,22 +61,3 @@ def test_a_socket_error_leaves_it_to_the_transport(pair):
     b.close()
     a.close()
     assert send_now(transport(), a, b"frame") == b"frame"
-
-
-def test_write_batch_flushes_each_held_connection_once_at_the_end_of_the_turn():
-    from twisted.internet.task import Clock
-
-    from chloed.transports.websocket import WriteBatch
-
-    flushed = []
-    clock = Clock()
-    batch = WriteBatch(clock)
-    a, b = SimpleNamespace(flush_held=lambda: flushed.append("a")), SimpleNamespace(flush_held=lambda: flushed.append("b"))
-    batch.hold(a)
-    batch.hold(b)
-    assert flushed == [] and len(clock.getDelayedCalls()) == 1
-    clock.advance(0)
-    assert flushed == ["a", "b"]
-    batch.hold(a)
-    clock.advance(0)
-    assert flushed == ["a", "b", "a"]

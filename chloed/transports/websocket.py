@@ -73,28 +73,6 @@ def send_now(transport: Any, sock: Any, data: bytes) -> bytes:
     return data[sent:] if sent < len(data) else b""
 
 
-class WriteBatch:
-    """Frames for idle sockets, held until the reactor finishes the events
-    at hand, then sent with one ``send`` per socket: several messages
-    published in one turn cost one syscall per subscriber, not one each."""
-
-    def __init__(self, clock: Any) -> None:
-        self._clock = clock
-        self._waiting: list[ChloeWebSocket] = []
-        self._call: Any = None
-
-    def hold(self, connection: "ChloeWebSocket") -> None:
-        self._waiting.append(connection)
-        if self._call is None:
-            self._call = self._clock.callLater(0, self.flush)
-
-    def flush(self) -> None:
-        self._call = None
-        waiting, self._waiting = self._waiting, []
-        for connection in waiting:
-            connection.flush_held()
-
-
 class ChloeWebSocket(WebSocketServerProtocol):
     """One browser over WebSocket: a sink of its session."""
 
@@ -103,8 +81,6 @@ class ChloeWebSocket(WebSocketServerProtocol):
     flow: OutboundFlow | None = None
     # The socket, when the transport is plain TCP (not TLS): see send_now.
     _sock: Any = None
-    # Frames waiting for the end of this reactor turn (see WriteBatch).
-    _held: list[bytes] | None = None
 
     def onConnect(self, request: Any) -> None:
         hub: Hub = self.factory.hub
@@ -150,29 +126,11 @@ class ChloeWebSocket(WebSocketServerProtocol):
             if session is not None:
                 self.factory.hub.slow(session)
             return
-        held = self._held
-        if held is not None:
-            held.append(data)
-            return
         if self._sock is not None and not flow.paused:  # type: ignore[union-attr]
-            # The first frame of the turn goes now; the others wait for it
-            # to end and go together.
-            self._held = []
-            self.factory.batch.hold(self)
             data = send_now(self.transport, self._sock, data)
             if not data:
                 return
         self.transport.write(data)
-
-    def flush_held(self) -> None:
-        """Send what this turn wrote, straight to the socket when it can."""
-        held, self._held = self._held, None
-        if not held or self.state != self.STATE_OPEN:
-            return
-        data = held[0] if len(held) == 1 else b"".join(held)
-        rest = send_now(self.transport, self._sock, data)
-        if rest:
-            self.transport.write(rest)
 
     def close(self, last: Encoded | None) -> None:
         """Write ``last`` and close; a slow consumer is not waited for.
@@ -180,7 +138,6 @@ class ChloeWebSocket(WebSocketServerProtocol):
         self.session = None
         if self.state != self.STATE_OPEN:
             return
-        self.flush_held()
         stalled = self.flow is not None and self.flow.paused
         if last is not None and not stalled:
             self.transport.write(last.framed(ws_framing))
@@ -195,7 +152,6 @@ def websocket_resource(hub: Hub, url: str = "ws://localhost/ws") -> WebSocketRes
     factory = WebSocketServerFactory(url)
     factory.protocol = ChloeWebSocket
     factory.hub = hub
-    factory.batch = WriteBatch(hub.clock)
     heartbeat = hub.config.heartbeat
     factory.setProtocolOptions(
         autoPingInterval=heartbeat,
