@@ -10,19 +10,28 @@ holds what the nodes share:
     channel on every node (what an SSE ``Last-Event-ID`` needs).
 ``chloe:h:<channel>``
     a Stream holding the channel's history under the message ids themselves,
-    trimmed to about ``history_size`` entries and ``history_ttl``, and
+    trimmed with ``XDEL`` (which, unlike ``MAXLEN``, moves the stream's
+    ``max-deleted-entry-id``, so a resume knows exactly when it missed
+    something) to ``history_size`` entries and ``history_ttl`` seconds, and
     expiring ``history_ttl`` after its last message.
 ``chloe:s:<session>``
-    which node holds a session, for ``/send`` to one session.
+    which node holds a session, for ``/send`` to one session and for browser
+    frames POSTed to the wrong node.
+``chloe:p:<channel>``, ``chloe:pi:<channel>``
+    presence: user id → expiry, user id → member (see :class:`RedisPresence`).
 pub/sub ``chloe:<db>:c:<channel>``, ``chloe:<db>:all``, ``chloe:<db>:n:<node>``
     live messages: ``"<id> <excluded session> <data>"`` (the data is the JSON
-    ``/send`` was given, spliced into frames unparsed). Pub/sub ignores the
-    database number, so the channels carry it.
+    ``/send`` was given, spliced into frames unparsed); presence
+    announcements on the channel's, ``"p …"``; on a node's own, messages to
+    one session and forwarded frames ``"f …"``. Pub/sub ignores the database
+    number, so the channels carry it.
 
-A publish is one script (``EVALSHA``): it takes ``TIME``, the next id,
-``XADD``s the message, trims and re-expires the stream and ``PUBLISH``es it,
-atomically, so every message is both in the history and on the wire or in
-neither, in the same order. ``/send`` answers 202 once Redis has run it.
+A publish is one round trip, one script (``EVALSHA``): it takes ``TIME``,
+the next id (``HGET``/``HSET``/``HINCRBY``), ``XADD``s the message, trims
+(``XLEN``, ``XRANGE``, ``XDEL``) and re-expires (``PEXPIRE``) the stream
+and ``PUBLISH``es it, atomically, so every message is both in the history
+and on the wire or in neither, in the same order. ``/send`` answers 202 once
+Redis has run it. Each node listening to the channel then gets it once.
 
 A node subscribes to a channel's pub/sub only while it has subscribers for
 it, encodes each message it gets once, and hands the same bytes to each of
