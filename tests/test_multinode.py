@@ -267,9 +267,43 @@ def poll_until(node: Chloed, session: str, cursor: int, frames: list[Any],
     return cursor
 
 
-def test_long_poll_session_on_another_node_is_404_and_resumes_with_since(cluster):
-    """A poll landing on a node that does not hold the session is a 404
-    (``unknown_session``); a new session there with ``since`` carries on
+def test_long_poll_carries_on_from_its_cursor_on_another_node(cluster):
+    """Polls of a session reaching a node that does not hold it are answered
+    by the node that does (no sticky sessions), from the cursor, JSONP too;
+    an unknown session is a 404 everywhere."""
+    a, b = cluster(2)
+    session, cursor, frames = open_poll(a, "channel=c")
+    cursor = poll_until(b, session, cursor, frames, lambda fs: any(f["type"] == "subscribed" for f in fs))
+    a.send(data=1, channel="c")
+    b.send(data=2, channel="c")
+    cursor = poll_until(b, session, cursor, frames, lambda fs: len([f for f in fs if f["type"] == "message"]) == 2)
+    assert [f["data"] for f in frames if f["type"] == "message"] == [1, 2]
+    # JSONP: a session opened on A, polled through B, wrapped by B.
+    _, _, body = a.request("GET", "/jsonp?callback=cb&channel=c", auth=False)
+    opened = json.loads(body[len(b"cb("):-len(b");")])
+    jsonp, jcursor, jframes = opened["session"], opened["cursor"], opened["frames"]
+
+    def jsonp_poll() -> None:
+        nonlocal jcursor
+        status, _, body = b.request("GET", f"/jsonp?callback=cb&session={jsonp}&cursor={jcursor}", auth=False)
+        assert status == 200 and body.startswith(b"cb(") and body.endswith(b");")
+        answer = json.loads(body[len(b"cb("):-len(b");")])
+        jframes.extend(answer["frames"])
+        jcursor = answer["cursor"]
+
+    while not any(f["type"] == "subscribed" for f in jframes):
+        jsonp_poll()
+    a.send(data=3, channel="c")
+    while not any(f["type"] == "message" for f in jframes):
+        jsonp_poll()
+    assert [f["data"] for f in jframes if f["type"] == "message"] == [3]
+    status, _, body = b.request("GET", "/poll?session=nobody&cursor=0", auth=False)
+    assert status == 404 and json.loads(body)["error"] == "unknown_session"
+
+
+def test_long_poll_session_of_a_dead_node_is_404_and_resumes_with_since(cluster):
+    """When the node holding a long-poll session dies, a poll elsewhere is a
+    404 (``unknown_session``); a new session there with ``since`` carries on
     where the old one stopped, as chloe.js does."""
     a, b = cluster(2)
     session, cursor, frames = open_poll(a, "channel=c")
@@ -278,6 +312,8 @@ def test_long_poll_session_on_another_node_is_404_and_resumes_with_since(cluster
     cursor = poll_until(a, session, cursor, frames, lambda fs: any(f["type"] == "message" for f in fs))
     last = [f for f in frames if f["type"] == "message"][-1]["id"]
     assert last == sent["ids"]["c"]
+    a.process.kill()  # SIGKILL
+    a.process.wait()
     b.send(data=2, channel="c")
     status, _, body = b.request("GET", f"/poll?session={session}&cursor={cursor}", auth=False)
     assert status == 404 and json.loads(body)["error"] == "unknown_session"

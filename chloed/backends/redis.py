@@ -143,12 +143,13 @@ if #KEYS > 1 and reached == 0 then return false end
 return id
 """
 
-# Browser frames for a session another node holds (POST /session/<id> that
-# reached the wrong node): to that node, or false when none holds it.
+# A request for a session another node holds (browser frames POSTed, "f",
+# or a poll, "q", that reached the wrong node): to that node, or false when
+# none holds it.
 FORWARD_SCRIPT = """
 local node = redis.call('GET', KEYS[1])
 if not node then return false end
-local reached = redis.call('PUBLISH', ARGV[1] .. 'n:' .. node, 'f ' .. ARGV[2] .. ' ' .. ARGV[3])
+local reached = redis.call('PUBLISH', ARGV[1] .. 'n:' .. node, ARGV[4] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
 return reached > 0
 """
 
@@ -476,6 +477,10 @@ class RedisBroker(Broker):
         # Set by the hub: takes frames POSTed for one of this node's
         # sessions on another node.
         self.on_forward: Any = None
+        # Set by the poll transport: answers a poll of one of this node's
+        # sessions that reached another node, through the replier it is given.
+        self.on_poll: Any = None
+        self._polls: dict[str, Deferred[Any]] = {}
 
     # -- connections ------------------------------------------------------
 
@@ -906,8 +911,55 @@ class RedisBroker(Broker):
     def forward(self, session_id: str, body: bytes) -> Deferred[bool]:
         """Hand browser frames POSTed here to the node holding
         ``session_id``; fires with whether one does."""
-        args = [self.pubsub, session_id, body]
+        args = [self.pubsub, session_id, body, "f"]
         return self._call("eval", FORWARD_SCRIPT, [SESSION_PREFIX + session_id], args).addCallback(bool)
+
+    def forward_poll(self, session_id: str, cursor: int, timeout: float) -> Deferred[tuple[int, bytes] | None]:
+        """Ask the node holding ``session_id`` for its next poll answer
+        after ``cursor``; fires with ``(status, JSON body)``, or None when no
+        node holds the session (or it did not answer within ``timeout``)."""
+        request_id = secrets.token_hex(8)
+        answer: Deferred[tuple[int, bytes] | None] = Deferred()
+        self._polls[request_id] = answer
+        timer = self._reactor.callLater(timeout, self._poll_answered, request_id, None)
+        body = f"{request_id} {self.node} {cursor}"
+        asked = self._call("eval", FORWARD_SCRIPT, [SESSION_PREFIX + session_id], [self.pubsub, session_id, body, "q"])
+
+        def sent(reached: Any) -> None:
+            if not reached:
+                self._poll_answered(request_id, None)
+
+        def failed(failure: Failure) -> None:
+            if timer.active():
+                timer.cancel()
+            self._polls.pop(request_id, None)
+            if not answer.called:
+                answer.errback(failure)
+
+        asked.addCallbacks(sent, failed)
+        return answer.addBoth(self._poll_done, timer)
+
+    @staticmethod
+    def _poll_done(result: Any, timer: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        return result
+
+    def _poll_answered(self, request_id: str, answer: tuple[int, bytes] | None) -> None:
+        waiting = self._polls.pop(request_id, None)
+        if waiting is not None and not waiting.called:
+            waiting.callback(answer)
+
+    def answer_poll(self, node: str, request_id: str, status: int, body: bytes) -> None:
+        """Send a poll's answer back to the node that forwarded it."""
+        payload = b"r %s %d %s" % (request_id.encode("ascii"), status, body)
+        self._call("publish", self.pubsub + "n:" + node, payload).addErrback(self._ignore)
+
+    def _poll_replier(self, node: str, request_id: str) -> Any:
+        def reply(status: int, body: bytes) -> None:
+            self.answer_poll(node, request_id, status, body)
+
+        return reply
 
     # -- live messages ----------------------------------------------------
 
@@ -936,6 +988,16 @@ class RedisBroker(Broker):
                 _, session_id, body = payload.split(b" ", 2)
                 if self.on_forward is not None:
                     self.on_forward(session_id.decode("ascii"), body)
+                return
+            if payload[:2] == b"q ":
+                _, session_id, request_id, node, cursor = payload.split(b" ", 4)
+                if self.on_poll is not None:
+                    self.on_poll(session_id.decode("ascii"), int(cursor), self._poll_replier(
+                        node.decode("ascii"), request_id.decode("ascii")))
+                return
+            if payload[:2] == b"r ":
+                _, request_id, status, body = payload.split(b" ", 3)
+                self._poll_answered(request_id.decode("ascii"), (int(status), body))
                 return
             session_id, rest = payload.split(b" ", 1)
             session = self.sessions.get(session_id.decode("ascii"))

@@ -18,6 +18,9 @@ The wire protocol (the README documents it for client writers):
   then answers ``404 {"error": "unknown_session"}``, and the client starts a
   new session and resumes its channels with ``since``.
 - Browser frames go by ``POST /session/S`` (see :mod:`chloed.transports.inbound`).
+- With several nodes (``backend = "redis://…"``) a poll reaching a node that
+  does not hold the session is answered by the node that does, through
+  Redis: the browser needs no sticky session.
 
 JSONP is the same over ``<script>`` tags: ``GET /jsonp?callback=NAME[&session=S&cursor=N]``
 answers ``NAME(<the same JSON>);`` always with status 200 (a script tag
@@ -37,7 +40,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from chloed import frames
 from chloed.errors import ProtocolError
-from chloed.hub import Hub
+from chloed.hub import SESSION_ID_RE, Hub
 from chloed.session import Session
 from chloed.transports._http import BrowserResource, arg, args, browser_headers, preflight, valid_callback
 
@@ -147,6 +150,61 @@ class _HeldPoll:
             self._end()
 
 
+class _RemotePoll:
+    """A poll another node took for one of this node's sessions: answered
+    through ``reply(status, body)`` instead of a request."""
+
+    def __init__(self, hub: Hub, session: Session, reply: Any) -> None:
+        self.hub = hub
+        self.session = session
+        self.reply = reply
+        self.done = False
+        self.timer = hub.clock.callLater(hub.config.longpoll_timeout, self.respond)
+        self.soon = None
+        hub.poll_started(session)
+        session.waiter = self.wake
+
+    def wake(self) -> None:
+        if self.soon is None and not self.done:
+            self.soon = self.hub.clock.callLater(0, self.respond)
+
+    def _end(self) -> None:
+        self.done = True
+        if self.timer.active():
+            self.timer.cancel()
+        if self.soon is not None and self.soon.active():
+            self.soon.cancel()
+        if self.session.waiter == self.wake:
+            self.session.waiter = None
+        self.hub.poll_ended(self.session)
+
+    def respond(self) -> None:
+        if self.done:
+            return
+        self._end()
+        self.reply(200, frames_body(self.session, with_session=False))
+
+
+def remote_poll(hub: Hub, session_id: str, cursor: int, reply: Any) -> None:
+    """Answer, through ``reply(status, JSON body)``, a poll of one of this
+    node's sessions that reached another node."""
+    session = hub.find(session_id)
+    if session is None or session.transport not in ("longpoll", "jsonp"):
+        reply(404, frames.dumps({"error": "unknown_session", "message": "no such session: start a new one"}))
+        return
+    if cursor > session.seq:
+        reply(400, frames.dumps({"error": "bad_request", "message": "cursor must be the cursor of an earlier answer"}))
+        return
+    session.acknowledge(cursor)
+    if session.pending:
+        reply(200, frames_body(session, with_session=False))
+        return
+    if session.waiter is not None:
+        waiter, session.waiter = session.waiter, None
+        waiter()
+    _RemotePoll(hub, session, reply)
+
+
 class PollResource(BrowserResource):
     """``GET /poll`` and ``GET /jsonp`` (with ``/jsonp/send`` below it)."""
 
@@ -157,6 +215,8 @@ class PollResource(BrowserResource):
         self.transport = "jsonp" if jsonp else "longpoll"
         if jsonp:
             self.putChild(b"send", JsonpSendResource(hub))
+        if hasattr(hub.broker, "on_poll"):
+            hub.broker.on_poll = lambda session_id, cursor, reply: remote_poll(hub, session_id, cursor, reply)
 
     def render_OPTIONS(self, request: Any) -> bytes:
         return preflight(request, self.hub.config.allowed_origins)
@@ -169,6 +229,9 @@ class PollResource(BrowserResource):
             return self._open(request, answer)
         session = _session(self.hub, request, self.transport)
         if session is None:
+            forwarded = self._forward(request, answer)
+            if forwarded is not None:
+                return forwarded
             return answer.error(404, "unknown_session", "no such session: start a new one")
         cursor = parse_cursor(arg(request, b"cursor"))
         if cursor is None or cursor > session.seq:
@@ -181,6 +244,35 @@ class PollResource(BrowserResource):
             waiter, session.waiter = session.waiter, None
             waiter()
         _HeldPoll(self, request, answer, session)
+        return NOT_DONE_YET
+
+    def _forward(self, request: Any, answer: _Answer) -> Any:
+        """A poll of a session another node may hold: ask it through the
+        shared backend; None when there is no other node to ask."""
+        hub = self.hub
+        session_id = arg(request, b"session") or ""
+        forward = getattr(hub.broker, "forward_poll", None)
+        cursor = parse_cursor(arg(request, b"cursor"))
+        if forward is None or cursor is None or hub.find(session_id) is not None:
+            return None
+        if not SESSION_ID_RE.fullmatch(session_id):
+            return None
+
+        def answered(result: Any) -> None:
+            if getattr(request, "_disconnected", False):
+                return
+            if result is None:
+                request.write(answer.error(404, "unknown_session", "no such session: start a new one"))
+            else:
+                request.write(answer.body(*result))
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            if not getattr(request, "_disconnected", False):
+                request.write(answer.error(503, "backend_unavailable", "cannot reach the node holding this session"))
+                request.finish()
+
+        forward(session_id, cursor, hub.config.longpoll_timeout + 10).addCallbacks(answered, failed)
         return NOT_DONE_YET
 
     def _open(self, request: Any, answer: _Answer) -> bytes:
