@@ -74,15 +74,16 @@ def health(node: Chloed) -> tuple[int, Any]:
 
 
 @pytest.fixture
-def cluster(redis_server, tmp_path) -> Iterator[Callable[[int], list[Chloed]]]:  # noqa: F811
-    """Start ``n`` chloed nodes on the test's Redis; all stop after."""
+def cluster(redis_server, tmp_path) -> Iterator[Callable[..., list[Chloed]]]:  # noqa: F811
+    """Start ``n`` chloed nodes on the test's Redis (``session_grace`` 10 s
+    unless given); all stop after."""
     started: list[Chloed] = []
-    conf = tmp_path / "chloe.toml"
-    conf.write_text(
-        f'backend = "{redis_server.url}"\nhistory_size = 1000\nsession_grace = 2\n'
-    )
 
-    def start(n: int) -> list[Chloed]:
+    def start(n: int, session_grace: float = 10) -> list[Chloed]:
+        conf = tmp_path / f"chloe-{len(started)}.toml"
+        conf.write_text(
+            f'backend = "{redis_server.url}"\nhistory_size = 1000\nsession_grace = {session_grace}\n'
+        )
         nodes = [Chloed(config=str(conf)) for _ in range(n)]
         started.extend(nodes)
         return nodes
@@ -332,7 +333,7 @@ def test_presence_across_nodes_and_a_dead_nodes_member_leaves(cluster):
     """A member joining on one node is announced on another and listed in
     its ``subscribed``; when its node is killed it leaves after about
     ``session_grace`` (2 s here), announced on the nodes still up."""
-    a, b = cluster(2)
+    a, b = cluster(2, session_grace=2)
     ann = Browser(a)
     ann.send({"type": "subscribe", "channel": "presence-room", "token": presence_token("ann")})
     assert ann.recv()["members"] == [{"id": "ann", "info": {}}]
@@ -347,7 +348,7 @@ def test_presence_across_nodes_and_a_dead_nodes_member_leaves(cluster):
     b.process.wait()
     leave = ann.recv()
     assert leave["type"] == "presence" and leave["event"] == "leave" and leave["member"]["id"] == "bob"
-    assert 1.0 <= time.monotonic() - killed <= 5.0
+    assert 1.0 <= time.monotonic() - killed <= 8.0
     bob.close()
     ann.close()
 
