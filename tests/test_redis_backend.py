@@ -315,3 +315,19 @@ def test_messages_published_while_the_pubsub_connection_is_away_arrive_once(node
     yield a.publish(["gap"], b"6")
     yield sub.wait(6)
     assert sub.data() == [1, 2, 3, 4, 5, 6]
+
+
+@pytest_twisted.inlineCallbacks
+def test_frames_for_a_session_on_another_node_are_handed_over(nodes):
+    """Frames posted on node A for a session node B holds reach B, even
+    when B registers the session a moment after A looks for it; a session
+    nobody holds is refused."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    got: list[tuple[str, bytes]] = []
+    b.on_forward = lambda session_id, body: got.append((session_id, body))
+    reactor.callLater(0.05, b.add_session, Recorder("late-session"))
+    assert (yield a.forward("late-session", b'{"type":"ping"}')) is True
+    yield until(lambda: bool(got))
+    assert got == [("late-session", b'{"type":"ping"}')]
+    assert (yield a.forward("nobody", b"{}")) is False

@@ -62,6 +62,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet import task
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -80,6 +81,7 @@ SESSION_PREFIX = "chloe:s:"
 SESSION_TTL = 86400  # a dead node's sessions are forgotten after a day
 REPLY_TIMEOUT = 5.0
 RETRY_DELAY = 0.5
+LOOKUP_AGAIN = 0.2
 
 Key = tuple[int, int]
 ZERO: Key = (0, 0)
@@ -911,8 +913,24 @@ class RedisBroker(Broker):
     def forward(self, session_id: str, body: bytes) -> Deferred[bool]:
         """Hand browser frames POSTed here to the node holding
         ``session_id``; fires with whether one does."""
-        args = [self.pubsub, session_id, body, "f"]
-        return self._call("eval", FORWARD_SCRIPT, [SESSION_PREFIX + session_id], args).addCallback(bool)
+        return self._hand_over(session_id, "f", body)
+
+    def _hand_over(self, session_id: str, kind: str, body: bytes | str, again: bool = True) -> Deferred[bool]:
+        """Publish a request to the node holding ``session_id``; fires with
+        whether one took it. A session is registered without waiting for
+        Redis, so a request following its opening at once may come first:
+        a session not found is looked up once more a moment later."""
+        args = [self.pubsub, session_id, body, kind]
+        found = self._call("eval", FORWARD_SCRIPT, [SESSION_PREFIX + session_id], args).addCallback(bool)
+        if not again:
+            return found
+
+        def retry(taken: bool) -> Any:
+            if taken:
+                return True
+            return task.deferLater(self._reactor, LOOKUP_AGAIN, self._hand_over, session_id, kind, body, False)
+
+        return found.addCallback(retry)
 
     def forward_poll(self, session_id: str, cursor: int, timeout: float) -> Deferred[tuple[int, bytes] | None]:
         """Ask the node holding ``session_id`` for its next poll answer
@@ -923,7 +941,7 @@ class RedisBroker(Broker):
         self._polls[request_id] = answer
         timer = self._reactor.callLater(timeout, self._poll_answered, request_id, None)
         body = f"{request_id} {self.node} {cursor}"
-        asked = self._call("eval", FORWARD_SCRIPT, [SESSION_PREFIX + session_id], [self.pubsub, session_id, body, "q"])
+        asked = self._hand_over(session_id, "q", body)
 
         def sent(reached: Any) -> None:
             if not reached:
