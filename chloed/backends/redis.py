@@ -483,6 +483,7 @@ class RedisBroker(Broker):
         # sessions that reached another node, through the replier it is given.
         self.on_poll: Any = None
         self._polls: dict[str, Deferred[Any]] = {}
+        self._renewal: LoopingCall | None = None
 
     # -- connections ------------------------------------------------------
 
@@ -500,6 +501,12 @@ class RedisBroker(Broker):
         """Open both connections; they come back by themselves when lost."""
         if self.presence is not None:
             self.presence.start()
+        # Sessions older than SESSION_TTL stay reachable by /send.
+        self._renewal = LoopingCall(self._register_all)
+        self._renewal.clock = self._clock
+        self._renewal.start(SESSION_TTL / 4, now=False).addErrback(
+            lambda f: log.failure("renewing session keys stopped", f)
+        )
         policy = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)
         for proto, dbid, timeout in ((_Commands, self.db, REPLY_TIMEOUT), (_Subscriptions, None, None)):
             endpoint = HostnameEndpoint(self._reactor, self.host, self.port, timeout=5)
@@ -514,6 +521,8 @@ class RedisBroker(Broker):
         self._stopping = True
         if self.presence is not None:
             self.presence.stop()
+        if self._renewal is not None and self._renewal.running:
+            self._renewal.stop()
         return defer.gatherResults([s.stopService() for s in services], consumeErrors=True)
 
     @property  # type: ignore[override]
@@ -526,8 +535,7 @@ class RedisBroker(Broker):
     def _commands_ready(self, proto: Any) -> None:
         log.info("redis: connected to {host}:{port}/{db}", host=self.host, port=self.port, db=self.db)
         self._commands = proto
-        for session_id in list(self.sessions):
-            self._register(session_id)
+        self._register_all()
         for channel in list(self.channels.values()):
             self._check(channel)
             for join in list(channel.joining):
@@ -614,6 +622,10 @@ class RedisBroker(Broker):
         super().remove_session(session, channels)
         if self._commands is not None and session.id not in self.sessions:
             self._call("delete", SESSION_PREFIX + session.id).addErrback(self._ignore)
+
+    def _register_all(self) -> None:
+        for session_id in list(self.sessions):
+            self._register(session_id)
 
     def _register(self, session_id: str) -> None:
         if self._commands is not None:
