@@ -7,17 +7,19 @@ is ``204`` with no body: what the frames get back (``ack``, ``subscribed``,
 ``error``…) arrives on the session's stream or next poll. ``404
 {"error": "unknown_session"}`` tells the client its session is gone.
 ``text/plain`` bodies are accepted, so a browser needs no CORS preflight.
+With several nodes, frames for a session another node holds are handed to
+it through Redis (``204`` once it took them).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.web.server import NOT_DONE_YET
+
 from chloed import frames
 from chloed.errors import ProtocolError
 from chloed.hub import Hub
-from twisted.web.server import NOT_DONE_YET
-
 from chloed.transports._http import BrowserResource, browser_headers, error, preflight
 from chloed.transports.longpoll import batch_limit
 
