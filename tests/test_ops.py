@@ -122,7 +122,7 @@ def test_openapi_document_is_served():
     assert set(doc["paths"]) == {
         "/send", "/channels", "/channels/{name}", "/health", "/status", "/metrics", "/openapi.json",
     }
-    assert set(doc["paths"]["/send"]["post"]["responses"]) == {"202", "400", "401", "403", "404", "413"}
+    assert set(doc["paths"]["/send"]["post"]["responses"]) == {"202", "400", "401", "403", "404", "413", "503"}
     assert set(doc["paths"]["/send"]["post"]["requestBody"]["content"]) == {
         "application/json", "application/x-www-form-urlencoded",
     }
