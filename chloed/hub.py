@@ -258,7 +258,7 @@ class Hub:
     def _forwarded(self, session_id: str, body: bytes) -> None:
         """Frames another node took for one of this node's sessions."""
         session = self.find(session_id)
-        if session is None or session.transport not in ("sse", "longpoll"):
+        if session is None or session.transport not in ("sse", "longpoll", "jsonp"):
             return
         try:
             self.receive_batch(session, body, self.config.max_message_bytes * 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.parse
 import time
 from typing import Any, Callable, Iterator
 
@@ -298,6 +299,12 @@ def test_long_poll_carries_on_from_its_cursor_on_another_node(cluster):
     while not any(f["type"] == "message" for f in jframes):
         jsonp_poll()
     assert [f["data"] for f in jframes if f["type"] == "message"] == [3]
+    # ... and its frames, sent through B, reach it on A.
+    frames_arg = urllib.parse.quote(json.dumps([{"type": "ping"}]))
+    status, _, body = b.request("GET", f"/jsonp/send?callback=cb&session={jsonp}&frames={frames_arg}", auth=False)
+    assert status == 200 and body == b'cb({"ok":true});'
+    while not any(f["type"] == "pong" for f in jframes):
+        jsonp_poll()
     status, _, body = b.request("GET", "/poll?session=nobody&cursor=0", auth=False)
     assert status == 404 and json.loads(body)["error"] == "unknown_session"
 

@@ -302,9 +302,32 @@ class JsonpSendResource(BrowserResource):
         if answer is None:
             return refusal  # type: ignore[return-value]
         session = _session(self.hub, request, "jsonp")
-        if session is None:
-            return answer.error(404, "unknown_session", "no such session: start a new one")
         body = (arg(request, b"frames") or "").encode("utf-8")
+        if session is None:
+            session_id = arg(request, b"session") or ""
+            forwarded = None
+            if self.hub.find(session_id) is None and len(body) <= batch_limit(self.hub):
+                # With several nodes, the session may live on another one.
+                forwarded = self.hub.forward(session_id, body)
+            if forwarded is None:
+                return answer.error(404, "unknown_session", "no such session: start a new one")
+
+            def done(taken: bool) -> None:
+                if getattr(request, "_disconnected", False):
+                    return
+                if taken:
+                    request.write(answer.body(200, b'{"ok":true}'))
+                else:
+                    request.write(answer.error(404, "unknown_session", "no such session: start a new one"))
+                request.finish()
+
+            def failed(failure: Any) -> None:
+                if not getattr(request, "_disconnected", False):
+                    request.write(answer.error(503, "backend_unavailable", "cannot reach the node holding this session"))
+                    request.finish()
+
+            forwarded.addCallbacks(done, failed)
+            return NOT_DONE_YET  # type: ignore[return-value]
         try:
             self.hub.receive_batch(session, body, batch_limit(self.hub))
         except ProtocolError as exc:
