@@ -74,6 +74,17 @@ def _text(value: bytes, field: str) -> str:
         raise RequestError(400, "bad_request", f"{field} is not UTF-8") from None
 
 
+def answer_request_error(request: IRequest, exc: RequestError) -> bytes:
+    """Log a refused API request in one line and answer its JSON error."""
+    log.info(
+        "{method} {path}: {status} {code}: {message}",
+        method=request.method.decode("ascii", "replace"),
+        path=request.path.decode("ascii", "replace"),
+        status=exc.status, code=exc.code, message=exc.message,
+    )
+    return error(request, exc.status, exc.code, exc.message)
+
+
 class SendRequest:
     """A validated ``/send``: JSON ``data`` bytes and its targets."""
 
@@ -178,14 +189,7 @@ class Api:
 
     @app.handle_errors(RequestError)
     def _request_error(self, request: IRequest, failure: Any) -> bytes:
-        exc: RequestError = failure.value
-        log.info(
-            "{method} {path}: {status} {code}: {message}",
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("ascii", "replace"),
-            status=exc.status, code=exc.code, message=exc.message,
-        )
-        return error(request, exc.status, exc.code, exc.message)
+        return answer_request_error(request, failure.value)
 
     def _authorize(self, request: IRequest) -> None:
         if not _authorized(request, self.config.secret):

@@ -20,11 +20,11 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from chloed.api import _authorized, is_loopback, routing_error
+from chloed.api import _authorized, answer_request_error, is_loopback, routing_error
 from chloed.errors import RequestError
 from chloed.hub import Hub
 from chloed.metrics import Metrics
-from chloed.transports._http import error, json_body
+from chloed.transports._http import json_body
 
 log = Logger()
 
@@ -52,14 +52,7 @@ class Ops:
 
     @app.handle_errors(RequestError)
     def _request_error(self, request: IRequest, failure: Any) -> bytes:
-        exc: RequestError = failure.value
-        log.info(
-            "{method} {path}: {status} {code}: {message}",
-            method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("ascii", "replace"),
-            status=exc.status, code=exc.code, message=exc.message,
-        )
-        return error(request, exc.status, exc.code, exc.message)
+        return answer_request_error(request, failure.value)
 
     def _authorize(self, request: IRequest) -> None:
         # Loopback, or the app API's bearer check with its answers (chloed.api.Api).

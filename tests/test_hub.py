@@ -7,7 +7,6 @@ import json
 import time
 
 import jwt
-import pytest
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 

@@ -12,7 +12,6 @@ import threading
 import pytest
 from websockets.exceptions import ConnectionClosedOK
 
-from tests.servers import Chloed
 from tests.test_integration import Browser
 
 EXIT_TIMEOUT = 20
