@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ class Traffic:
         self.stop = threading.Event()
         self.ready = threading.Semaphore(0)
         self.threads: list[threading.Thread] = []
+        self.streams: list[http.client.HTTPConnection] = []
         self.browsers = 0
 
     def start(self, target: Any, *args: Any) -> None:
@@ -87,10 +89,14 @@ class Traffic:
             connection.request("GET", f"/sse?channel={channel}", headers={"Accept": "text/event-stream"})
             response = connection.getresponse()
             assert response.status == 200
+            self.streams.append(connection)
             self.ready.release()
-            while not self.stop.is_set():
-                if not response.fp.readline():
-                    break
+            try:
+                while not self.stop.is_set():
+                    if not response.fp.readline():
+                        break
+            except OSError:
+                pass  # close() shut the socket to end the read
             connection.close()
 
         self.start(run)
@@ -112,6 +118,11 @@ class Traffic:
 
     def close(self) -> None:
         self.stop.set()
+        for connection in self.streams:
+            try:
+                connection.sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
+                pass
         for thread in self.threads:
             thread.join(timeout=10)
 
