@@ -29,13 +29,13 @@ test: setup
 demo: setup
 	@echo "chloed on http://localhost:8901, the echo app on http://localhost:4567 -- open http://localhost:4567/"
 	@CHLOE_SECRET=$(DEMO_SECRET) $(BIN)/python examples/echo_app.py --port 4567 --chloe http://localhost:8901 & \
-	  app=$$!; trap "kill $$app" EXIT INT TERM; \
+	  app=$$!; trap "kill $$app 2>/dev/null" EXIT INT TERM; \
 	  CHLOE_SECRET=$(DEMO_SECRET) $(BIN)/twistd -n --pidfile= chloe --listen tcp:8901:interface=127.0.0.1 --app-url http://127.0.0.1:4567/updates
 
 chat: setup
 	@echo "chloed on http://localhost:8901, the chat app on http://localhost:4567 -- open http://localhost:4567/ (staff: $(CHAT_STAFF))"
 	@CHLOE_SECRET=$(CHAT_SECRET) $(BIN)/python examples/chat_app.py --port 4567 --chloe http://localhost:8901 --staff '$(CHAT_STAFF)' & \
-	  app=$$!; trap "kill $$app" EXIT INT TERM; \
+	  app=$$!; trap "kill $$app 2>/dev/null" EXIT INT TERM; \
 	  CHLOE_SECRET=$(CHAT_SECRET) $(BIN)/twistd -n --pidfile= chloe --listen tcp:8901:interface=127.0.0.1 --app-url http://127.0.0.1:4567/updates
 
 clean:
