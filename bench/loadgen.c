@@ -31,6 +31,15 @@
  *                 to (--app-port, answers 200 at once); an ack is a delivery
  *                 and its latency is send->ack.
  *
+ * Several nodes (issue 9): --ports P1,P2,... spreads the clients over
+ * several chloeds (client i connects to the i % n-th port); publishes go to
+ * the first port (one node publishes, every node delivers: the cross-node
+ * fan-out), or round-robin over all with --pub-all. --pids A,B,... sums
+ * server CPU, run-queue wait and RSS over those processes (--port and --pid
+ * are the one-node case). --expect-all: a 2xx publish is expected to reach
+ * every client subscribed to its channel, for backends whose /send answers
+ * "delivered":0 because each node delivers later on its own (redis).
+ *
  * Output: one JSON line on stdout. Progress goes to stderr.
  * Only 127.0.0.x is contacted. Every loop is bounded in time and count, and
  * an alarm() ends every process whatever happens.
@@ -63,6 +72,8 @@
 #endif
 
 #define MAXPROCS 16
+#define MAXPORTS 16               /* chloeds (--ports) */
+#define MAXPIDS 16                /* server processes measured (--pids) */
 #define MAXPUB 64
 #define HIST_US 10                /* latency histogram bucket */
 #define HIST_N (30 * 100000)      /* 30 s of 10 us buckets */
@@ -77,7 +88,9 @@ static long nclients = 1000, nchannels = 1;
 static double window = 8, rate = 0, warmup_s = 1, dur_s = 5, hold_s = 10, settle_s = 2;
 static double connect_timeout_s = 120, drain_s = 15;
 static long long max_msgs = 5000000;
-static pid_t server_pid = 0;
+static int ports[MAXPORTS], nports = 0, pub_all = 0, expect_all = 0;
+static pid_t server_pids[MAXPIDS];
+static int npids = 0;
 static const char *secret = "bench-secret";
 static unsigned long seed = 1;
 
@@ -118,6 +131,7 @@ typedef struct {
   uint32_t wlen, woff, wcap;
   char sess[48];        /* long-poll session id */
   long long cursor;
+  long pch;             /* publisher: channel index of the publish in flight */
 } conn_t;
 
 static int ep, maxfd;
@@ -131,6 +145,7 @@ static int applisten = -1;
 static int sending = 0; /* relay: an ack makes room for the next send */
 static char rdbuf[1 << 18];
 static char first_pub_err[ERRLEN];
+static long long subs_ready = 0; /* subscribers connected after the settle */
 static unsigned long long rng_state = 88172645463325252ULL;
 
 static inline long long now_us(void) {
@@ -216,6 +231,54 @@ static void cpu_jiffies(double busy[2], double total[2]) {
     }
   }
   fclose(f);
+}
+/* server RSS, CPU and run-queue wait summed over every --pids process */
+static long long servers_rss_kb(void) {
+  if (!npids) return -1;
+  long long t = 0;
+  for (int k = 0; k < npids; k++) {
+    long kb = proc_rss_kb(server_pids[k]);
+    if (kb < 0) return -1;
+    t += kb;
+  }
+  return t;
+}
+static double servers_cpu_s(void) {
+  double t = 0;
+  for (int k = 0; k < npids; k++) {
+    double c = proc_cpu_s(server_pids[k]);
+    if (c > 0) t += c;
+  }
+  return t;
+}
+static double servers_wait_s(void) {
+  double t = 0;
+  for (int k = 0; k < npids; k++) t += proc_wait_s(server_pids[k]);
+  return t;
+}
+/* each server's CPU over the window (per node), seconds */
+static double each_cpu0[MAXPIDS], each_cpu[MAXPIDS];
+static void each_cpu_mark(int end) {
+  for (int k = 0; k < npids; k++) {
+    double c = proc_cpu_s(server_pids[k]);
+    if (end) each_cpu[k] = c - each_cpu0[k];
+    else each_cpu0[k] = c;
+  }
+}
+/* comma-separated integers into out[max]; how many, or -1 */
+static int parse_list(const char *v, int *out, int max) {
+  int n = 0;
+  for (const char *p = v; *p; n++) {
+    if (n >= max) return -1;
+    char *e;
+    long x = strtol(p, &e, 10);
+    if (e == p || x <= 0 || x > 4194304) return -1;
+    out[n] = (int)x;
+    if (*e == ',') e++;
+    else if (*e) return -1;
+    p = e;
+  }
+  return n;
 }
 static double self_cpu_s(void) {
   struct rusage ru;
@@ -323,6 +386,13 @@ static void ws_send(int fd, int opcode, const char *p, size_t n) {
 }
 
 /* ------------------------------------------------------------------ clients */
+static inline int client_port(long i) { return ports[i % nports]; }
+static inline int pub_port(int slotno) { return pub_all ? ports[slotno % nports] : ports[0]; }
+/* clients meant to subscribe to channel index ch */
+static long long subs_of_channel(long ch) {
+  if (nchannels <= 1) return subs_ready;
+  return nclients / nchannels + (ch < nclients % nchannels ? 1 : 0);
+}
 static void channel_of(long i, char *out, size_t n) {
   if (nchannels <= 1) snprintf(out, n, "bench");
   else snprintf(out, n, "bench-%ld", i % nchannels);
@@ -399,7 +469,7 @@ static void on_frame(int fd, const char *p, size_t n, long long tnow) {
 static void sub_send_request(int fd) {
   conn_t *c = &conns[fd];
   char req[1024], ch[64];
-  int n;
+  int n, port = client_port(c->idx);
   channel_of(c->idx, ch, sizeof ch);
   if (proto == PR_WS)
     n = snprintf(req, sizeof req,
@@ -469,7 +539,8 @@ static void pub_response(int fd) {
   if (c->status >= 200 && c->status < 300) {
     pub_ok++;
     const char *q = memmem(c->bbuf, c->blen, "\"delivered\":", 12);
-    if (q) expected += atoll(q + 12);
+    if (expect_all) expected += subs_of_channel(c->pch);
+    else if (q) expected += atoll(q + 12);
   } else {
     pub_errors++;
     if (!first_pub_err[0]) {
@@ -493,8 +564,9 @@ static void publish_one(int fd) {
   int rn = snprintf(req, sizeof req,
                     "POST /send HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
                     "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s",
-                    port, secret, bn, body);
+                    pub_port((int)conns[fd].idx), secret, bn, body);
   conns[fd].busy = 1;
+  conns[fd].pch = nchannels <= 1 ? 0 : which % nchannels;
   published++;
   send_bytes(fd, req, (size_t)rn);
 }
@@ -718,7 +790,7 @@ static int open_socket(int to_port, long i) {
   return fd;
 }
 static int pub_connect(int slotno) {
-  int fd = open_socket(port, slotno);
+  int fd = open_socket(pub_port(slotno), slotno);
   if (fd < 0) { pubfd[slotno] = -1; return -1; }
   conn_t *c = &conns[fd];
   memset(c, 0, sizeof *c);
@@ -735,7 +807,7 @@ static void start_client(void) {
   long i = my_index + (long)procs * my_started; /* global client index */
   my_started++;
   me->started++;
-  int fd = open_socket(port, i);
+  int fd = open_socket(client_port(i), i);
   if (fd < 0) {
     me->failed++;
     note_err("socket/connect", strerror(errno), strlen(strerror(errno)));
@@ -869,9 +941,11 @@ static void json_str(const char *s) {
 /* ------------------------------------------------------------------ main */
 static void usage(void) {
   fprintf(stderr,
-          "usage: loadgen --port PORT [--proto ws|sse|longpoll] [--n N] [--channels K] [--conc C] [--procs P]\n"
+          "usage: loadgen (--port PORT | --ports P1,P2,... [--pub-all]) [--proto ws|sse|longpoll] [--n N]\n"
+          "               [--channels K] [--conc C] [--procs P] [--expect-all]\n"
           "               (--idle [--hold S] | --saturate [--window W] | --rate R) [--random] [--relay --app-port P]\n"
-          "               [--pid SERVER_PID] [--secret S] [--warmup S] [--dur S] [--settle S] [--npub N]\n"
+          "               [--pid SERVER_PID | --pids A,B,...] [--secret S] [--warmup S] [--dur S] [--settle S]\n"
+          "               [--npub N]\n"
           "               [--payload BYTES] [--connect-timeout S] [--drain S] [--max-msgs N] [--nsrc N] [--seed N]\n");
   exit(2);
 }
@@ -889,6 +963,9 @@ int main(int argc, char **argv) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define OPT(name) (!strcmp(a, name) && v && ++i)
     if (OPT("--port")) port = atoi(v);
+    else if (OPT("--ports")) { nports = parse_list(v, ports, MAXPORTS); if (nports < 1) usage(); }
+    else if (!strcmp(a, "--pub-all")) pub_all = 1;
+    else if (!strcmp(a, "--expect-all")) expect_all = 1;
     else if (OPT("--proto")) {
       if (!strcmp(v, "ws")) proto = PR_WS;
       else if (!strcmp(v, "sse")) proto = PR_SSE;
@@ -911,7 +988,13 @@ int main(int argc, char **argv) {
     else if (OPT("--settle")) settle_s = atof(v);
     else if (OPT("--drain")) drain_s = atof(v);
     else if (OPT("--connect-timeout")) connect_timeout_s = atof(v);
-    else if (OPT("--pid")) server_pid = atoi(v);
+    else if (OPT("--pid")) { server_pids[0] = atoi(v); npids = server_pids[0] > 0 ? 1 : 0; }
+    else if (OPT("--pids")) {
+      int got[MAXPIDS];
+      npids = parse_list(v, got, MAXPIDS);
+      if (npids < 1) usage();
+      for (int k = 0; k < npids; k++) server_pids[k] = (pid_t)got[k];
+    }
     else if (OPT("--secret")) secret = v;
     else if (OPT("--npub")) npub = atoi(v);
     else if (OPT("--payload")) payload_len = atoi(v);
@@ -920,7 +1003,10 @@ int main(int argc, char **argv) {
     else if (OPT("--seed")) seed = strtoul(v, NULL, 10);
     else usage();
   }
+  if (nports == 0 && port > 0) ports[nports++] = port;
+  if (nports > 0) port = ports[0];
   if (port <= 0 || nclients < 0 || nchannels < 1 || conc < 1) usage();
+  if (relay && nports > 1) { fprintf(stderr, "--relay takes one --port\n"); exit(2); }
   if (relay && !app_port) usage();
   if (relay && proto != PR_WS) { fprintf(stderr, "--relay needs --proto ws\n"); exit(2); }
   if (npub < 1) npub = 1;
@@ -949,7 +1035,7 @@ int main(int argc, char **argv) {
   memset(shm, 0, sizeof *shm);
   shm->phase = PH_CONNECT;
   int per_proc_conc = conc / procs > 0 ? conc / procs : 1;
-  long long rss_before = server_pid ? proc_rss_kb(server_pid) : -1;
+  long long rss_before = servers_rss_kb();
   double t_start = now_s();
 
   for (int p = 0; p < procs; p++) shm->slot[p].pid = getpid();
@@ -1011,8 +1097,9 @@ int main(int argc, char **argv) {
   fprintf(stderr, "loadgen: %lld/%ld connected (%lld failed) in %.1f s\n", connected0, nclients, failed0, connect_s);
   double t_settle = now_s();
   while (now_s() - t_settle < settle_s) loop_once(20);
-  long long rss_after = server_pid ? proc_rss_kb(server_pid) : -1;
+  long long rss_after = servers_rss_kb();
   long long connected_settled = SUM(connected);
+  subs_ready = connected_settled;
 
   long long d0 = 0, d1 = 0;
   double wall = 0, scpu = 0, lcpu = 0, pub_rate = 0;
@@ -1022,17 +1109,19 @@ int main(int argc, char **argv) {
   double held_s = 0;
 
   if (mode == M_IDLE) {
-    double h0 = now_s(), sc0 = server_pid ? proc_cpu_s(server_pid) : 0, lc0 = loader_cpu_s();
-    double sw0 = server_pid ? proc_wait_s(server_pid) : 0;
+    double h0 = now_s(), sc0 = servers_cpu_s(), lc0 = loader_cpu_s();
+    each_cpu_mark(0);
+    double sw0 = servers_wait_s();
     cpu_jiffies(cb0, ct0);
     while (now_s() - h0 < hold_s) loop_once(50);
     held_s = now_s() - h0;
     wall = held_s;
-    scpu = server_pid ? proc_cpu_s(server_pid) - sc0 : 0;
+    scpu = servers_cpu_s() - sc0;
+    each_cpu_mark(1);
     lcpu = loader_cpu_s() - lc0;
-    swait = server_pid ? proc_wait_s(server_pid) - sw0 : 0;
+    swait = servers_wait_s() - sw0;
     cpu_jiffies(cb1, ct1);
-    rss_end = server_pid ? proc_rss_kb(server_pid) : -1;
+    rss_end = servers_rss_kb();
     d1 = d0 = SUM(delivered);
   } else {
     double subs_per_msg = (double)connected_settled / (double)nchannels;
@@ -1060,9 +1149,10 @@ int main(int argc, char **argv) {
         shm->recording = 1;
         d0 = SUM(delivered);
         p0 = relay ? relay_sent : published;
-        sc0 = server_pid ? proc_cpu_s(server_pid) : 0;
+        sc0 = servers_cpu_s();
+        each_cpu_mark(0);
         lc0 = loader_cpu_s();
-        sw0 = server_pid ? proc_wait_s(server_pid) : 0;
+        sw0 = servers_wait_s();
         cpu_jiffies(cb0, ct0);
         tmeas0 = t;
       }
@@ -1093,11 +1183,12 @@ int main(int argc, char **argv) {
     long long tmeas1 = now_us();
     sending = 0;
     d1 = SUM(delivered);
-    scpu = server_pid ? proc_cpu_s(server_pid) - sc0 : 0;
+    scpu = servers_cpu_s() - sc0;
+    each_cpu_mark(1);
     lcpu = loader_cpu_s() - lc0;
-    swait = server_pid ? proc_wait_s(server_pid) - sw0 : 0;
+    swait = servers_wait_s() - sw0;
     cpu_jiffies(cb1, ct1);
-    rss_end = server_pid ? proc_rss_kb(server_pid) : -1;
+    rss_end = servers_rss_kb();
     shm->recording = 0;
     wall = (tmeas1 - tmeas0) / 1e6;
     pubs_in_window = (relay ? relay_sent : published) - p0;
@@ -1119,6 +1210,8 @@ int main(int argc, char **argv) {
       if (now_s() - last > 5) break;
     }
     long long dtot = SUM(delivered);
+    fprintf(stderr, "loadgen: drained: %lld published, %lld delivered, %lld expected\n", relay ? relay_sent : published,
+            dtot, relay ? relay_sent : expected);
     missing = relay ? relay_sent - dtot - SUM(error_frames) : expected - dtot;
     if (missing < 0) missing = 0;
     if (!relay) pub_unanswered = published - pub_ok - pub_errors;
@@ -1156,12 +1249,18 @@ int main(int argc, char **argv) {
   printf("\"server_cpu_s\":%.3f,\"server_cpu_share\":%.3f,\"cpu_s_per_million\":%.3f,\"loader_cpu_s\":%.3f,"
          "\"loader_cpu_share\":%.3f,\"rss_before_kb\":%lld,\"rss_after_kb\":%lld,\"rss_end_kb\":%lld,"
          "\"bytes_per_conn\":%.0f,\"held_s\":%.1f,\"server_wait_share\":%.3f,\"cpu0_busy\":%.3f,"
-         "\"cpu1_busy\":%.3f,\"first_error\":",
+         "\"cpu1_busy\":%.3f",
          scpu, wall > 0 ? scpu / wall : 0.0, deliveries > 0 ? scpu / (deliveries / 1e6) : -1.0, lcpu,
          wall > 0 ? lcpu / wall : 0.0, rss_before, rss_after, rss_end,
          connected_settled > 0 && rss_before >= 0 ? (double)(rss_after - rss_before) * 1024.0 / connected_settled : -1.0,
          held_s, wall > 0 ? swait / wall : 0.0, ct1[0] > ct0[0] ? (cb1[0] - cb0[0]) / (ct1[0] - ct0[0]) : -1.0,
          ct1[1] > ct0[1] ? (cb1[1] - cb0[1]) / (ct1[1] - ct0[1]) : -1.0);
+  printf(",\"ports\":%d,\"pub_all\":%s,\"expect_all\":%s,\"servers\":%d,\"server_cpu_s_each\":[", nports,
+         pub_all ? "true" : "false", expect_all ? "true" : "false", npids);
+  for (int k = 0; k < npids; k++) printf("%s%.3f", k ? "," : "", each_cpu[k]);
+  printf("],\"server_rss_end_kb_each\":[");
+  for (int k = 0; k < npids; k++) printf("%s%ld", k ? "," : "", proc_rss_kb(server_pids[k]));
+  printf("],\"first_error\":");
   const char *fe = first_pub_err[0] ? first_pub_err : "";
   for (int p = 0; p < procs && !fe[0]; p++)
     if (shm->slot[p].first_err[0]) fe = shm->slot[p].first_err;

@@ -6,6 +6,8 @@
     python bench/run.py channels   # (c) 10k subscribers over 1,000 channels, random publishes
     python bench/run.py relay      # (d) browser -> app relay against a fast app server
     python bench/run.py all        # all four
+    python bench/run.py multinode  # (e) several nodes on one Redis (issue 9): 10k subscribers on 1 node
+                                   #     vs 2 nodes, 2 x 15,000 idle WebSockets, Redis commands per publish
     options: --quick (a few hundred connections, 1-2 s windows), --no-write (leave
              bench/RESULTS.md alone), --reps N (medians of N runs; default 3), --hold S (idle)
 
@@ -17,6 +19,11 @@ to CPU 1, stops chloed by its PID, and updates its own section of
 ``bench/RESULTS.md`` (text outside the marked sections is left as it is).
 The last line on stdout is one JSON object with every loader result, so a
 test can check it. Only 127.0.0.1 is used; every wait is bounded.
+
+``multinode`` also starts a ``redis-server`` (from PATH, or ``--redis-server``)
+on a free 127.0.0.1 port, without persistence, and stops it by its PID; its
+chloeds run with ``backend = "redis://127.0.0.1:PORT/0"``, node 1 pinned to
+CPU 0 and node 2 to CPU 1, the loader and Redis unpinned (see its section).
 
 Standard library only: run it with any Python 3.11; chloed itself runs from
 the project's ``.venv`` (or ``--twistd PATH``).
@@ -38,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -52,6 +60,8 @@ SERVER_CPU, LOADER_CPU = "0", "1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 SCENARIOS = ("idle", "fanout", "channels", "relay")
+EXTRA_SCENARIOS = ("multinode",)  # not part of "all": it needs redis-server
+HISTORY_SIZE = 100  # chloed's default history_size, which the bench leaves as it is
 
 # Options written to the temp TOML of every chloed. One subscription per
 # client, 100-byte messages and a bounded window need nothing raised, so these
@@ -148,9 +158,11 @@ LOG_PATTERN = re.compile(r"#(warn|error|critical)\]|Traceback|Unhandled|Exceptio
 
 
 class Chloed:
-    """A fresh ``twistd -n chloe`` pinned to CPU 0, on 127.0.0.1:PORT."""
+    """A fresh ``twistd -n chloe`` pinned to CPU 0 (or ``cpu``; None: unpinned),
+    on 127.0.0.1:PORT, with ``options`` added to its TOML."""
 
-    def __init__(self, ctx: "Context", name: str, app_url: str | None = None) -> None:
+    def __init__(self, ctx: "Context", name: str, app_url: str | None = None,
+                 options: dict | None = None, cpu: str | None = SERVER_CPU) -> None:
         self.ctx = ctx
         self.port = free_port()
         self.name = name
@@ -160,13 +172,13 @@ class Chloed:
         fd, self.config_path = tempfile.mkstemp(prefix="chloe-bench-", suffix=".toml", dir=BUILD)
         with os.fdopen(fd, "w") as f:
             f.write("# written by bench/run.py for one run\n")
-            for key, value in SERVER_OPTIONS.items():
-                f.write(f"{key} = {value}\n")
-        self.command = pinned(SERVER_CPU, [
+            for key, value in dict(SERVER_OPTIONS, **(options or {})).items():
+                f.write(f"{key} = {json.dumps(value) if isinstance(value, str) else value}\n")
+        self.command = pinned(cpu or "", [
             ctx.twistd, "-n", "--pidfile=", "chloe",
             "--listen", f"tcp:{self.port}:interface=127.0.0.1",
             "--secret", SECRET, "--config", self.config_path,
-        ] + (["--app-url", app_url] if app_url else []), ctx.pin)
+        ] + (["--app-url", app_url] if app_url else []), ctx.pin and cpu is not None)
         self.code_version = code_version()
         self._log = open(self.log_path, "wb")
         env = {k: v for k, v in os.environ.items() if k != "CHLOE_SECRET"}
@@ -249,15 +261,26 @@ class Context:
         os.makedirs(os.path.join(BUILD, "runs"), exist_ok=True)
         self.raw_path = os.path.join(BUILD, "runs", f"{stamp}-{os.getpid()}.jsonl")
 
-    def loader(self, server: Chloed, *extra: str, timeout: float = 600, **tags: object) -> dict:
-        """One loadgen run against ``server``; its JSON result."""
-        cmd = pinned(LOADER_CPU, [self.loadgen, "--port", str(server.port), "--pid", str(server.pid),
-                                  "--secret", SECRET] + list(extra), self.pin)
+    def loader(self, server: "Chloed | list[Chloed]", *extra: str, timeout: float = 600,
+               cpu: str | None = LOADER_CPU, watch: dict | None = None, **tags: object) -> dict:
+        """One loadgen run against ``server`` (or several: ``--ports``/``--pids``,
+        client i on the i % n-th); its JSON result. ``watch`` maps text of
+        loadgen's progress lines on stderr to a function called (once) when
+        such a line comes."""
+        servers = server if isinstance(server, list) else [server]
+        if len(servers) == 1:
+            target = ["--port", str(servers[0].port), "--pid", str(servers[0].pid)]
+        else:
+            target = ["--ports", ",".join(str(s.port) for s in servers),
+                      "--pids", ",".join(str(s.pid) for s in servers)]
+        cmd = pinned(cpu or "", [self.loadgen] + target + ["--secret", SECRET] + list(extra),
+                     self.pin and cpu is not None)
         shown = " ".join(shlex.quote(os.path.relpath(c, REPO) if c == self.loadgen else c) for c in cmd)
         self.commands.append(shown)
         log("  " + shown)
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+            out = (subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                   if not watch else run_watching(cmd, timeout, watch))
         except subprocess.TimeoutExpired:
             result = {"errors": 1, "deliveries": 0, "first_error": f"loadgen ran over {timeout} s"}
         else:
@@ -273,6 +296,36 @@ class Context:
             f.write(json.dumps(result) + "\n")
         log("  -> " + brief(result))
         return result
+
+
+def run_watching(cmd: list[str], timeout: float, watch: dict) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd), calling ``watch[text]()`` once when a line of
+    loadgen's stderr contains ``text`` (e.g. "N/M connected (...)")."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    out: list[str] = []
+    err: list[str] = []
+
+    def read_err() -> None:
+        pending = dict(watch)
+        for line in proc.stderr:
+            err.append(line)
+            for text in [t for t in pending if t in line]:
+                pending.pop(text)()
+
+    threads = [threading.Thread(target=read_err, daemon=True),
+               threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        raise
+    finally:
+        for t in threads:
+            t.join(5)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "".join(err))
 
 
 def brief(r: dict) -> str:
@@ -505,13 +558,345 @@ def scenario_relay(ctx: Context) -> dict:
     ])
 
 
+# ---------------------------------------------------------------- several nodes (issue 9)
+
+class Redis:
+    """A ``redis-server`` on a free 127.0.0.1 port, no persistence (a bench
+    needs none), unpinned; stopped by its PID."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="chloe-bench-redis-", dir=BUILD)
+        self.log_path = os.path.join(self.dir, "redis.log")
+        self.binary = ctx.args.redis_server or shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.path.exists(self.binary):
+            sys.exit("multinode needs redis-server (scripts/install-system-deps installs it, or --redis-server PATH)")
+        self.command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no", "--dir", self.dir, "--logfile", self.log_path]
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.call("PING") == "PONG":
+                    break
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start: see {self.log_path}")
+            time.sleep(0.05)
+        self.version = self.info("server").get("redis_version", "?")
+
+    def call(self, *args: str):
+        """One command over a plain socket; the decoded RESP reply."""
+        req = b"".join([b"*%d\r\n" % len(args)] + [b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args])
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(req)
+            f = sock.makefile("rb")
+            return read_resp(f)
+
+    def info(self, section: str) -> dict[str, str]:
+        text = self.call("INFO", section)
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+    def snapshot(self) -> dict:
+        """Calls per command, Redis CPU-s, bytes in and out, so far."""
+        calls = {}
+        for key, value in self.info("commandstats").items():
+            fields = dict(kv.split("=", 1) for kv in value.split(","))
+            calls[key.removeprefix("cmdstat_")] = int(fields["calls"])
+        cpu, stats = self.info("cpu"), self.info("stats")
+        return {"calls": calls, "cpu_s": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]),
+                "in": int(stats["total_net_input_bytes"]), "out": int(stats["total_net_output_bytes"]),
+                "t": time.monotonic()}
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def read_resp(f):
+    line = f.readline()
+    if not line:
+        raise OSError("redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError("redis: " + rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2].decode()
+    if kind == b"*":
+        return [read_resp(f) for _ in range(max(int(rest), 0))]
+    raise RuntimeError(f"redis: unexpected reply {line[:40]!r}")
+
+
+def redis_delta(a: dict, b: dict) -> dict:
+    calls = {k: v - a["calls"].get(k, 0) for k, v in b["calls"].items()
+             if v - a["calls"].get(k, 0) and k != "info"}  # INFO: the bench's own
+    wall = b["t"] - a["t"]
+    return {"calls": calls, "total": sum(calls.values()), "cpu_s": round(b["cpu_s"] - a["cpu_s"], 4),
+            "cpu_share": round((b["cpu_s"] - a["cpu_s"]) / wall, 4) if wall > 0 else None,
+            "in": b["in"] - a["in"], "out": b["out"] - a["out"]}
+
+
+def redis_loader(ctx: Context, redis: Redis, servers: list[Chloed], *extra: str, **tags: object) -> dict:
+    """A loader run against ``servers`` (unpinned), with Redis' counters taken
+    before it, once its clients are connected and once every message is
+    delivered (loadgen's "connected" and "drained" lines): the connect part
+    (divided by the subscribers) and the publish part (divided by the
+    messages published) of Redis' work; what comes after (the clients
+    closing) is left out."""
+    snaps = {"start": redis.snapshot()}
+
+    def mark(name: str):
+        return lambda: snaps.setdefault(name, redis.snapshot())
+
+    r = ctx.loader(servers, *extra, cpu=None, watch={" connected (": mark("connected"), "drained:": mark("drained")},
+                   **tags)
+    snaps["end"] = redis.snapshot()
+    mid = snaps.get("connected", snaps["start"])
+    connect, publish = redis_delta(snaps["start"], mid), redis_delta(mid, snaps.get("drained", snaps["end"]))
+    published, connected_n = r.get("total_published", 0), r.get("connected", 0)
+    r["redis_connect"] = dict(connect, per_connection=round(connect["total"] / connected_n, 2) if connected_n else None)
+    if published:
+        r["redis_publish"] = dict(publish, per_publish=round(publish["total"] / published, 2),
+                                  calls_per_publish={k: round(v / published, 2) for k, v in
+                                                     sorted(publish["calls"].items(), key=lambda kv: -kv[1])},
+                                  cpu_us_per_publish=round(publish["cpu_s"] * 1e6 / published, 1),
+                                  out_bytes_per_publish=round(publish["out"] / published, 1))
+    return r
+
+
+def fill_history(server: Chloed, count: int) -> None:
+    """``count`` messages to ``bench`` by POST /send before the runs, so that
+    the channel's history is full and every measured publish also trims it
+    (the steady state); nobody is subscribed yet, they reach no one."""
+    for k in range(count):
+        body = f"channel=bench&data=fill-{k}".encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{server.port}/send", data=body, method="POST", headers={
+            "Authorization": f"Bearer {SECRET}", "Content-Type": "application/x-www-form-urlencoded"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            if r.status not in (200, 202):
+                raise RuntimeError(f"/send answered {r.status} while filling the history")
+
+
+def fd_limit(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            for line in f:
+                if line.startswith("Max open files"):
+                    return line.split()[3]
+    except OSError:
+        pass
+    return "?"
+
+
+def scenario_multinode(ctx: Context) -> dict:
+    n = 300 if ctx.quick else 10000
+    idle_each = 150 if ctx.quick else 15000
+    hold = 1.0 if ctx.quick else 30.0
+    timing = ["--warmup", "0.5", "--dur", "1.5", "--settle", "0.3"] if ctx.quick else \
+             ["--warmup", "1", "--dur", "5", "--settle", "1"]
+    window = 8
+    redis = Redis(ctx)
+    log(f"multinode: redis-server {redis.version} on 127.0.0.1:{redis.port} (pid {redis.process.pid})")
+    ctx.extra_versions = f"redis-server {redis.version} (`--save '' --appendonly no`, unpinned)"
+    redis_opts = {"backend": redis.url}
+    configs = [  # name, nodes, options, CPUs of the nodes
+        ("memory-1", 1, {}, [SERVER_CPU]),
+        ("redis-1", 1, redis_opts, [SERVER_CPU]),
+        ("redis-2", 2, redis_opts, [SERVER_CPU, LOADER_CPU]),
+    ]
+    runs, summary, limits = [], {}, {}
+    try:
+        for name, nodes, options, cpus in configs:
+            redis.call("FLUSHALL")
+            log(f"multinode: {n} ws subscribers of one channel on {nodes} node(s), backend "
+                f"{'redis' if options else 'memory'}")
+            servers = []
+            try:
+                for k in range(nodes):
+                    servers.append(Chloed(ctx, f"multinode-{name}-node{k + 1}", options=options, cpu=cpus[k]))
+                fill_history(servers[0], HISTORY_SIZE + 1)
+                base = ["--proto", "ws", "--n", str(n), "--conc", "50", "--saturate", "--window", str(window)]
+                base += ["--expect-all"] if options else []
+                reps = []
+                for rep in range(ctx.reps):
+                    tags = dict(scenario="multinode", kind="saturate", config=name, nodes=nodes, rep=rep)
+                    r = redis_loader(ctx, redis, servers, *base, *timing, **tags) if options else \
+                        ctx.loader(servers, *base, *timing, cpu=None, **tags)
+                    reps.append(r)
+                limits[name] = [fd_limit(s.pid) for s in servers]
+            finally:
+                for s in servers:
+                    s.__exit__(None, None, None)
+            runs += reps
+            summary[name] = dict(sat=pick_median(reps, "deliveries_per_s"), reps=reps,
+                                 dps=median([r.get("deliveries_per_s") for r in reps]),
+                                 cpu=median([r.get("cpu_s_per_million") for r in reps]),
+                                 errors=sum(r.get("errors", 0) for r in reps))
+        # (b) connections beyond one process's file-descriptor limit
+        redis.call("FLUSHALL")
+        log(f"multinode: 2 x {idle_each} idle WebSockets held {hold:g} s")
+        servers = []
+        try:
+            for k in range(2):
+                servers.append(Chloed(ctx, f"multinode-idle-node{k + 1}", options=redis_opts,
+                                      cpu=(SERVER_CPU, LOADER_CPU)[k]))
+            idle = redis_loader(ctx, redis, servers, "--proto", "ws", "--n", str(2 * idle_each), "--idle",
+                                "--procs", "2", "--conc", "100", "--settle", "0.5" if ctx.quick else "3",
+                                "--hold", str(hold), timeout=300 + hold, scenario="multinode", kind="idle",
+                                config="redis-2", nodes=2)
+            idle["fd_limits"] = [fd_limit(s.pid) for s in servers]
+        finally:
+            for s in servers:
+                s.__exit__(None, None, None)
+        runs.append(idle)
+    finally:
+        redis.stop()
+    return multinode_report(ctx, n, idle_each, hold, window, summary, idle, runs, limits)
+
+
+def multinode_report(ctx: Context, n: int, idle_each: int, hold: float, window: int, summary: dict, idle: dict,
+                     runs: list[dict], limits: dict) -> dict:
+    cols = [("memory-1", "1 node, memory backend (reference)"), ("redis-1", "1 node, redis backend"),
+            ("redis-2", "2 nodes, redis backend")]
+
+    def each(name: str, f) -> list[str]:
+        return [f(summary[c]) if c in summary else "-" for c, _ in cols]
+
+    def node_shares(s: dict) -> str:
+        r = s["sat"]
+        wall = r.get("wall_s") or 0
+        return " + ".join(fmt(c / wall, 2) for c in r.get("server_cpu_s_each", [])) if wall else "-"
+
+    def pub(s: dict, key: str, digits: int = 2) -> str:
+        rp = s["sat"].get("redis_publish")
+        return fmt(rp.get(key), digits) if rp else "-"
+
+    def calls(s: dict) -> str:
+        rp = s["sat"].get("redis_publish")
+        if not rp:
+            return "-"
+        return ", ".join(f"{k} {v:g}" for k, v in list(rp["calls_per_publish"].items())[:12])
+
+    def per_conn(s: dict) -> str:
+        rc = s["sat"].get("redis_connect")
+        if not rc or rc.get("per_connection") is None or not rc["total"]:
+            return "-"
+        top = ", ".join(f"{k} {v / max(s['sat'].get('connected', 1), 1):.2g}" for k, v in
+                        sorted(rc["calls"].items(), key=lambda kv: -kv[1])[:4])
+        return f"{rc['per_connection']:g} ({top})"
+
+    per_node = {c: f"{n:,}" if c != "redis-2" else f"{n // 2:,} + {n - n // 2:,}" for c, _ in cols}
+    rows = [
+        ["subscribers (per node)"] + [per_node[c] for c, _ in cols],
+        ["**deliveries/s** (saturation, median)"] + each("dps", lambda s: f"**{fmt(s['dps'])}**"),
+        ["**server CPU-s per 1M deliveries** (sum over nodes, median)"] + each("cpu", lambda s: f"**{fmt(s['cpu'], 2)}**"),
+        ["msgs/s published"] + each("pub", lambda s: fmt(s["sat"].get("pub_rate"), 1)),
+        ["server CPU share per node"] + each("share", node_shares),
+        ["server run-queue wait share (sum over nodes)"] + each("wait", lambda s: fmt(s["sat"].get("server_wait_share"), 2)),
+        ["loader CPU share"] + each("loader", lambda s: fmt(s["sat"].get("loader_cpu_share"), 2)),
+        ["CPU 0 / CPU 1 busy"] + each("busy", lambda s: f"{fmt(s['sat'].get('cpu0_busy'), 2)} / {fmt(s['sat'].get('cpu1_busy'), 2)}"),
+        ["p50 / p99 ms at saturation"] + each("lat", lambda s: f"{fmt(s['sat'].get('lat_p50_ms'), 1)} / {fmt(s['sat'].get('lat_p99_ms'), 1)}"),
+        ["delivered / expected (median run)"] + each("del", lambda s: f"{s['sat'].get('total_delivered', 0):,} / {s['sat'].get('total_expected', 0):,}"),
+        ["errors (all runs)"] + each("err", lambda s: str(s["errors"])),
+        ["Redis commands per publish"] + each("rc", lambda s: pub(s, "per_publish")),
+        ["Redis CPU share (connected → drained)"] + each("rcpu", lambda s: pub(s, "cpu_share", 3)),
+        ["Redis bytes out per publish"] + each("rout", lambda s: pub(s, "out_bytes_per_publish", 0)),
+    ]
+    header = ["", *(title for _, title in cols)]
+    redis_rows = [[title, calls(summary[c]), per_conn(summary[c])] for c, title in cols[1:] if c in summary]
+    wall = idle.get("held_s") or 0
+    idle_rows = [[
+        f"2 × {idle_each:,} = {2 * idle_each:,}", " / ".join(idle.get("fd_limits", [])),
+        fmt(idle.get("connected")), fmt(idle.get("connect_s"), 1), fmt(idle.get("held_s"), 0),
+        fmt(idle.get("connected_end")), str(idle.get("disconnects", "-")), f"**{idle.get('errors', '-')}**",
+        " + ".join(fmt(kb / 1024, 1) for kb in idle.get("server_rss_end_kb_each", [])),
+        fmt(idle.get("bytes_per_conn")),
+        " + ".join(fmt(c / wall, 3) for c in idle.get("server_cpu_s_each", [])) if wall else "-",
+        f"{idle.get('procs', '-')} / {fmt(idle.get('loader_cpu_share'), 3)}",
+    ]]
+    idle_header = ["WebSockets (2 nodes)", "fd limit per chloed", "connected", "connect s", "held s",
+                   "still connected", "disconnects", "errors", "RSS per node at end MB", "B per conn",
+                   "server CPU share per node (hold)", "loader procs / CPU share"]
+    r1, r2 = summary.get("redis-1"), summary.get("redis-2")
+    per_node_note = []
+    p1, p2 = (r1 or {}).get("sat", {}).get("redis_publish"), (r2 or {}).get("sat", {}).get("redis_publish")
+    if p1 and p2:
+        per_node_note = [
+            f"Per node: Redis runs {p1['per_publish']:g} commands per publish with 1 node and {p2['per_publish']:g} "
+            f"with 2 (one script from the publishing node; `PUBLISH` reaches every subscribed node inside Redis), "
+            f"so what each further node costs Redis is one more pub/sub message out per publish "
+            f"({p2['out_bytes_per_publish'] - p1['out_bytes_per_publish']:+,.0f} bytes per publish here, for a "
+            f"100-byte payload) and one `SUBSCRIBE` plus one history read (a script) per channel it starts "
+            f"listening to; each browser, wherever it lands, costs one `SET` of its session key."]
+    targets = []
+    if r1 and r2 and not ctx.quick:
+        targets.append(("2 nodes deliver more per second than 1 node on the same Redis", r2["dps"] > r1["dps"],
+                        f"{r2['dps']:,.0f} vs {r1['dps']:,.0f} deliveries/s, ×{r2['dps'] / max(r1['dps'], 1):.2f}"))
+        targets.append((f"{2 * idle_each:,} WebSockets held across 2 nodes for {hold:g} s, beyond one process's "
+                        f"file-descriptor limit, with no error",
+                        idle.get("errors", 1) == 0 and idle.get("connected_end") == 2 * idle_each,
+                        f"{idle.get('connected_end', 0):,} still connected after {idle.get('held_s', 0):.0f} s, "
+                        f"{idle.get('errors', '?')} errors; fd limit {'/'.join(idle.get('fd_limits', []))} per chloed"))
+    pinning = ("node 1 pinned to CPU 0 and node 2 to CPU 1 (the 1-node runs: CPU 0), loadgen and redis-server "
+               "unpinned (taskset). **The machine has 2 cores and is oversubscribed**: the 2 nodes share them "
+               "with the loader and Redis, so the 2-node figure is what 2 cores shared with the loader and Redis "
+               "give, not 2× a dedicated core" if ctx.pin else "no CPU pinning (fewer than 2 CPUs or no taskset)")
+    return dict(rows=rows, header=header, runs=runs, targets=targets, pinning=pinning, tables=[
+        ("(a) Fan-out to one channel, 1 node vs 2 nodes, side by side", header, rows),
+        ("(b) Connections held across 2 nodes beyond one process's file-descriptor limit", idle_header, idle_rows),
+        ("(c) Redis work per publish and per subscriber connection", ["run", "Redis commands per publish, by "
+         "command (the median saturation run; commands inside a script counted too)",
+         "Redis commands per subscriber connection (connect phase)"], redis_rows),
+    ], notes=[
+        f"(a) {n:,} WebSocket subscribers of one channel (client i on node i % nodes), closed loop with at most "
+        f"{window} messages published and not yet delivered to every subscriber, 100-byte payloads by POST /send "
+        f"on 4 keep-alive connections, all to node 1: node 1 publishes (one Redis script per message), every node "
+        f"gets it once from Redis pub/sub and writes it to its own subscribers; {ctx.reps} run(s), median. "
+        "Deliveries are counted at the loader, so every message is checked to reach every subscriber on both "
+        "nodes (`--expect-all`: with Redis `/send` answers 202 with `delivered: 0`). Before the runs "
+        f"{HISTORY_SIZE + 1} messages fill the channel's history (`history_size` {HISTORY_SIZE}), so every "
+        "measured publish also trims it, as in steady use.",
+        "p50 / p99 at saturation is mostly the closed loop's own queue (window messages × subscribers "
+        "waiting to be written), not a latency figure; see `fanout` for latency at fixed rates.",
+        "*server CPU-s per 1M* is utime+stime summed over the nodes over the window, divided by millions of "
+        "deliveries; *server CPU share per node* is each node's CPU-s over the wall time (1.0 = a full core).",
+        "The 1-node memory-backend column is the same load on the same placement (loader unpinned, so it shares "
+        "the machine with chloed), not `fanout`'s figure, whose loader has CPU 1 to itself.",
+        f"(b) loadgen with `--procs 2` (a loader process has the same {fd_limit(os.getpid())}-descriptor limit), "
+        f"{idle_each:,} WebSockets per node, each subscribed to `bench`, held {hold:g} s; a chloed's own limit is in "
+        "the table, so one node could not hold them all.",
+        "(c) Redis' `INFO commandstats` (calls, including those a Lua script makes), `INFO cpu` and `INFO stats` "
+        "taken when the loader reports its clients connected and when it reports every message delivered, "
+        "divided by the messages it published; the connect column is the part before, divided by the subscribers. `eval`/`evalsha` is the "
+        "round trip a node makes; the rest runs inside that script. Bytes out grow with the nodes listening: "
+        "Redis sends each message once to every node subscribed to the channel. *Redis CPU share* is Redis' "
+        "CPU-s over the same interval divided by its wall time (its own housekeeping included).",
+    ] + per_node_note)
+
+
 SCENARIO_FUNCS = {"idle": scenario_idle, "fanout": scenario_fanout, "channels": scenario_channels,
-                  "relay": scenario_relay}
+                  "relay": scenario_relay, "multinode": scenario_multinode}
 TITLES = {
     "idle": "(a) Idle connections: RSS per connection",
     "fanout": "(b) Fan-out: WebSocket subscribers of one channel",
     "channels": "(c) 10k subscribers over 1,000 channels, random publishes",
     "relay": "(d) Browser → app relay against a fast app server",
+    "multinode": "(e) Several nodes on one Redis: 1 node vs 2 nodes",
 }
 
 
@@ -560,12 +945,13 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-RAW_KEYS = ("kind", "rep", "proto", "n", "channels", "procs", "window", "rate", "connected", "connect_s",
+RAW_KEYS = ("config", "nodes", "kind", "rep", "proto", "n", "channels", "procs", "window", "rate", "connected", "connect_s",
             "connected_end", "errors", "failed", "disconnects", "error_frames", "pub_errors", "missing",
             "pub_rate", "deliveries_per_s", "cpu_s_per_million", "lat_p50_ms", "lat_p99_ms", "lat_max_ms",
             "server_cpu_share", "loader_cpu_share", "server_wait_share", "cpu0_busy", "cpu1_busy",
             "rss_before_kb", "rss_after_kb", "bytes_per_conn", "held_s", "total_expected", "total_delivered",
-            "app_requests", "first_error")
+            "app_requests", "servers", "server_cpu_s_each", "server_rss_end_kb_each",
+            "fd_limits", "redis_publish", "redis_connect", "first_error")
 
 
 def section_text(ctx: Context, name: str, result: dict, command: str, started: float, wall: float) -> str:
@@ -582,15 +968,19 @@ def section_text(ctx: Context, name: str, result: dict, command: str, started: f
     raw = "\n".join(json.dumps({k: r[k] for k in RAW_KEYS if k in r and r[k] not in ("", None)})
                     for r in result["runs"])
     cmds = "\n".join(dict.fromkeys(r.get("command", "") for r in result["runs"]))
-    pinning = "chloed pinned to CPU 0, loadgen to CPU 1 (taskset)" if ctx.pin else "no CPU pinning (fewer than 2 CPUs or no taskset)"
+    pinning = result.get("pinning") or (
+        "chloed pinned to CPU 0, loadgen to CPU 1 (taskset)" if ctx.pin else "no CPU pinning (fewer than 2 CPUs or no taskset)")
+    tables = "\n\n".join(f"{title}:\n\n{md_table(header, rows)}" for title, header, rows in result["tables"]) \
+        if result.get("tables") else md_table(result['header'], result['rows'])
+    extra = getattr(ctx, "extra_versions", None) if name in EXTRA_SCENARIOS else None
     return f"""## {TITLES[name]}
 
 - Date: {dt.datetime.fromtimestamp(started, dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} (took {wall:.0f} s)
 - Machine: {machine()}; {pinning}
-- Versions: {versions(ctx, logs)}
+- Versions: {versions(ctx, logs)}{'; ' + extra if extra else ''}
 - Command: `{command}`
 
-{md_table(result['header'], result['rows'])}
+{tables}
 
 {chr(10).join('- ' + n for n in result['notes'])}
 {targets_text(result.get('targets', []))}
@@ -644,7 +1034,7 @@ bottleneck.
 
 def write_results(sections: dict[str, str]) -> None:
     text = open(RESULTS).read() if os.path.exists(RESULTS) else INTRO
-    for name in SCENARIOS:
+    for name in SCENARIOS + EXTRA_SCENARIOS:
         if name not in sections:
             continue
         begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
@@ -664,7 +1054,7 @@ def write_results(sections: dict[str, str]) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=SCENARIOS + ("all",))
+    parser.add_argument("scenario", choices=SCENARIOS + EXTRA_SCENARIOS + ("all",))
     parser.add_argument("--quick", action="store_true", help="a few hundred connections, 1-2 s windows")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
     parser.add_argument("--reps", type=int, default=None,
@@ -673,6 +1063,7 @@ def main(argv: list[str]) -> int:
                         help="idle: seconds to hold the connections (default 60 at 19k, 10 at 10k, 1 with --quick)")
     parser.add_argument("--twistd", default=None, help="twistd to run chloed with (default .venv/bin/twistd)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin chloed and loadgen to CPUs 0 and 1")
+    parser.add_argument("--redis-server", default=None, help="multinode: redis-server binary (default: from PATH)")
     args = parser.parse_args(argv)
     args.reps = max(1, min(args.reps if args.reps is not None else (1 if args.quick else 3), 9))
     if args.hold is not None:
