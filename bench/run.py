@@ -983,7 +983,7 @@ def section_text(ctx: Context, name: str, result: dict, command: str, started: f
 {tables}
 
 {chr(10).join('- ' + n for n in result['notes'])}
-{targets_text(result.get('targets', []))}
+{targets_text(result.get('targets', []), name)}
 chloed under this load:
 
 {chr(10).join(issue_lines)}
@@ -1001,11 +1001,15 @@ chloed under this load:
 """
 
 
-def targets_text(targets: list[tuple[str, bool, str]]) -> str:
+def targets_text(targets: list[tuple[str, bool, str]], scenario: str = "") -> str:
     if not targets:
         return ""
     lines = [f"- {'met' if ok else '**missed**'}: {what} ({detail})" for what, ok, detail in targets]
-    return "\nIssue 6 targets, against the peers' recorded numbers (not a same-run comparison):\n\n" + "\n".join(lines) + "\n"
+    if scenario == "multinode":
+        head = "Issue 9 goals, in this run:"
+    else:
+        head = "Issue 6 targets, against the peers' recorded numbers (not a same-run comparison):"
+    return "\n" + head + "\n\n" + "\n".join(lines) + "\n"
 
 
 INTRO = """# Chloe benchmark results
