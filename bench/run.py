@@ -886,6 +886,7 @@ def multinode_report(ctx: Context, n: int, idle_each: int, hold: float, window: 
         "round trip a node makes; the rest runs inside that script. Bytes out grow with the nodes listening: "
         "Redis sends each message once to every node subscribed to the channel. *Redis CPU share* is Redis' "
         "CPU-s over the same interval divided by its wall time (its own housekeeping included).",
+        "The connect column of (c) also holds the `DEL` of the session keys of the previous run's browsers leaving (runs 2 and 3 reuse the nodes): a browser costs one `SET` when it connects and one `DEL` when it goes.",
     ] + per_node_note)
 
 
