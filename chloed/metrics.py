@@ -182,6 +182,7 @@ class Metrics:
                 "frames_received": hub.frames_received,
             },
             "slow_consumers": hub.slow_consumers,
+            "rate_limited": hub.rate_limited,
             "fanout_seconds": self.fanout.summary(),
             "relay": None,
             "top_channels": self.top_channels(public),
@@ -302,6 +303,7 @@ class ChloeCollector(Collector):
         yield _counter("chloe_slow_consumers_total",
                        "Sessions dropped because more than outbound_buffer_bytes waited for them.",
                        hub.slow_consumers)
+        yield _counter("chloe_rate_limited_total", "Browser frames refused with rate_limited.", hub.rate_limited)
         yield _histogram("chloe_fanout_seconds", "Seconds spent fanning one publish out to its subscribers.",
                          metrics.fanout)
         relay = hub.relay

@@ -161,6 +161,7 @@ def test_metrics_exposition_carries_every_counter():
     server.send(browser, {"type": "subscribe", "channel": "news"})
     server.hub.broker.publish(["news", "other"], b"1")
     server.hub.slow_consumers += 1  # what the hub counts when it drops one
+    server.hub.rate_limited += 2
     samples = server.samples()
     assert samples[("chloe_info", (("version", __version__),))] == 1
     assert samples[("chloe_connections", (("transport", "websocket"),))] == 1
@@ -173,6 +174,7 @@ def test_metrics_exposition_carries_every_counter():
     assert samples[("chloe_browser_messages_total", ())] == 0
     assert samples[("chloe_frames_received_total", ())] == 1
     assert samples[("chloe_slow_consumers_total", ())] == 1
+    assert samples[("chloe_rate_limited_total", ())] == 2
     assert samples[("chloe_fanout_seconds_count", ())] == 1
     assert samples[("chloe_fanout_seconds_bucket", (("le", "+Inf"),))] == 1
     assert samples[("chloe_backend_up", (("backend", "memory"), ("state", "up")))] == 1
