@@ -149,12 +149,17 @@ class Frame:
 
 
 def _ref(obj: dict[str, Any]) -> object:
+    """The frame's ``ref``: absent, an integer, or a string Chloe can echo.
+    Anything else is refused rather than acked without it, so a client
+    never waits for an answer that cannot name its frame."""
     ref = obj.get("ref")
-    if ref is None or isinstance(ref, bool):
+    if ref is None:
         return None
-    if isinstance(ref, int) or (isinstance(ref, str) and len(ref) <= MAX_REF_CHARS):
+    if (isinstance(ref, int) and not isinstance(ref, bool)) or (
+        isinstance(ref, str) and len(ref) <= MAX_REF_CHARS
+    ):
         return ref
-    return None
+    raise ProtocolError(BAD_FRAME, f"ref must be an integer or a string of at most {MAX_REF_CHARS} characters")
 
 
 def _channel(obj: dict[str, Any], ref: object, required: bool) -> str | None:

@@ -309,10 +309,19 @@ def test_ref_kept(ref):
     assert parse(json.dumps({"type": "ping", "ref": ref}), LIMIT).ref == ref
 
 
-@pytest.mark.parametrize("ref", [None, True, False, 1.5, "r" * 129, [1], {"a": 1}])
-def test_ref_dropped(ref):
-    """Other refs (bool, float, long strings, containers) are ignored, not echoed."""
-    assert parse(json.dumps({"type": "ping", "ref": ref}), LIMIT).ref is None
+def test_null_ref_is_none():
+    """A null ref is no ref."""
+    assert parse(b'{"type":"ping","ref":null}', LIMIT).ref is None
+
+
+@pytest.mark.parametrize("ref", [True, False, 1.5, "r" * 129, [1], {"a": 1}])
+def test_unusable_ref_is_bad_frame(ref):
+    """Other refs (bool, float, long strings, containers) are refused with
+    bad_frame, so no frame is acked without the ref its sender waits on."""
+    error = refused(json.dumps({"type": "send", "data": 1, "ref": ref}))
+    assert error.code == frames.BAD_FRAME
+    assert "ref must be" in str(error)
+    assert error.ref is None
 
 
 def test_unusable_ref_is_not_echoed_in_errors():
