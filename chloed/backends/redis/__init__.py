@@ -1,0 +1,97 @@
+"""Channels shared by several nodes through Redis (``backend = "redis://…"``).
+
+Every node keeps its own browsers, exactly as the memory broker does; Redis
+holds what the nodes share:
+
+``chloe:ids``
+    a hash ``{ms, seq}``: the last message id given out, cluster-wide. Ids are
+    ``"<ms>-<seq>"`` as on one node, ``seq`` counting every message of the
+    cluster and ``ms`` never going back, so one id is a cursor over every
+    channel on every node (what an SSE ``Last-Event-ID`` needs).
+``chloe:h:<channel>``
+    a Stream holding the channel's history under the message ids themselves,
+    trimmed with ``XDEL`` (which, unlike ``MAXLEN``, moves the stream's
+    ``max-deleted-entry-id``, so a resume knows exactly when it missed
+    something) to ``history_size`` entries and ``history_ttl`` seconds, and
+    expiring ``history_ttl`` after its last message.
+``chloe:s:<session>``
+    which node holds a session, for ``/send`` to one session and for browser
+    frames POSTed to the wrong node.
+``chloe:p:<channel>``, ``chloe:pi:<channel>``
+    presence: user id → expiry, user id → member (see :class:`RedisPresence`).
+pub/sub ``chloe:<db>:c:<channel>``, ``chloe:<db>:all``, ``chloe:<db>:n:<node>``
+    live messages: ``"<id> <excluded session> <data>"`` (the data is the JSON
+    ``/send`` was given, spliced into frames unparsed); presence
+    announcements on the channel's, ``"p …"``; on a node's own, messages to
+    one session and forwarded frames ``"f …"``. Pub/sub ignores the database
+    number, so the channels carry it.
+
+A publish is one round trip, one script (``EVALSHA``): it takes ``TIME``,
+the next id (``HGET``/``HSET``/``HINCRBY``), ``XADD``s the message, trims
+(``XLEN``, ``XRANGE``, ``XDEL``) and re-expires (``PEXPIRE``) the stream
+and ``PUBLISH``es it, atomically, so every message is both in the history
+and on the wire or in neither, in the same order. ``/send`` answers 202 once
+Redis has run it. Each node listening to the channel then gets it once.
+
+A node subscribes to a channel's pub/sub only while it has subscribers for
+it, encodes each message it gets once, and hands the same bytes to each of
+its subscribers (the memory broker's fan-out).
+
+Joining a channel without losing or repeating a message: the node subscribes
+to the pub/sub channel first; the browser's *join* keeps what arrives live
+meanwhile; once the subscription is confirmed a script reads, atomically for
+every channel of the join, the history after ``since`` and the last id given
+out (the *floor*). The browser then gets the history, then what came live
+after the floor, and from the first live message past the floor on, every
+live one. The same happens for a node's own subscribers after Redis comes
+back: each channel is read again after the last id the node delivered.
+"""
+
+from __future__ import annotations
+
+from chloed.backends.redis.broker import LOOKUP_AGAIN, REPLY_TIMEOUT, RETRY_DELAY, RedisBroker
+from chloed.backends.redis.channel import RedisChannel
+from chloed.backends.redis.keys import (
+    HISTORY_PREFIX,
+    IDS_KEY,
+    SESSION_PREFIX,
+    SESSION_TTL,
+    ZERO,
+    Key,
+    format_key,
+    parse_key,
+    parse_url,
+)
+from chloed.backends.redis.presence import RedisPresence
+from chloed.backends.redis.scripts import (
+    DIRECT_SCRIPT,
+    FORWARD_SCRIPT,
+    MEMBERS_SCRIPT,
+    PRESENCE_SCRIPT,
+    PUBLISH_SCRIPT,
+    SNAPSHOT_SCRIPT,
+)
+
+__all__ = [
+    "DIRECT_SCRIPT",
+    "FORWARD_SCRIPT",
+    "HISTORY_PREFIX",
+    "IDS_KEY",
+    "LOOKUP_AGAIN",
+    "Key",
+    "MEMBERS_SCRIPT",
+    "PRESENCE_SCRIPT",
+    "PUBLISH_SCRIPT",
+    "REPLY_TIMEOUT",
+    "RETRY_DELAY",
+    "RedisBroker",
+    "RedisChannel",
+    "RedisPresence",
+    "SESSION_PREFIX",
+    "SESSION_TTL",
+    "SNAPSHOT_SCRIPT",
+    "ZERO",
+    "format_key",
+    "parse_key",
+    "parse_url",
+]

@@ -1,0 +1,115 @@
+"""The broker's state per channel (:class:`RedisChannel`) and per join on its
+way in (:class:`_Join`), and :data:`SNAPSHOT_SCRIPT`'s reply (:class:`_Snapshot`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from chloed.backends.redis.keys import ZERO, Key, parse_key
+from chloed.broker import Channel, Subscriber
+from chloed.frames import Encoded
+
+
+class _Snapshot:
+    """What :data:`SNAPSHOT_SCRIPT` answered."""
+
+    __slots__ = ("now_ms", "head", "streams")
+
+    def __init__(self, reply: list[Any]) -> None:
+        self.now_ms = int(reply[0])
+        self.head: Key = (int(reply[1]), int(reply[2]))
+        self.streams = reply[3:]
+
+    def recovered(self, index: int, after: Key, ttl_ms: float, keeps: bool) -> bool:
+        """Whether stream ``index`` holds everything published after ``after``
+        (the memory broker's rule, on what Redis says it trimmed)."""
+        if after > self.head:
+            return False
+        unexpired = keeps and after[0] >= self.now_ms - ttl_ms
+        stream = self.streams[index]
+        if not stream[0]:
+            return unexpired or after >= self.head
+        deleted = parse_key(stream[1]) or ZERO
+        first = parse_key(stream[2]) or ZERO
+        ok = after >= deleted
+        if after < first and deleted == ZERO:
+            # Before the first message of this life of the stream: an older
+            # life may have expired, unless too little time has passed.
+            ok = ok and unexpired
+        return ok
+
+    def entries(self, index: int) -> list[tuple[Key, str, bytes]]:
+        """``(key, id, data)`` of stream ``index``, in order."""
+        stream = self.streams[index]
+        if not stream[0]:
+            return []
+        out = []
+        for raw_id, fields in stream[3]:
+            key = parse_key(raw_id)
+            if key is None:
+                continue
+            data = fields[1] if len(fields) >= 2 else b"null"
+            out.append((key, raw_id.decode("ascii"), data))
+        return out
+
+
+class _Join:
+    """A subscriber on its way into one or more channels.
+
+    While the channels are not ready, or their history is being read, live
+    messages are kept in ``buffer``; once read, ``floor`` is the last id given
+    out when the history was read, and live messages at or below it (already
+    in the history) are dropped until one above it comes.
+    """
+
+    __slots__ = ("subscriber", "names", "since", "buffer", "floor", "deferred", "reading", "catching")
+
+    def __init__(self, subscriber: Subscriber, names: list[str], since: str | None) -> None:
+        self.subscriber = subscriber
+        self.names = names
+        self.since = since
+        self.buffer: list[tuple[Key, Encoded]] = []
+        self.floor: Key | None = None
+        self.deferred: Deferred[Any] = Deferred()
+        self.reading = False
+        # channels read, whose live messages are still at or below the floor
+        self.catching: set[str] = set()
+
+
+class RedisChannel(Channel):
+    """A channel of this node: its subscribers, and its state towards Redis.
+
+    :ivar confirmed: Redis confirmed the pub/sub subscription.
+    :ivar ready: and this node knows the last id it has (``cursor``):
+        subscribers may join.
+    :ivar buffer: live messages held for the subscribers while the channel
+        is read again after Redis came back.
+    """
+
+    __slots__ = ("joining", "confirmed", "ready", "subscribing", "checking", "cursor", "buffer")
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, 0)
+        self.joining: list[_Join] = []
+        self.confirmed = False
+        self.ready = False
+        self.subscribing = False
+        self.checking = False
+        self.cursor: Key | None = None
+        self.buffer: list[tuple[Key, str, bytes, str | None]] | None = None
+
+    def delivering(self) -> bool:
+        """Whether someone here already gets the channel's live messages
+        (a subscriber, or a join past its history)."""
+        return bool(self.subscribers) or any(join.floor is not None for join in self.joining)
+
+    def position(self) -> Key | None:
+        """The last id this node has for the channel."""
+        last = parse_key(self.last_id)
+        if last is None:
+            return self.cursor
+        if self.cursor is None:
+            return last
+        return max(last, self.cursor)

@@ -1,0 +1,40 @@
+"""Redis key names, message ids as ``(ms, seq)`` keys, and the parsing of
+ids and ``redis://`` URLs."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+IDS_KEY = "chloe:ids"
+HISTORY_PREFIX = "chloe:h:"
+SESSION_PREFIX = "chloe:s:"
+SESSION_TTL = 86400  # a dead node's sessions are forgotten after a day
+
+Key = tuple[int, int]
+ZERO: Key = (0, 0)
+
+
+def parse_key(text: bytes | str | None) -> Key | None:
+    """``(ms, seq)`` of a message id (Redis orders stream ids so), or None
+    when ``text`` is not an id."""
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    ms, dash, seq = text.partition("-")
+    if not dash or not (ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
+        return None
+    if len(ms) > 16 or len(seq) > 20:
+        return None
+    return int(ms), int(seq)
+
+
+def format_key(key: Key) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+def parse_url(url: str) -> tuple[str, int, int]:
+    """Host, port and database number of a ``redis://host:port/db`` URL."""
+    parts = urlsplit(url)
+    db = parts.path.strip("/")
+    return parts.hostname or "127.0.0.1", parts.port or 6379, int(db) if db else 0

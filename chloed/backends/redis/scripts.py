@@ -1,0 +1,144 @@
+"""The Lua scripts the broker and presence run in Redis (``EVAL``), each
+one atomic step; the package docstring describes the keys they touch."""
+
+# TIME, the next id per channel, XADD + trim + expiry + PUBLISH: one atomic step.
+PUBLISH_SCRIPT = """
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = tonumber(redis.call('HGET', KEYS[1], 'ms') or 0)
+if last > ms then ms = last end
+local sms = string.format('%.0f', ms)
+redis.call('HSET', KEYS[1], 'ms', sms)
+local size = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local ids = {}
+for i = 2, #KEYS do
+  local id = sms .. '-' .. string.format('%.0f', redis.call('HINCRBY', KEYS[1], 'seq', 1))
+  if size > 0 and ttl > 0 then
+    redis.call('XADD', KEYS[i], id, 'd', ARGV[1])
+    -- XDEL, not MAXLEN: only XDEL moves max-deleted-entry-id, which says
+    -- exactly which cursors a resume can no longer serve.
+    local gone = {}
+    local excess = redis.call('XLEN', KEYS[i]) - size
+    if excess > 0 then
+      for _, entry in ipairs(redis.call('XRANGE', KEYS[i], '-', '+', 'COUNT', excess)) do
+        gone[#gone + 1] = entry[1]
+      end
+    end
+    for _, entry in ipairs(redis.call('XRANGE', KEYS[i], '-', string.format('%.0f', ms - ttl), 'COUNT', 100)) do
+      gone[#gone + 1] = entry[1]
+    end
+    if #gone > 0 then redis.call('XDEL', KEYS[i], unpack(gone)) end
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+  redis.call('PUBLISH', ARGV[4] .. ARGV[4 + i], id .. ' ' .. ARGV[5] .. ' ' .. ARGV[1])
+  ids[#ids + 1] = id
+end
+return ids
+"""
+
+# A message to everyone (KEYS[2] absent) or to one session (KEYS[2] names
+# its node): the next id and one PUBLISH; false when no node holds the session.
+DIRECT_SCRIPT = """
+local target = ARGV[2] .. 'all'
+local head = ''
+if #KEYS > 1 then
+  local node = redis.call('GET', KEYS[2])
+  if not node then return false end
+  target = ARGV[2] .. 'n:' .. node
+  head = ARGV[4] .. ' '
+end
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = tonumber(redis.call('HGET', KEYS[1], 'ms') or 0)
+if last > ms then ms = last end
+local sms = string.format('%.0f', ms)
+redis.call('HSET', KEYS[1], 'ms', sms)
+local id = sms .. '-' .. string.format('%.0f', redis.call('HINCRBY', KEYS[1], 'seq', 1))
+local reached = redis.call('PUBLISH', target, head .. id .. ' ' .. ARGV[3] .. ' ' .. ARGV[1])
+if #KEYS > 1 and reached == 0 then return false end
+return id
+"""
+
+# A request for a session another node holds (browser frames POSTed, "f",
+# or a poll, "q", that reached the wrong node): to that node, or false when
+# none holds it.
+FORWARD_SCRIPT = """
+local node = redis.call('GET', KEYS[1])
+if not node then return false end
+local reached = redis.call('PUBLISH', ARGV[1] .. 'n:' .. node, ARGV[4] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])
+return reached > 0
+"""
+
+# Atomically, for several channels: the server's time, the last id given
+# out, and for each stream after its ARGV cursor ('' for none): whether it
+# exists, the newest entry trimmed away, the first entry kept, the entries.
+SNAPSHOT_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local head = redis.call('HMGET', KEYS[1], 'ms', 'seq')
+local out = {string.format('%.0f', now), head[1] or '0', head[2] or '0'}
+for i = 2, #KEYS do
+  if ARGV[i - 1] == '' or redis.call('EXISTS', KEYS[i]) == 0 then
+    out[#out + 1] = {0}
+  else
+    local info = redis.call('XINFO', 'STREAM', KEYS[i])
+    local deleted, first = '0-0', '0-0'
+    for j = 1, #info, 2 do
+      if info[j] == 'max-deleted-entry-id' then deleted = info[j + 1]
+      elseif info[j] == 'recorded-first-entry-id' then first = info[j + 1] end
+    end
+    out[#out + 1] = {1, deleted, first, redis.call('XRANGE', KEYS[i], '(' .. ARGV[i - 1], '+')}
+  end
+end
+return out
+"""
+
+
+# Presence of a channel: zset chloe:p:<channel> (user id -> when it expires,
+# pushed forward by every node holding the user) and hash chloe:pi:<channel>
+# (user id -> member JSON). First those past expiry leave, then each
+# (user id, member JSON) of ARGV is held for ARGV[1] ms more; a user not
+# there before joins. Announcements go over the channel's pub/sub as
+# "p <seq> <join|leave> <excluded session> <member JSON>".
+PRESENCE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local hold = tonumber(ARGV[1])
+local target = ARGV[2]
+for _, uid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  local member = redis.call('HGET', KEYS[3], uid) or '{}'
+  redis.call('ZREM', KEYS[2], uid)
+  redis.call('HDEL', KEYS[3], uid)
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  redis.call('PUBLISH', target, 'p ' .. string.format('%.0f', seq) .. ' leave  ' .. member)
+end
+for i = 4, #ARGV, 2 do
+  local uid = ARGV[i]
+  local old = redis.call('ZSCORE', KEYS[2], uid)
+  redis.call('ZADD', KEYS[2], 'GT', now + hold, uid)
+  if not old then
+    redis.call('HSET', KEYS[3], uid, ARGV[i + 1])
+    local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+    redis.call('PUBLISH', target, 'p ' .. string.format('%.0f', seq) .. ' join ' .. ARGV[3] .. ' ' .. ARGV[i + 1])
+  end
+end
+if #ARGV >= 4 then
+  redis.call('PEXPIRE', KEYS[2], 2 * hold)
+  redis.call('PEXPIRE', KEYS[3], 2 * hold)
+end
+return 1
+"""
+
+# The members of a presence channel now, and the last seq given out (so
+# announcements already reflected here can be told apart).
+MEMBERS_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {redis.call('HGET', KEYS[1], 'seq') or '0'}
+for _, uid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')) do
+  out[#out + 1] = uid
+  out[#out + 1] = redis.call('HGET', KEYS[3], uid) or '{}'
+end
+return out
+"""
