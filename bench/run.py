@@ -842,7 +842,10 @@ def multinode_report(ctx: Context, n: int, idle_each: int, hold: float, window: 
             f"so what each further node costs Redis is one more pub/sub message out per publish "
             f"({p2['out_bytes_per_publish'] - p1['out_bytes_per_publish']:+,.0f} bytes per publish here, for a "
             f"100-byte payload) and one `SUBSCRIBE` plus one history read (a script) per channel it starts "
-            f"listening to; each browser, wherever it lands, costs one `SET` of its session key."]
+            f"listening to; each browser, wherever it lands, costs one `SET` of its session key. The receipt "
+            f"costs each publish one `HGETALL` of the channel's per-node counts and one `HGET` per node in it; "
+            f"a node writes a channel's count (`HSET` + `EXPIRE`) at most once per 50 ms while its subscribers "
+            f"change, and beats every 5 s (one script)."]
     targets = []
     if r1 and r2 and not ctx.quick:
         targets.append(("2 nodes deliver more per second than 1 node on the same Redis", r2["dps"] > r1["dps"],
@@ -868,7 +871,8 @@ def multinode_report(ctx: Context, n: int, idle_each: int, hold: float, window: 
         f"on 4 keep-alive connections, all to node 1: node 1 publishes (one Redis script per message), every node "
         f"gets it once from Redis pub/sub and writes it to its own subscribers; {ctx.reps} run(s), median. "
         "Deliveries are counted at the loader, so every message is checked to reach every subscriber on both "
-        "nodes (`--expect-all`: with Redis `/send` answers 202 with `delivered: 0`). Before the runs "
+        "nodes (`--expect-all`: with Redis the 202's receipt counts the subscribers as the nodes last reported "
+        "them, not the deliveries themselves). Before the runs "
         f"{HISTORY_SIZE + 1} messages fill the channel's history (`history_size` {HISTORY_SIZE}), so every "
         "measured publish also trims it, as in steady use.",
         "p50 / p99 at saturation is mostly the closed loop's own queue (window messages × subscribers "

@@ -116,6 +116,37 @@ def test_a_publish_on_any_node_reaches_browsers_on_all(cluster):
             browser.close()
 
 
+def test_send_receipts_count_browsers_on_every_node(cluster):
+    """``/send`` on any node answers with the browsers of all nodes:
+    WebSockets ``delivered``, long-poll sessions ``queued``; a browser that
+    leaves stops counting."""
+    a, b, c = cluster(3)
+    on_a, on_b = Browser(a), Browser(b)
+    try:
+        on_a.subscribe("receipts")
+        on_b.subscribe("receipts")
+        session, cursor, frames = open_poll(c, "channel=receipts")
+        poll_until(c, session, cursor, frames, lambda fs: any(f["type"] == "subscribed" for f in fs))
+        seen: list[Any] = []
+
+        def receipt_is(expected: tuple[int, int]) -> bool:
+            status, answer = c.send(data="count", channel="receipts")
+            assert status == 202, answer
+            seen.append(answer)
+            return (answer["delivered"], answer["queued"]) == expected
+
+        # Counts reach Redis a moment after the subscriptions do.
+        wait_until(lambda: receipt_is((2, 1)))
+        on_b.close()
+        wait_until(lambda: receipt_is((1, 1)))
+        assert seen[-1]["ids"]["receipts"]
+        status, answer = a.send(data="nobody", channel="nobody-here")
+        assert status == 202 and (answer["delivered"], answer["queued"]) == (0, 0)
+    finally:
+        on_a.close()
+        on_b.close()
+
+
 def test_send_to_everyone_and_to_one_session_on_another_node(cluster):
     """A broadcast reaches browsers on every node; ``session=`` reaches a
     browser on another node; an unknown session is a 404."""

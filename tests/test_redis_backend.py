@@ -204,6 +204,81 @@ def test_broadcast_and_one_session_across_nodes(nodes, redis_server):  # noqa: F
     assert (yield a.to_session("nobody", b"1")) is None
 
 
+class Poller(Recorder):
+    """A subscriber on a polling transport: counted as ``queued``."""
+
+    transport = "longpoll"
+
+
+@defer.inlineCallbacks
+def receipt_until(node: RedisBroker, names: list[str], expected: tuple[int, int]) -> Any:
+    """Publish to ``names`` until the receipt is ``(delivered, queued)`` (a
+    node that stopped beating counts until its time is up); the last one."""
+    deadline = reactor.seconds() + TIMEOUT
+    while True:
+        result = yield node.publish(names, b"0")
+        if (result.delivered, result.queued) == expected or reactor.seconds() > deadline:
+            return result
+        yield task.deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_receipts_count_the_subscribers_of_every_node_alive(nodes):
+    """A publish on any node answers with the subscribers of every node:
+    streaming ones delivered, polling ones queued; a node that leaves stops
+    counting at once, one that dies once its beats are overdue."""
+    a, b, c = nodes(), nodes(), nodes()
+    c.census.node_ttl_ms = 300
+    yield until(lambda: all(n.backend_state == "up" for n in (a, b, c)))
+    one, two, poller, three = Recorder("one"), Recorder("two"), Poller("poller"), Recorder("three")
+    yield a.subscribe("room", one)
+    yield b.subscribe("room", two)
+    yield b.subscribe("room", poller)
+    yield c.subscribe("room", three)
+    for node in (a, b, c):
+        yield node.census.report()
+        yield node.census.beat()
+    result = yield a.publish(["room"], b'"hi"')
+    assert (result.delivered, result.queued) == (3, 1)
+    # Per channel, as on one node: a channel nobody reads adds nothing.
+    result = yield b.publish(["room", "empty"], b'"hi"')
+    assert (result.delivered, result.queued, len(result.ids)) == (3, 1, 2)
+
+    assert b.unsubscribe("room", two)
+    yield b.census.report()
+    assert ((yield a.publish(["room"], b"1")).delivered, (yield a.publish(["room"], b"1")).queued) == (2, 1)
+
+    yield b.census.stop()  # b shuts down: it stops counting at once
+    result = yield a.publish(["room"], b"2")
+    assert (result.delivered, result.queued) == (2, 0)
+
+    c.census._loop.stop()  # c dies without a word: counted until its time is up
+    result = yield receipt_until(a, ["room"], (1, 0))
+    assert (result.delivered, result.queued) == (1, 0)
+
+
+@pytest_twisted.inlineCallbacks
+def test_broadcast_and_session_receipts(nodes, redis_server):  # noqa: F811
+    """A broadcast's receipt counts the sessions of every node (streaming
+    delivered, polling queued); a message to one session is delivered 1."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    a.add_session(Recorder("s-a"))
+    b.add_session(Recorder("s-b"))
+    b.add_session(Poller("p-b"))
+    yield a.census.beat()
+    yield b.census.beat()
+    result = yield a.broadcast(b'"all"')
+    assert (result.delivered, result.queued) == (2, 1)
+    yield until(lambda: redis_server.command("GET", "chloe:s:p-b") == b"$16\r\n" + b.node.encode() + b"\r\n")
+    result = yield a.to_session("p-b", b'"you"')
+    assert (result.delivered, result.queued) == (1, 0)
+    b.remove_session(b.sessions["p-b"], [])
+    yield b.census.beat()
+    result = yield a.broadcast(b'"all"')
+    assert (result.delivered, result.queued) == (2, 0)
+
+
 @pytest_twisted.inlineCallbacks
 def test_last_subscriber_leaving_unsubscribes_the_node(nodes, redis_server):  # noqa: F811
     """A node listens to a channel's pub/sub only while it has subscribers."""

@@ -17,6 +17,10 @@ holds what the nodes share:
 ``chloe:s:<session>``
     which node holds a session, for ``/send`` to one session and for browser
     frames POSTed to the wrong node.
+``chloe:nodes``, ``chloe:r:<channel>``
+    for ``/send`` receipts: each node alive (until when, on Redis's clock,
+    and its streaming and polling sessions) and, per channel, each node's
+    streaming and polling subscribers (see :mod:`.census`).
 ``chloe:p:<channel>``, ``chloe:pi:<channel>``
     presence: user id → expiry, user id → member (see :class:`RedisPresence`).
 pub/sub ``chloe:<db>:c:<channel>``, ``chloe:<db>:all``, ``chloe:<db>:n:<node>``
@@ -30,8 +34,9 @@ A publish is one round trip, one script (``EVALSHA``): it takes ``TIME``,
 the next id (``HGET``/``HSET``/``HINCRBY``), ``XADD``s the message, trims
 (``XLEN``, ``XRANGE``, ``XDEL``) and re-expires (``PEXPIRE``) the stream
 and ``PUBLISH``es it, atomically, so every message is both in the history
-and on the wire or in neither, in the same order. ``/send`` answers 202 once
-Redis has run it. Each node listening to the channel then gets it once.
+and on the wire or in neither, in the same order; it also sums the
+channel's subscribers over the nodes alive (``HGETALL``, one ``HGET`` per
+node) for the receipt. ``/send`` answers 202 once Redis has run it. Each node listening to the channel then gets it once.
 
 A node subscribes to a channel's pub/sub only while it has subscribers for
 it, encodes each message it gets once, and hands the same bytes to each of

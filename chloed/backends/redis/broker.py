@@ -22,10 +22,11 @@ from twisted.python.failure import Failure
 
 from chloed import frames
 from chloed.backends import BackendUnavailable
+from chloed.backends.redis.census import Census, polling
 from chloed.backends.redis.channel import RedisChannel, _Join, _Snapshot
 from chloed.backends.redis.connection import _Commands, _Connector, _Factory, _Subscriptions
 from chloed.backends.redis.keys import (
-    HISTORY_PREFIX, IDS_KEY, SESSION_PREFIX, SESSION_TTL, ZERO, Key, format_key, parse_key, parse_url,
+    COUNTS_PREFIX, HISTORY_PREFIX, IDS_KEY, NODES_KEY, SESSION_PREFIX, SESSION_TTL, ZERO, Key, format_key, parse_key, parse_url,
 )
 from chloed.backends.redis.presence import RedisPresence
 from chloed.backends.redis.scripts import DIRECT_SCRIPT, FORWARD_SCRIPT, PUBLISH_SCRIPT, SNAPSHOT_SCRIPT
@@ -85,6 +86,8 @@ class RedisBroker(Broker):
         self.on_poll: Any = None
         self._polls: dict[str, Deferred[Any]] = {}
         self._renewal: LoopingCall | None = None
+        # Subscriber counts in Redis, for /send receipts.
+        self.census = Census(self, clock)
 
     # -- connections ------------------------------------------------------
 
@@ -100,6 +103,7 @@ class RedisBroker(Broker):
 
     def connect(self) -> None:
         """Open both connections; they come back by themselves when lost."""
+        self.census.start()
         if self.presence is not None:
             self.presence.start()
         # Sessions older than SESSION_TTL stay reachable by /send.
@@ -120,6 +124,7 @@ class RedisBroker(Broker):
     def disconnect(self) -> Deferred[Any]:
         services, self._services = self._services, []
         self._stopping = True
+        self.census.stop()
         if self.presence is not None:
             self.presence.stop()
         if self._renewal is not None and self._renewal.running:
@@ -137,6 +142,8 @@ class RedisBroker(Broker):
         log.info("redis: connected to {host}:{port}/{db}", host=self.host, port=self.port, db=self.db)
         self._commands = proto
         self._register_all()
+        self.census.beat()
+        self.census.everything_changed()
         for channel in list(self.channels.values()):
             self._check(channel)
             for join in list(channel.joining):
@@ -216,10 +223,14 @@ class RedisBroker(Broker):
     # -- sessions ---------------------------------------------------------
 
     def add_session(self, session: Subscriber) -> None:
+        if session.id not in self.sessions:
+            self.census.session_added(session)
         super().add_session(session)
         self._register(session.id)
 
     def remove_session(self, session: Subscriber, channels: Iterable[str]) -> None:
+        if self.sessions.get(session.id) is session:
+            self.census.session_removed(session)
         super().remove_session(session, channels)
         if self._commands is not None and session.id not in self.sessions:
             self._call("delete", SESSION_PREFIX + session.id).addErrback(self._ignore)
@@ -444,7 +455,11 @@ class RedisBroker(Broker):
         if join in channel.joining:
             channel.joining.remove(join)
         join.catching.discard(channel.name)
-        channel.subscribers[join.subscriber] = None
+        if join.subscriber not in channel.subscribers:
+            channel.subscribers[join.subscriber] = None
+            if polling(join.subscriber):
+                channel.polling += 1
+            self.census.changed(channel.name)
 
     def unsubscribe(self, name: str, subscriber: Subscriber) -> bool:
         """Remove ``subscriber`` (joined or still joining); True when it was
@@ -455,6 +470,9 @@ class RedisBroker(Broker):
         found = False
         if subscriber in channel.subscribers:
             del channel.subscribers[subscriber]
+            if polling(subscriber):
+                channel.polling -= 1
+            self.census.changed(name)
             found = True
         for join in list(channel.joining):
             if join.subscriber is subscriber:
@@ -497,31 +515,43 @@ class RedisBroker(Broker):
         self, names: Iterable[str], data: bytes, exclude: str | None = None
     ) -> Deferred[PublishResult]:
         """Publish ``data`` to each channel; fires once Redis has stored and
-        published it, with the ids (``delivered``/``queued`` stay 0: nodes
-        deliver on their own), or fails with :class:`BackendUnavailable`."""
+        published it, with the ids and the receipt (the subscribers of every
+        node alive, as the nodes last reported them: streaming ones
+        ``delivered``, polling ones ``queued``), or fails with
+        :class:`BackendUnavailable`."""
         names = list(names)
-        keys = [IDS_KEY] + [HISTORY_PREFIX + name for name in names]
-        args = [data, self.history_size, self._ttl_ms, self.pubsub + "c:", exclude or ""] + names
+        keys = (
+            [IDS_KEY, NODES_KEY]
+            + [HISTORY_PREFIX + name for name in names]
+            + [COUNTS_PREFIX + name for name in names]
+        )
+        args = [data, self.history_size, self._ttl_ms, self.pubsub + "c:", exclude or "", len(names)] + names
 
-        def done(ids: list[bytes]) -> PublishResult:
+        def done(reply: list[Any]) -> PublishResult:
             result = PublishResult()
-            for name, id in zip(names, ids):
+            for name, id in zip(names, reply):
                 result.ids[name] = id.decode("ascii")
+            result.delivered, result.queued = int(reply[-2]), int(reply[-1])
             return result
 
         return self._call("eval", PUBLISH_SCRIPT, keys, args).addCallback(done)
 
     def broadcast(self, data: bytes, exclude: str | None = None) -> Deferred[PublishResult]:  # type: ignore[override]
-        """Send ``data`` to every session of every node."""
-        d = self._call("eval", DIRECT_SCRIPT, [IDS_KEY], [data, self.pubsub, exclude or ""])
-        return d.addCallback(lambda id: PublishResult(id=id.decode("ascii")))
+        """Send ``data`` to every session of every node; the receipt counts
+        the sessions of every node alive, as of their last beat."""
+        d = self._call("eval", DIRECT_SCRIPT, [IDS_KEY, NODES_KEY], [data, self.pubsub, exclude or ""])
+
+        def done(reply: list[Any]) -> PublishResult:
+            return PublishResult(id=reply[0].decode("ascii"), delivered=int(reply[1]), queued=int(reply[2]))
+
+        return d.addCallback(done)
 
     def to_session(self, session_id: str, data: bytes) -> Deferred[PublishResult | None]:  # type: ignore[override]
         """Send ``data`` to one session on whichever node holds it; fires
-        with None when none does."""
-        keys = [IDS_KEY, SESSION_PREFIX + session_id]
+        with None when none does (``delivered`` 1: its node has it)."""
+        keys = [IDS_KEY, NODES_KEY, SESSION_PREFIX + session_id]
         d = self._call("eval", DIRECT_SCRIPT, keys, [data, self.pubsub, "", session_id])
-        return d.addCallback(lambda id: PublishResult(id=id.decode("ascii")) if id else None)
+        return d.addCallback(lambda reply: PublishResult(id=reply[0].decode("ascii"), delivered=1) if reply else None)
 
     def forward(self, session_id: str, body: bytes) -> Deferred[bool]:
         """Hand browser frames POSTed here to the node holding

@@ -88,11 +88,13 @@ class RedisChannel(Channel):
         is read again after Redis came back.
     """
 
-    __slots__ = ("joining", "confirmed", "ready", "subscribing", "checking", "cursor", "buffer")
+    __slots__ = ("joining", "confirmed", "ready", "subscribing", "checking", "cursor", "buffer", "polling")
 
     def __init__(self, name: str) -> None:
         super().__init__(name, 0)
         self.joining: list[_Join] = []
+        # how many of the subscribers poll (for receipts: queued, not delivered)
+        self.polling = 0
         self.confirmed = False
         self.ready = False
         self.subscribing = False

@@ -1,63 +1,132 @@
 """The Lua scripts the broker and presence run in Redis (``EVAL``), each
 one atomic step; the package docstring describes the keys they touch."""
 
-# TIME, the next id per channel, XADD + trim + expiry + PUBLISH: one atomic step.
-PUBLISH_SCRIPT = """
+# Receipts: the subscribers of channel KEYS[key] on every node still alive
+# (KEYS[2] is chloe:nodes), added to delivered (streaming) and queued
+# (polling); the counts of nodes gone are dropped on the way.
+COUNT_FUNCTION = """
+local function count(key, now, delivered, queued)
+  local counts = redis.call('HGETALL', key)
+  for j = 1, #counts, 2 do
+    local alive = redis.call('HGET', KEYS[2], counts[j])
+    if alive and tonumber(string.match(alive, '^%d+')) > now then
+      local s, p = string.match(counts[j + 1], '^(%d+) (%d+)$')
+      delivered = delivered + tonumber(s or 0)
+      queued = queued + tonumber(p or 0)
+    else
+      redis.call('HDEL', key, counts[j])
+    end
+  end
+  return delivered, queued
+end
+"""
+
+# The next id: TIME, never going back, and the cluster-wide counter.
+NEXT_ID = """
 local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms = now
 local last = tonumber(redis.call('HGET', KEYS[1], 'ms') or 0)
 if last > ms then ms = last end
 local sms = string.format('%.0f', ms)
 redis.call('HSET', KEYS[1], 'ms', sms)
+"""
+
+# KEYS: chloe:ids, chloe:nodes, the n streams, the n channels' counts.
+# ARGV: data, history size, history ttl (ms), pub/sub prefix, excluded
+# session, n, the n channel names. Per channel: the next id, XADD + trim +
+# expiry, PUBLISH, and the receipt; one atomic step. Returns the ids, then
+# delivered and queued.
+PUBLISH_SCRIPT = COUNT_FUNCTION + NEXT_ID + """
 local size = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
+local n = tonumber(ARGV[6])
 local ids = {}
-for i = 2, #KEYS do
+local delivered, queued = 0, 0
+for i = 1, n do
+  local stream = KEYS[2 + i]
   local id = sms .. '-' .. string.format('%.0f', redis.call('HINCRBY', KEYS[1], 'seq', 1))
   if size > 0 and ttl > 0 then
-    redis.call('XADD', KEYS[i], id, 'd', ARGV[1])
+    redis.call('XADD', stream, id, 'd', ARGV[1])
     -- XDEL, not MAXLEN: only XDEL moves max-deleted-entry-id, which says
     -- exactly which cursors a resume can no longer serve.
     local gone = {}
-    local excess = redis.call('XLEN', KEYS[i]) - size
+    local excess = redis.call('XLEN', stream) - size
     if excess > 0 then
-      for _, entry in ipairs(redis.call('XRANGE', KEYS[i], '-', '+', 'COUNT', excess)) do
+      for _, entry in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)) do
         gone[#gone + 1] = entry[1]
       end
     end
-    for _, entry in ipairs(redis.call('XRANGE', KEYS[i], '-', string.format('%.0f', ms - ttl), 'COUNT', 100)) do
+    for _, entry in ipairs(redis.call('XRANGE', stream, '-', string.format('%.0f', ms - ttl), 'COUNT', 100)) do
       gone[#gone + 1] = entry[1]
     end
-    if #gone > 0 then redis.call('XDEL', KEYS[i], unpack(gone)) end
-    redis.call('PEXPIRE', KEYS[i], ttl)
+    if #gone > 0 then redis.call('XDEL', stream, unpack(gone)) end
+    redis.call('PEXPIRE', stream, ttl)
   end
-  redis.call('PUBLISH', ARGV[4] .. ARGV[4 + i], id .. ' ' .. ARGV[5] .. ' ' .. ARGV[1])
+  redis.call('PUBLISH', ARGV[4] .. ARGV[6 + i], id .. ' ' .. ARGV[5] .. ' ' .. ARGV[1])
   ids[#ids + 1] = id
+  delivered, queued = count(KEYS[2 + n + i], now, delivered, queued)
 end
+ids[#ids + 1] = delivered
+ids[#ids + 1] = queued
 return ids
 """
 
-# A message to everyone (KEYS[2] absent) or to one session (KEYS[2] names
-# its node): the next id and one PUBLISH; false when no node holds the session.
+# A message to everyone (KEYS[3] absent: returns the id and the sessions of
+# every node alive, streaming and polling) or to one session (KEYS[3] names
+# its node: returns the id, or false when no node holds the session).
 DIRECT_SCRIPT = """
 local target = ARGV[2] .. 'all'
 local head = ''
-if #KEYS > 1 then
-  local node = redis.call('GET', KEYS[2])
+if #KEYS > 2 then
+  local node = redis.call('GET', KEYS[3])
   if not node then return false end
   target = ARGV[2] .. 'n:' .. node
   head = ARGV[4] .. ' '
 end
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local last = tonumber(redis.call('HGET', KEYS[1], 'ms') or 0)
-if last > ms then ms = last end
-local sms = string.format('%.0f', ms)
-redis.call('HSET', KEYS[1], 'ms', sms)
+""" + NEXT_ID + """
 local id = sms .. '-' .. string.format('%.0f', redis.call('HINCRBY', KEYS[1], 'seq', 1))
 local reached = redis.call('PUBLISH', target, head .. id .. ' ' .. ARGV[3] .. ' ' .. ARGV[1])
-if #KEYS > 1 and reached == 0 then return false end
-return id
+if #KEYS > 2 then
+  if reached == 0 then return false end
+  return {id}
+end
+local delivered, queued = 0, 0
+local nodes = redis.call('HGETALL', KEYS[2])
+for j = 1, #nodes, 2 do
+  local expires, s, p = string.match(nodes[j + 1], '^(%d+) (%d+) (%d+)$')
+  if expires and tonumber(expires) > now then
+    delivered = delivered + tonumber(s)
+    queued = queued + tonumber(p)
+  end
+end
+return {id, delivered, queued}
+"""
+
+# A node's beat (KEYS[1] chloe:nodes; ARGV: node, ttl ms, streaming and
+# polling sessions; an empty ttl leaves): holds the node alive for ttl ms
+# more on Redis's clock and forgets nodes past their time. Returns 1 when
+# the node was alive already, 0 when its channel counts may have been
+# dropped meanwhile (it then reports them all again).
+NODE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local fresh = old and tonumber(string.match(old, '^%d+') or 0) > now
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 0
+end
+local nodes = redis.call('HGETALL', KEYS[1])
+for j = 1, #nodes, 2 do
+  if tonumber(string.match(nodes[j + 1], '^%d+') or 0) <= now then
+    redis.call('HDEL', KEYS[1], nodes[j])
+  end
+end
+local expires = string.format('%.0f', now + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], ARGV[1], expires .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
+if fresh then return 1 end
+return 0
 """
 
 # A request for a session another node holds (browser frames POSTed, "f",
