@@ -239,23 +239,28 @@ class Api:
         self._authorize(request)
         if not frames.valid_channel(name):
             raise RequestError(400, frames.INVALID_CHANNEL, "not a valid channel name")
+        count = self.broker.subscribers(name)
+        if isinstance(count, Deferred):
+            # A shared backend: the subscribers of every node.
+            return count.addCallbacks(self._channel_body, self._backend_failed, callbackArgs=(request, name))
+        return self._channel_body(count, request, name)
+
+    def _channel_body(self, count: int, request: IRequest, name: str) -> bytes:
         channel = self.broker.channels.get(name)
-        members = self.hub.presence.members(name)
-        if channel is None:
-            return json_body(
-                request, 200, {"channel": name, "subscribers": 0, "last_id": None, "members": members}
-            )
-        return json_body(
-            request,
-            200,
-            {
-                "channel": name,
-                "subscribers": len(channel.subscribers),
-                "last_id": channel.last_id,
-                "history": len(channel.history),
-                "members": members,
-            },
-        )
+        body: dict[str, Any] = {
+            "channel": name,
+            "subscribers": count,
+            "last_id": None if channel is None else channel.last_id,
+            "members": self.hub.presence.members(name),
+        }
+        if channel is not None and not getattr(self.broker, "asynchronous", False):
+            body["history"] = len(channel.history)  # with Redis it lives there
+        return json_body(request, 200, body)
+
+    @staticmethod
+    def _backend_failed(failure: Any) -> None:
+        failure.trap(BackendUnavailable)
+        raise RequestError(503, "backend_unavailable", f"the backend is unavailable ({failure.getErrorMessage()})")
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:

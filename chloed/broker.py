@@ -232,6 +232,11 @@ class Broker:
         self._count(len(result.ids), result, started)
         return result
 
+    def subscribers(self, name: str) -> int:
+        """How many sessions subscribe to channel ``name``."""
+        channel = self.channels.get(name)
+        return 0 if channel is None else len(channel.subscribers)
+
     def broadcast(self, data: bytes, exclude: str | None = None) -> PublishResult:
         """Send ``data`` to every session (``channel: null``)."""
         _, id = self._next_id(self._clock.seconds())

@@ -116,10 +116,18 @@ def test_a_publish_on_any_node_reaches_browsers_on_all(cluster):
             browser.close()
 
 
+def subscribers(node: Chloed, channel: str) -> int:
+    status, _, body = node.request("GET", "/channels/" + channel)
+    assert status == 200, body
+    answer = json.loads(body)
+    assert "history" not in answer  # it lives in Redis
+    return answer["subscribers"]
+
+
 def test_send_receipts_count_browsers_on_every_node(cluster):
     """``/send`` on any node answers with the browsers of all nodes:
     WebSockets ``delivered``, long-poll sessions ``queued``; a browser that
-    leaves stops counting."""
+    leaves stops counting. ``/channels/NAME`` counts them all too."""
     a, b, c = cluster(3)
     on_a, on_b = Browser(a), Browser(b)
     try:
@@ -137,8 +145,10 @@ def test_send_receipts_count_browsers_on_every_node(cluster):
 
         # Counts reach Redis a moment after the subscriptions do.
         wait_until(lambda: receipt_is((2, 1)))
+        assert subscribers(a, "receipts") == 3
         on_b.close()
         wait_until(lambda: receipt_is((1, 1)))
+        assert subscribers(b, "receipts") == 2
         assert seen[-1]["ids"]["receipts"]
         status, answer = a.send(data="nobody", channel="nobody-here")
         assert status == 202 and (answer["delivered"], answer["queued"]) == (0, 0)
@@ -410,6 +420,8 @@ def test_redis_killed_and_restarted(cluster, redis_server):  # noqa: F811
     assert status == 200 and json.loads(body)["backend"] == {"kind": "redis", "state": "down"}
     status, answer = a.send(data="lost?", channel="r")
     assert status == 503 and answer["error"] == "backend_unavailable"
+    status, _, body = a.request("GET", "/channels/r")
+    assert status == 503 and json.loads(body)["error"] == "backend_unavailable"
     browser.send({"type": "ping"})
     assert browser.recv() == {"type": "pong"}  # still connected
     redis_server.start()

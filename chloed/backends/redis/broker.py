@@ -29,7 +29,9 @@ from chloed.backends.redis.keys import (
     COUNTS_PREFIX, HISTORY_PREFIX, IDS_KEY, NODES_KEY, SESSION_PREFIX, SESSION_TTL, ZERO, Key, format_key, parse_key, parse_url,
 )
 from chloed.backends.redis.presence import RedisPresence
-from chloed.backends.redis.scripts import DIRECT_SCRIPT, FORWARD_SCRIPT, PUBLISH_SCRIPT, SNAPSHOT_SCRIPT
+from chloed.backends.redis.scripts import (
+    DIRECT_SCRIPT, FORWARD_SCRIPT, PUBLISH_SCRIPT, SNAPSHOT_SCRIPT, SUBSCRIBERS_SCRIPT,
+)
 from chloed.broker import Broker, Channel, PublishResult, Subscriber
 from chloed.frames import Encoded
 
@@ -552,6 +554,12 @@ class RedisBroker(Broker):
         keys = [IDS_KEY, NODES_KEY, SESSION_PREFIX + session_id]
         d = self._call("eval", DIRECT_SCRIPT, keys, [data, self.pubsub, "", session_id])
         return d.addCallback(lambda reply: PublishResult(id=reply[0].decode("ascii"), delivered=1) if reply else None)
+
+    def subscribers(self, name: str) -> Deferred[int]:  # type: ignore[override]
+        """How many sessions subscribe to channel ``name`` on every node
+        alive, as the nodes last reported them."""
+        d = self._call("eval", SUBSCRIBERS_SCRIPT, [NODES_KEY, COUNTS_PREFIX + name], [])
+        return d.addCallback(lambda reply: int(reply[0]) + int(reply[1]))
 
     def forward(self, session_id: str, body: bytes) -> Deferred[bool]:
         """Hand browser frames POSTed here to the node holding

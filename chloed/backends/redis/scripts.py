@@ -1,14 +1,14 @@
 """The Lua scripts the broker and presence run in Redis (``EVAL``), each
 one atomic step; the package docstring describes the keys they touch."""
 
-# Receipts: the subscribers of channel KEYS[key] on every node still alive
-# (KEYS[2] is chloe:nodes), added to delivered (streaming) and queued
+# Receipts: the subscribers in a channel's counts (key) of every node still
+# alive (in chloe:nodes, nodes), added to delivered (streaming) and queued
 # (polling); the counts of nodes gone are dropped on the way.
 COUNT_FUNCTION = """
-local function count(key, now, delivered, queued)
+local function count(nodes, key, now, delivered, queued)
   local counts = redis.call('HGETALL', key)
   for j = 1, #counts, 2 do
-    local alive = redis.call('HGET', KEYS[2], counts[j])
+    local alive = redis.call('HGET', nodes, counts[j])
     if alive and tonumber(string.match(alive, '^%d+')) > now then
       local s, p = string.match(counts[j + 1], '^(%d+) (%d+)$')
       delivered = delivered + tonumber(s or 0)
@@ -65,11 +65,20 @@ for i = 1, n do
   end
   redis.call('PUBLISH', ARGV[4] .. ARGV[6 + i], id .. ' ' .. ARGV[5] .. ' ' .. ARGV[1])
   ids[#ids + 1] = id
-  delivered, queued = count(KEYS[2 + n + i], now, delivered, queued)
+  delivered, queued = count(KEYS[2], KEYS[2 + n + i], now, delivered, queued)
 end
 ids[#ids + 1] = delivered
 ids[#ids + 1] = queued
 return ids
+"""
+
+# The subscribers of one channel on every node alive (KEYS: chloe:nodes,
+# the channel's counts): streaming, polling.
+SUBSCRIBERS_SCRIPT = COUNT_FUNCTION + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local delivered, queued = count(KEYS[1], KEYS[2], now, 0, 0)
+return {delivered, queued}
 """
 
 # A message to everyone (KEYS[3] absent: returns the id and the sessions of
