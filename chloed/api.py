@@ -124,6 +124,8 @@ class SendRequest:
             channels = [channels]
         elif not isinstance(channels, list):
             raise RequestError(400, frames.INVALID_CHANNEL, "channel must be a string or a list of strings")
+        elif not channels:
+            raise RequestError(400, frames.INVALID_CHANNEL, "the channel list is empty (leave channel out to send to everyone)")
         for key in ("session", "exclude"):
             if obj.get(key) is not None and not isinstance(obj[key], str):
                 raise RequestError(400, "bad_request", f"{key} must be a string")
@@ -161,6 +163,11 @@ class SendRequest:
                 )
         if session is not None and channels:
             raise RequestError(400, "bad_request", "give channel or session, not both")
+        # An empty session or channel list is a mistake, not "everyone".
+        if session == "":
+            raise RequestError(400, "bad_request", "session is empty")
+        if exclude == "":
+            exclude = None
         # One delivery per channel, however often it was named.
         return cls(data, list(dict.fromkeys(channels)), session or None, exclude or None)
 

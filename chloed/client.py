@@ -60,6 +60,7 @@ def send(
 
     :param url: Chloe's base URL, e.g. ``http://localhost:8901``.
     :param channel: one channel or several; none (and no session): everyone.
+        An empty list is refused (400), never taken for everyone.
     :param session: one browser session instead of channels.
     :raises SendError: when Chloe answers anything but 2xx.
     """

@@ -794,6 +794,10 @@ SEND_REQUESTS: list[tuple[str, dict[str, str], bytes, bool, int, str]] = [
     ("exclude a list", _JSON, b'{"data":1,"exclude":[]}', True, 400, "bad_request"),
     ("session and channel", _JSON, b'{"data":1,"session":"s","channel":"a"}', True, 400, "bad_request"),
     ("unknown session", _JSON, b'{"data":1,"session":"no-such-session"}', True, 404, "unknown_session"),
+    # empty targets are mistakes, never "everyone"
+    ("session empty", _JSON, b'{"data":1,"session":""}', True, 400, "bad_request"),
+    ("channel list empty", _JSON, b'{"data":1,"channel":[]}', True, 400, "invalid_channel"),
+    ("form session empty", _FORM, b"data=1&session=", True, 400, "bad_request"),
     ("body one byte over the limit", _JSON, b'{"data":"' + b"x" * (MAX - 10) + b'"}', True, 413, "too_large"),
     ("body of a megabyte", _JSON, b'{"data":"' + b"x" * 2 ** 20 + b'"}', True, 413, "too_large"),
     ("empty form", _FORM, b"", True, 400, "bad_request"),

@@ -193,6 +193,25 @@ def test_jsonp_poll_and_send(chloed, app_server):
     assert status == 200 and json.loads(body[3:-2])["error"] == "unknown_session"
 
 
+def test_jsonp_escapes_line_separators(chloed):
+    """U+2028 and U+2029 are JSON but end a line in older JavaScript: a
+    JSONP answer carries them escaped, a plain poll as they are."""
+    text = "line\u2028para\u2029end"
+    status, _, body = chloed.request("GET", "/jsonp?callback=cb&channel=seps", auth=False)
+    opened = json.loads(body[3:-2])
+    plain_status, plain = poll(chloed, "channel=seps")
+    assert chloed.send(data=text, channel="seps")[0] == 202
+    status, _, body = chloed.request(
+        "GET", f"/jsonp?callback=cb&session={opened['session']}&cursor={opened['cursor']}", auth=False
+    )
+    assert status == 200 and b"\xe2\x80\xa8" not in body and b"\xe2\x80\xa9" not in body
+    assert b"\\u2028" in body and b"\\u2029" in body
+    messages = [f for f in json.loads(body[3:-2])["frames"] if f["type"] == "message"]
+    assert [m["data"] for m in messages] == [text]
+    status, answer = poll(chloed, f"session={plain['session']}&cursor={plain['cursor']}")
+    assert [f["data"] for f in answer["frames"] if f["type"] == "message"] == [text]
+
+
 def test_origins_are_checked_on_every_browser_endpoint(chloed_factory, tmp_path):
     """With allowed_origins set, other origins are refused everywhere and allowed ones get CORS headers."""
     conf = tmp_path / "c.toml"
