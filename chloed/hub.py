@@ -64,6 +64,9 @@ class Hub:
         self.frames_received = 0
         self.sent_by_browsers = 0
         self.slow_consumers = 0
+        # Polling sessions ended while no poll was open, for one more poll
+        # to read why (slow_consumer, shutting_down) within session_grace.
+        self._last_words: dict[str, Session] = {}
         self.rate_limited = 0
         # Sessions whose rate limiting was logged: once each, not per frame.
         self._limited: set[str] = set()
@@ -188,7 +191,20 @@ class Hub:
             sink.close(last)
         elif last is not None:
             session.replace_pending(last)
+            if session.waiter is None:
+                self._last_words[session.id] = session
+                if not self.draining:  # draining, they last as long as the process
+                    self.clock.callLater(self.config.session_grace, self._last_words.pop, session.id, None)
         self.close_session(session)
+
+    def last_words(self, session_id: str, transport: str) -> Session | None:
+        """A polling session that was ended with no poll open, once: its
+        next poll gets the frame that says why, the one after is 404."""
+        session = self._last_words.get(session_id)
+        if session is None or session.transport != transport:
+            return None
+        del self._last_words[session_id]
+        return session
 
     def shutdown(self) -> None:
         """Tell every browser ``shutting_down`` and end its session."""

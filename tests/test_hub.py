@@ -186,6 +186,7 @@ def test_shutdown_sends_shutting_down():
     assert not w.hub.accepting()
     assert w.hub.connections["websocket"] == 0
     assert w.clock.getDelayedCalls() == []
+    assert w.hub.last_words(poller.id, "longpoll") is poller  # its next poll hears why
 
 
 def test_shutdown_wakes_a_waiting_poll():

@@ -68,3 +68,32 @@ def test_bad_cursor_is_400(cursor):
     assert status == 200 and opened["cursor"] == 1
     status, answer = get(resource, {b"session": [opened["session"].encode()], b"cursor": [cursor]})
     assert (status, answer["error"]) == (400, "bad_request")
+
+
+def test_a_session_ended_between_polls_tells_its_next_poll_why():
+    """A polling session ended with no poll open (slow_consumer,
+    shutting_down) answers its next poll with the frame that says why; the
+    poll after that, or one after session_grace, is 404."""
+    resource, hub = poll_resource()
+    status, opened = get(resource, {})
+    session = hub.find(opened["session"])
+    hub.slow(session)
+    assert hub.find(opened["session"]) is None
+    query = {b"session": [opened["session"].encode()], b"cursor": [str(opened["cursor"]).encode()]}
+    status, answer = get(resource, query)
+    assert status == 200
+    assert [(f["type"], f["code"]) for f in answer["frames"]] == [("error", "slow_consumer")]
+    status, answer = get(resource, query)
+    assert (status, answer["error"]) == (404, "unknown_session")
+
+    status, opened = get(resource, {})
+    hub.end_session(hub.find(opened["session"]), None)  # nothing to say: no last words
+    query = {b"session": [opened["session"].encode()], b"cursor": [b"1"]}
+    assert get(resource, query)[0] == 404
+
+    status, opened = get(resource, {})
+    hub.slow(hub.find(opened["session"]))
+    hub.clock.advance(hub.config.session_grace)
+    query = {b"session": [opened["session"].encode()], b"cursor": [b"1"]}
+    assert get(resource, query)[0] == 404
+    assert not hub._last_words

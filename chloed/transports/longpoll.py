@@ -193,6 +193,10 @@ def remote_poll(hub: Hub, session_id: str, cursor: int, reply: Any) -> None:
     node's sessions that reached another node."""
     session = hub.find(session_id)
     if session is None or session.transport not in ("longpoll", "jsonp"):
+        ended = hub.last_words(session_id, "longpoll") or hub.last_words(session_id, "jsonp")
+        if ended is not None:
+            reply(200, frames_body(ended, with_session=False))
+            return
         reply(404, frames.dumps({"error": "unknown_session", "message": "no such session: start a new one"}))
         return
     if cursor > session.seq:
@@ -232,6 +236,9 @@ class PollResource(BrowserResource):
             return self._open(request, answer)
         session = _session(self.hub, request, self.transport)
         if session is None:
+            ended = self.hub.last_words(arg(request, b"session") or "", self.transport)
+            if ended is not None:
+                return answer.body(200, frames_body(ended, with_session=False))
             forwarded = self._forward(request, answer)
             if forwarded is not None:
                 return forwarded
