@@ -2,13 +2,14 @@
 ``makeService``.
 
 Flags win over the file; ``CHLOE_SECRET`` stands in for ``--secret``. A bad
-option stops start-up with one line naming it (twistd prints a
-``UsageError`` and exits 1).
+option stops start-up with one line naming it on stderr and exit status 1
+(a ``UsageError`` when the options are parsed outside twistd).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
@@ -39,13 +40,17 @@ class Options(usage.Options):
         self["listen"].append(description)
 
     def postOptions(self) -> None:
+        parent = getattr(self, "parent", None)
         try:
             self["chloe"] = self._load()
+            if self["log-format"] not in ("text", "json"):
+                raise ConfigError("log-format", f"must be text or json, not {self['log-format']!r}")
         except ConfigError as exc:
+            if parent is not None:
+                # Under twistd: one line, not twistd's usage text before it.
+                sys.stderr.write(f"chloe: {exc}\n")
+                raise SystemExit(1) from None
             raise usage.UsageError(str(exc)) from None
-        if self["log-format"] not in ("text", "json"):
-            raise usage.UsageError(f"log-format: must be text or json, not {self['log-format']!r}")
-        parent = getattr(self, "parent", None)
         if self["log-format"] == "json" and parent is not None:
             # As if given ``twistd --logger``, which twistd resolves after
             # this and sets up before anything logs.

@@ -279,7 +279,9 @@ def test_bad_configuration_stops_start_up(args, option):
     """Bad configuration exits 1 with one clear line naming the option."""
     result = subprocess.run([TWISTD, "-n", "--pidfile=", "chloe", *args], capture_output=True, timeout=60)
     assert result.returncode == 1
-    assert option in result.stderr.decode() + result.stdout.decode()
+    output = (result.stderr.decode() + result.stdout.decode()).strip()
+    assert option in output
+    assert len(output.splitlines()) == 1, output  # not twistd's usage text too
 
 
 def test_unknown_config_key_stops_start_up(tmp_path):
