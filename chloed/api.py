@@ -235,10 +235,12 @@ class Api:
     @app.route("/channels", methods=["GET"])
     def channels(self, request: IRequest) -> bytes:
         self._authorize(request)
-        listing = {
-            name: {"subscribers": len(channel.subscribers), "last_id": channel.last_id}
-            for name, channel in self.broker.channels.items()
-        }
+        listing: dict[str, Any] = {}
+        for name, channel in self.broker.channels.items():
+            entry: dict[str, Any] = {"subscribers": len(channel.subscribers), "last_id": channel.last_id}
+            if name.startswith("presence-"):
+                entry["members"] = self.hub.presence.members(name)
+            listing[name] = entry
         return json_body(request, 200, {"channels": listing})
 
     @app.route("/channels/<string:name>", methods=["GET"])

@@ -239,6 +239,25 @@ def test_channels_listing(chloed, browsers):
     assert chloed.request("GET", "/channels", auth=False)[0] == 401
 
 
+def test_channels_list_presence_members(chloed, browsers):
+    """A presence channel's members are in /channels and /channels/NAME."""
+    import time
+
+    import jwt
+
+    user = {"id": "u1", "info": {"name": "Ann"}}
+    token = jwt.encode(
+        {"channels": ["presence-room"], "user": user, "exp": int(time.time()) + 60}, chloed.secret, algorithm="HS256"
+    )
+    browser = browsers(chloed)
+    answer = browser.ask({"type": "subscribe", "channel": "presence-room", "token": token})
+    assert answer["type"] == "subscribed" and answer["members"] == [user]
+    listing = json.loads(chloed.request("GET", "/channels")[2])["channels"]
+    assert listing["presence-room"]["members"] == [user] and listing["presence-room"]["subscribers"] == 1
+    info = json.loads(chloed.request("GET", "/channels/presence-room")[2])
+    assert info["members"] == [user] and info["subscribers"] == 1
+
+
 def test_pages_and_health(chloed):
     """/ says Chloe is up with its version; /chloe.js is JavaScript; /health is ok."""
     status, headers, body = chloed.request("GET", "/", auth=False)
