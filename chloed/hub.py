@@ -474,8 +474,12 @@ class Hub:
             if published:
                 session.deliver(frames.ack(frame.ref))
                 return
+            why = (
+                "this server has no application_server_url" if self.relay is None
+                else "this server does not relay browser messages (\"message\" is not in events)"
+            )
             raise ProtocolError(
-                frames.NO_APPLICATION, "this server has no application_server_url", ref=frame.ref
+                frames.NO_APPLICATION, why, ref=frame.ref
             )
         body = event_body("message", session.id, frame.channel, frame.data, frame.ref, session.user)
         result = self.relay.submit(session.id, body, delivery_id(frame.ref))
