@@ -392,6 +392,7 @@
             sub.lastId = frame.id;
           }
           if (sub.cb) { try { sub.cb.call(this, frame.data, meta); } catch (e) { if (root.console) root.console.error(e); } }
+          else this._emit(this._messageHandlers, [frame.data, meta]);  // subscribed without a callback
           return;
         }
         this._emit(this._messageHandlers, [frame.data, meta]);

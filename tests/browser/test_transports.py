@@ -35,16 +35,18 @@ CONFIG = "history_size = 2000\nheartbeat = 5\nlongpoll_timeout = 5\n"
 
 CHLOE_PAGE = """<!doctype html><html><head><meta charset="utf-8">
 <script src="http://127.0.0.1:{port}/chloe.js"></script></head><body><script>
-window.received = []; window.acks = []; window.errors = []; window.closes = 0;
+window.received = []; window.acks = []; window.errors = []; window.closes = 0; window.general = [];
 var options = {{host: '127.0.0.1', port: {port}, minDelay: 50, maxDelay: 500}};
 var transports = new URLSearchParams(location.search).get('transports');
 if (transports) options.transports = transports.split(',');
 var chloe = window.chloe = new Chloe(options);
 chloe.onerror(function (e) {{ window.errors.push(e); }});
 chloe.onclose(function () {{ window.closes++; }});
+chloe.onmessage(function (data, meta) {{ window.general.push([data, meta.channel]); }});
 chloe.connect(function () {{
   window.connected = chloe.transport;
   chloe.subscribe('count', function (data, meta) {{ window.received.push(data); }});
+  chloe.subscribe('loose');  // no callback: its messages go to onmessage
   window.ref = chloe.send('hello', {{ack: function (err) {{ window.acks.push(err ? err.code : 'ok'); }}}});
 }});
 </script></body></html>"""
@@ -189,6 +191,12 @@ def test_each_transport_connects_subscribes_receives_and_acks(stack, page, trans
     assert status == 202
     page.wait_for_function("window.received.length === 1")
     assert page.evaluate("window.received") == [{"n": 42}]
+    # A channel subscribed without a callback, and a message to everyone,
+    # reach onmessage, with the channel in meta.
+    assert stack.chloed.send(data="loose one", channel="loose")[0] == 202
+    assert stack.chloed.send(data="to all")[0] == 202
+    page.wait_for_function("window.general.length === 2")
+    assert page.evaluate("window.general") == [["loose one", "loose"], ["to all", None]]
     assert page.evaluate("window.errors") == []
 
 
