@@ -219,9 +219,19 @@ def test_origins_are_checked_on_every_browser_endpoint(chloed_factory, tmp_path)
     server = chloed_factory(config=str(conf))
     bad = {"Origin": "https://evil.example"}
     good = {"Origin": "https://good.example"}
-    for path in ["/poll", "/jsonp?callback=cb", "/sse"]:
-        status, _, _ = server.request("GET", path, headers=bad, auth=False)
-        assert status in (403, 200) and (status == 403 or path.startswith("/jsonp")), path
+    for path in ["/poll", "/sse"]:
+        status, _, body = server.request("GET", path, headers=bad, auth=False)
+        assert status == 403 and json.loads(body)["error"] == "forbidden_origin", path
+    # JSONP answers 200 (a <script> cannot read a status), the refusal as the callback's argument.
+    for path in ["/jsonp?callback=cb", "/jsonp/send?callback=cb&session=x&frames=%5B%5D"]:
+        status, _, body = server.request("GET", path, headers=bad, auth=False)
+        assert status == 200 and json.loads(body[3:-2])["error"] == "forbidden_origin", path
+    # Preflights: CORS for the allowed origin only.
+    for path in ["/poll", "/sse"]:
+        status, headers, _ = server.request("OPTIONS", path, headers=good, auth=False)
+        assert status == 204 and headers["Access-Control-Allow-Origin"] == "https://good.example", path
+        status, headers, _ = server.request("OPTIONS", path, headers=bad, auth=False)
+        assert status == 403 and "Access-Control-Allow-Origin" not in headers, path
     status, headers, body = server.request("GET", "/poll", headers=good, auth=False)
     assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://good.example"
     session = json.loads(body)["session"]
