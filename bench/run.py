@@ -157,6 +157,17 @@ def pick_median(runs: list[dict], key: str) -> dict:
 LOG_PATTERN = re.compile(r"#(warn|error|critical)\]|Traceback|Unhandled|Exception", re.I)
 
 
+def terminate(process: subprocess.Popen) -> None:
+    """SIGTERM a process we started (then SIGKILL after STOP_TIMEOUT)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
 class Chloed:
     """A fresh ``twistd -n chloe`` pinned to CPU 0 (or ``cpu``; None: unpinned),
     on 127.0.0.1:PORT, with ``options`` added to its TOML."""
@@ -203,13 +214,7 @@ class Chloed:
 
     def stop(self) -> dict:
         """SIGTERM by PID (then SIGKILL); the log's warnings and errors."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process)
         self._log.close()
         try:
             os.unlink(self.config_path)
@@ -613,13 +618,7 @@ class Redis:
                 "t": time.monotonic()}
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

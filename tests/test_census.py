@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
+from chloed.backends import BackendUnavailable
 from chloed.backends.redis.census import BEAT, REPORT_DELAY, Census
 from chloed.backends.redis.scripts import NODE_SCRIPT
 
@@ -30,11 +31,13 @@ class FakeBroker:
 
     def _call(self, method: str, *args: Any) -> defer.Deferred[Any]:
         self.calls.append((method,) + args)
+        if isinstance(self.answer, Exception):
+            return defer.fail(self.answer)
         return defer.succeed(self.answer)
 
-    @staticmethod
-    def _ignore(failure: Any) -> None:
-        pass
+    def _ignore(self, failure: Any) -> None:
+        """As the broker's: Redis being away is expected, anything else is not."""
+        failure.trap(BackendUnavailable)
 
     def writes(self) -> list[tuple[Any, ...]]:
         calls, self.calls = self.calls, []
@@ -87,3 +90,22 @@ def test_a_node_redis_had_given_up_reports_every_channel_again():
         ("hset", "chloe:r:a", "n1", "1 0"),
         ("hset", "chloe:r:b", "n1", "0 2"),
     ]
+
+
+def test_redis_away_loses_no_count():
+    """Writes while Redis is away fail quietly; the beat after it is back
+    finds the node forgotten and reports every channel again."""
+    clock, broker = Clock(), FakeBroker()
+    census = Census(broker, clock)  # type: ignore[arg-type]
+    broker.channels = {"room": Channel(4, 1)}
+    broker.answer = BackendUnavailable("not connected to Redis")
+    census.changed("room")
+    clock.advance(REPORT_DELAY)
+    done = census.beat()
+    assert done.called and not isinstance(done.result, Exception)  # no failure left over
+    broker.calls = []
+    broker.answer = 0  # back, and its entry in chloe:nodes had expired
+    census.beat()
+    broker.answer = 1
+    clock.advance(REPORT_DELAY)
+    assert ("hset", "chloe:r:room", "n1", "3 1") in broker.writes()

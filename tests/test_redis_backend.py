@@ -66,6 +66,19 @@ def until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> defer.Defe
     return check()
 
 
+@defer.inlineCallbacks
+def subscribed_pair(nodes: Callable[[], RedisBroker], channel: str) -> Any:
+    """Two nodes up, and a subscriber of ``channel`` on the second that has
+    had message 1 from the first: ``(a, b, subscriber)``."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    sub = Recorder()
+    yield b.subscribe(channel, sub)
+    yield a.publish([channel], b"1")
+    yield sub.wait(1)
+    return a, b, sub
+
+
 @pytest.fixture
 def nodes(redis_server: RedisServer):  # noqa: F811
     """Make brokers on the test's Redis; all are disconnected after."""
@@ -298,12 +311,7 @@ def test_redis_restart_publish_fails_then_nothing_is_lost(nodes, redis_server): 
     it is back the node subscribes again and its subscribers get what was
     published since, including what another node published before this one
     had resubscribed."""
-    a, b = nodes(), nodes()
-    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
-    sub = Recorder()
-    yield b.subscribe("r", sub)
-    yield a.publish(["r"], b"1")
-    yield sub.wait(1)
+    a, b, sub = yield subscribed_pair(nodes, "r")
     redis_server.kill()
     yield until(lambda: a.backend_state == "down" and b.backend_state == "down")
     with pytest.raises(BackendUnavailable):
@@ -375,12 +383,7 @@ def test_messages_published_while_the_pubsub_connection_is_away_arrive_once(node
     """When a node's pub/sub connection drops (Redis itself stays up), what
     other nodes publish meanwhile reaches its subscribers once it has
     subscribed again: each message once, in order."""
-    a, b = nodes(), nodes()
-    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
-    sub = Recorder()
-    yield b.subscribe("gap", sub)
-    yield a.publish(["gap"], b"1")
-    yield sub.wait(1)
+    a, b, sub = yield subscribed_pair(nodes, "gap")
     connection = b._subscriptions
     assert redis_server.command("CLIENT", "KILL", "TYPE", "pubsub").startswith(b":")
     yield until(lambda: b._subscriptions is not connection)

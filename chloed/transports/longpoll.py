@@ -32,7 +32,7 @@ name that is not a plain JavaScript identifier path answers 400.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
@@ -110,64 +110,23 @@ def _session(hub: Hub, request: Any, transport: str) -> Session | None:
 
 
 class _HeldPoll:
-    """A poll waiting for frames, for its timeout, or for the browser to go."""
+    """A poll waiting for frames or for its timeout, then answered once
+    through ``reply(status, JSON body)``: a browser's request here, or a
+    poll another node took for one of this node's sessions."""
 
-    def __init__(self, resource: "PollResource", request: Any, answer: _Answer, session: Session) -> None:
-        self.resource = resource
-        self.request = request
-        self.answer = answer
-        self.session = session
-        self.done = False
-        hub = resource.hub
-        self.timer: IDelayedCall = hub.clock.callLater(hub.config.longpoll_timeout, self.respond)
-        self.soon: IDelayedCall | None = None
-        hub.poll_started(session)
-        session.waiter = self.wake
-        request.notifyFinish().addErrback(self.gone)
-
-    def wake(self) -> None:
-        """Frames arrived: answer at the end of this reactor turn, so a burst
-        (one publish to several channels) goes in one answer."""
-        if self.soon is None and not self.done:
-            self.soon = self.resource.hub.clock.callLater(0, self.respond)
-
-    def _end(self) -> None:
-        self.done = True
-        if self.timer.active():
-            self.timer.cancel()
-        if self.soon is not None and self.soon.active():
-            self.soon.cancel()
-        if self.session.waiter == self.wake:
-            self.session.waiter = None
-        self.resource.hub.poll_ended(self.session)
-
-    def respond(self) -> None:
-        if self.done:
-            return
-        self._end()
-        self.request.write(self.answer.body(200, frames_body(self.session, with_session=False)))
-        self.request.finish()
-
-    def gone(self, _: Any) -> None:
-        if not self.done:
-            self._end()
-
-
-class _RemotePoll:
-    """A poll another node took for one of this node's sessions: answered
-    through ``reply(status, body)`` instead of a request."""
-
-    def __init__(self, hub: Hub, session: Session, reply: Any) -> None:
+    def __init__(self, hub: Hub, session: Session, reply: Callable[[int, bytes], None]) -> None:
         self.hub = hub
         self.session = session
         self.reply = reply
         self.done = False
-        self.timer = hub.clock.callLater(hub.config.longpoll_timeout, self.respond)
-        self.soon = None
+        self.timer: IDelayedCall = hub.clock.callLater(hub.config.longpoll_timeout, self.respond)
+        self.soon: IDelayedCall | None = None
         hub.poll_started(session)
         session.waiter = self.wake
 
     def wake(self) -> None:
+        """Frames arrived: answer at the end of this reactor turn, so a burst
+        (one publish to several channels) goes in one answer."""
         if self.soon is None and not self.done:
             self.soon = self.hub.clock.callLater(0, self.respond)
 
@@ -186,6 +145,21 @@ class _RemotePoll:
             return
         self._end()
         self.reply(200, frames_body(self.session, with_session=False))
+
+    def gone(self, _: Any) -> None:
+        """The browser went away before the answer."""
+        if not self.done:
+            self._end()
+
+
+def _hold_request(hub: Hub, request: Any, answer: _Answer, session: Session) -> None:
+    """Hold a browser's poll: answered on ``request`` (plain or JSONP)."""
+
+    def reply(status: int, body: bytes) -> None:
+        request.write(answer.body(status, body))
+        request.finish()
+
+    request.notifyFinish().addErrback(_HeldPoll(hub, session, reply).gone)
 
 
 def remote_poll(hub: Hub, session_id: str, cursor: int, reply: Any) -> None:
@@ -209,7 +183,7 @@ def remote_poll(hub: Hub, session_id: str, cursor: int, reply: Any) -> None:
     if session.waiter is not None:
         waiter, session.waiter = session.waiter, None
         waiter()
-    _RemotePoll(hub, session, reply)
+    _HeldPoll(hub, session, reply)
 
 
 class PollResource(BrowserResource):
@@ -253,7 +227,7 @@ class PollResource(BrowserResource):
             # A newer poll replaces the older one, which answers empty now.
             waiter, session.waiter = session.waiter, None
             waiter()
-        _HeldPoll(self, request, answer, session)
+        _hold_request(self.hub, request, answer, session)
         return NOT_DONE_YET
 
     def _forward(self, request: Any, answer: _Answer) -> Any:

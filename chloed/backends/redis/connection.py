@@ -18,17 +18,24 @@ if TYPE_CHECKING:
 log = Logger(namespace="chloed.backends.redis")  # as before redis.py became a package
 
 
-class _Commands(txredisapi.RedisProtocol):
-    """The connection for commands; tells the broker when it goes."""
+class _TellsWhenLost:
+    """Mixed into a txredisapi protocol: tells its factory (and so the
+    broker) when the connection goes, whatever txredisapi does about it."""
+
+    factory: Any
 
     def connectionLost(self, why: Failure) -> None:
         try:
-            super().connectionLost(why)
+            super().connectionLost(why)  # type: ignore[misc]
         finally:
             self.factory.lost(self)
 
 
-class _Subscriptions(txredisapi.SubscriberProtocol):
+class _Commands(_TellsWhenLost, txredisapi.RedisProtocol):
+    """The connection for commands."""
+
+
+class _Subscriptions(_TellsWhenLost, txredisapi.SubscriberProtocol):
     """The pub/sub connection; hands every message to the broker."""
 
     def messageReceived(self, pattern: Any, channel: bytes, message: bytes) -> None:
@@ -36,12 +43,6 @@ class _Subscriptions(txredisapi.SubscriberProtocol):
             self.factory.broker._on_message(channel, message)
         except Exception:
             log.failure("a message from Redis on {channel} could not be delivered", channel=channel)
-
-    def connectionLost(self, why: Failure) -> None:
-        try:
-            super().connectionLost(why)
-        finally:
-            self.factory.lost(self)
 
 
 class _Factory(protocol.Factory):
