@@ -85,6 +85,9 @@ def answer_request_error(request: IRequest, exc: RequestError) -> bytes:
     return error(request, exc.status, exc.code, exc.message)
 
 
+_FIELDS = frozenset((b"data", b"channel", b"session", b"exclude"))
+
+
 class SendRequest:
     """A validated ``/send``: JSON ``data`` bytes and its targets."""
 
@@ -138,6 +141,12 @@ class SendRequest:
     @classmethod
     def _from_form(cls, request: IRequest) -> "SendRequest":
         args = request.args
+        # An unknown field is a mistake (a typo of channel or session), and
+        # without it the request would read as "everyone": refuse it by name.
+        unknown = sorted(set(args) - _FIELDS)
+        if unknown:
+            name = unknown[0].decode("utf-8", "replace")
+            raise RequestError(400, "bad_request", f"unknown field {name!r}")
         data = args.get(b"data")
         if not data:
             raise RequestError(400, "bad_request", "data is required")

@@ -810,6 +810,13 @@ SEND_REQUESTS: list[tuple[str, dict[str, str], bytes, bool, int, str]] = [
     ("form session twice", _FORM, b"data=x&session=a&session=b", True, 400, "bad_request"),
     ("form session and channel", _FORM, b"data=x&session=s&channel=a", True, 400, "bad_request"),
     ("form unknown session", _FORM, b"data=x&session=nope", True, 404, "unknown_session"),
+    # an unknown form field is a 400 that names it, never a broadcast
+    ("form unknown target user", _FORM, b"data=x&user=u1", True, 400, "bad_request"),
+    ("form misspelt channel", _FORM, b"data=x&chanel=room", True, 400, "bad_request"),
+    ("form bogus field", _FORM, b"data=x&bogus=1", True, 400, "bad_request"),
+    ("form unknown field beside a channel", _FORM, b"data=x&channel=a&extra=1", True, 400, "bad_request"),
+    ("form empty field name", _FORM, b"data=x&=1", True, 400, "bad_request"),
+    ("form field not UTF-8", _FORM, b"data=x&%FF=1", True, 400, "bad_request"),
     ("form over the limit", _FORM, b"data=" + b"x" * MAX, True, 413, "too_large"),
     ("JSON body as text/plain", {"Content-Type": "text/plain"}, b'{"data":1}', True, 400, "bad_request"),
     ("JSON body without a content type", {}, b'{"data":1}', True, 400, "bad_request"),

@@ -224,6 +224,28 @@ def test_send_errors(chloed, headers, body, status, code):
     assert json.loads(answer)["error"] == code
 
 
+@pytest.mark.parametrize(
+    "ctype, body, field",
+    [
+        ("application/x-www-form-urlencoded", b"data=secret&user=u1", "user"),
+        ("application/x-www-form-urlencoded", b"data=secret&chanel=room", "chanel"),
+        ("application/x-www-form-urlencoded", b"data=secret&bogus=1", "bogus"),
+        ("application/json", b'{"data": "secret", "chanel": "room"}', "chanel"),
+        ("application/json", b'{"data": "secret", "user": "u1"}', "user"),
+    ],
+)
+def test_send_with_an_unknown_field_is_refused_not_broadcast(chloed, browsers, ctype, body, field):
+    """A typo in a target field is a 400 naming the field, never a message to everyone."""
+    browser = browsers(chloed)
+    got, _, answer = chloed.request("POST", "/send", body, {"Content-Type": ctype}, auth=True)
+    assert got == 400
+    assert json.loads(answer) == {"error": "bad_request", "message": f"unknown field {field!r}"}
+    # The browser gets the next broadcast, not the refused one.
+    got, _, _ = chloed.request("POST", "/send", b"data=public", auth=True)
+    assert got == 202
+    assert browser.recv()["data"] == "public"
+
+
 def test_channels_listing(chloed, browsers):
     """/channels lists active channels; /channels/NAME gives counts and the last id."""
     browser = browsers(chloed)
