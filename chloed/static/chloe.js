@@ -18,10 +18,12 @@
  * server's longpoll_timeout).
  *
  * Transports are tried in the order of `transports`, falling back when one
- * cannot connect. After a connection is lost the client reconnects by
- * itself (exponential backoff with jitter), resubscribes every channel and
- * resumes each from the last message id it saw, so nothing published in
- * between is missed; a message seen already is not handed to the page again.
+ * cannot connect. JSONP starts once the page has loaded: its <script> polls
+ * would otherwise hold the page's `load` event for ever. After a connection
+ * is lost the client reconnects by itself (exponential backoff with
+ * jitter), resubscribes every channel and resumes each from the last
+ * message id it saw, so nothing published in between is missed; a message
+ * seen already is not handed to the page again.
  * Sends not acknowledged yet are sent again with the same ref; with
  * `outbox: 'persistent'` they are also kept in IndexedDB (localStorage
  * where there is none) and sent again by the page after a reload.
@@ -74,6 +76,7 @@
     this._pace = null;          // the server's rate limit, kept under: {rate, burst, tokens, stamp, queue, timer}
     this._conn = null;
     this._timer = null;         // the pending reconnect
+    this._awaitingLoad = null;  // the `load` listener of a transport opened once the page has loaded
     this._attempt = 0;
     this._closedByUser = false;
     this._connectedOnce = false;
@@ -122,6 +125,7 @@
 
   Chloe.prototype._stop = function () {
     if (this._timer !== null) { clearTimeout(this._timer); this._timer = null; }
+    if (this._awaitingLoad) { root.removeEventListener('load', this._awaitingLoad); this._awaitingLoad = null; }
     var conn = this._conn;
     this._conn = null;
     if (conn) { conn.ready = false; conn.close(); }
@@ -223,6 +227,7 @@
     }
     var name = this.transports[index];
     var factory = Chloe.transports[name], conn = null;
+    if (factory && factory.afterLoad && !pageLoaded()) { this._openAfterLoad(index); return; }
     try { conn = factory ? factory(this) : null; } catch (e) { conn = null; }
     if (!conn) { this._open(index + 1); return; }
     var opened = false;
@@ -263,6 +268,28 @@
       }
       self._frame(frame);
     };
+  };
+
+  /* Whether the page has had its `load` event (or there is no page). */
+  function pageLoaded() {
+    var doc = root.document;
+    return !doc || !root.addEventListener || doc.readyState === 'complete';
+  }
+
+  /* Open the transport at `index` once the page has loaded, for a transport
+   * that would hold `load` (a <script> being fetched delays it). Its
+   * connectTimeout starts then; what the page subscribes and sends
+   * meanwhile goes out once it is connected. */
+  Chloe.prototype._openAfterLoad = function (index) {
+    var self = this;
+    function onload() {
+      root.removeEventListener('load', onload);
+      if (self._awaitingLoad !== onload) return;
+      self._awaitingLoad = null;
+      self._open(index);
+    }
+    this._awaitingLoad = onload;
+    root.addEventListener('load', onload);
   };
 
   /* After (re)connecting: every channel again, from its last id; every
@@ -688,6 +715,7 @@
     }, JSONP_BATCH_CHARS, encodedLength);
     return conn;
   };
+  Chloe.transports.jsonp.afterLoad = true;  // a poll is always being fetched: it would hold `load`
 
   root.Chloe = Chloe;
 })(typeof window !== 'undefined' ? window : this);

@@ -52,7 +52,7 @@ def people(chromium: Browser) -> Iterator:
 
 
 def join(page: Page, url: str, name: str, room: str = "lobby", transport: str = "websocket") -> None:
-    page.goto(url + "?transport=" + transport, wait_until="domcontentloaded")  # a JSONP poll holds "load"
+    page.goto(url + "?transport=" + transport)
     expect(page.locator("#status")).to_have_text("connected over " + transport)
     page.fill("#name", name)
     page.fill("#room", room)
@@ -97,7 +97,7 @@ def test_people_see_each_other_join_talk_and_leave(chat, people):
 
     # A reload comes back as the same member: no leave, no second join.
     ids = alice.locator("#members li").evaluate_all("items => items.map(li => li.dataset.id)")
-    bob.reload(wait_until="domcontentloaded")
+    bob.reload()
     expect(bob.locator("#messages li .text")).to_have_text(["anyone here?", "hi alice"])
     expect(bob.locator("#members li")).to_have_text(["alice", "bob"])
     assert bob.locator("#members li").evaluate_all("items => items.map(li => li.dataset.id)") == ids

@@ -134,7 +134,7 @@ class Publisher(threading.Thread):
 
 def open_chloe_page(page, stack: Stack, transport: str | None) -> None:
     query = f"?transports={transport}" if transport else ""
-    page.goto(stack.url("/" + query), wait_until="domcontentloaded")
+    page.goto(stack.url("/" + query))
     page.wait_for_function("window.connected !== undefined")
 
 
@@ -309,7 +309,7 @@ def test_transport_not_served_falls_back_to_the_next(tmp_path, page, served, exp
     assert status == 404
     pages = serve_pages(chloed.port)
     try:
-        page.goto(f"http://127.0.0.1:{pages.server_port}/", wait_until="domcontentloaded")
+        page.goto(f"http://127.0.0.1:{pages.server_port}/")
         page.wait_for_function("window.connected !== undefined")
         assert page.evaluate("chloe.transport") == expected
         page.wait_for_function("window.acks.length === 1")
