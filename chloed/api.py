@@ -170,6 +170,10 @@ class SendRequest:
                 raise RequestError(
                     400, frames.INVALID_CHANNEL, "channel names are 1 to 128 of A-Z a-z 0-9 _ . : @ = -"
                 )
+            if frames.reserved(channel):
+                raise RequestError(
+                    400, frames.INVALID_CHANNEL, f"{frames.RESERVED_PREFIX}* channels are Chloe's own: only it publishes there"
+                )
         if session is not None and channels:
             raise RequestError(400, "bad_request", "give channel or session, not both")
         # An empty session or channel list is a mistake, not "everyone".
@@ -187,6 +191,8 @@ def _receipt(request: IRequest, result: Any) -> bytes:
     body: dict[str, Any] = {"ids": result.ids, "delivered": result.delivered, "queued": result.queued}
     if result.id is not None:
         body["id"] = result.id
+    if result.lower_bound:
+        body["lower_bound"] = True
     return json_body(request, 202, body)
 
 

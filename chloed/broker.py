@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol
 
@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from chloed import frames
 from chloed.frames import Encoded
+from chloed.redact import session_tag
 
 log = Logger()
 
@@ -65,6 +66,20 @@ class MessageId:
         return f"{self.ms}-{self.seq}"
 
 
+# The default history_memory: 64 MiB.
+HISTORY_MEMORY = 64 * 1024 * 1024
+# What a retained message costs beyond its bytes: the history entry, the
+# frame object and its bytes objects.
+HISTORY_OVERHEAD = 256
+
+
+def history_cost(frame: Encoded) -> int:
+    """The bytes a retained message is counted as: its JSON three times
+    (the JSON, and the WebSocket and SSE framings cached on the frame by
+    the first recipient of each) plus :data:`HISTORY_OVERHEAD`."""
+    return 3 * frame.size + HISTORY_OVERHEAD
+
+
 class Channel:
     """One channel: its subscribers, and the history kept for resume."""
 
@@ -87,12 +102,14 @@ class Channel:
 @dataclass(slots=True)
 class PublishResult:
     """What a publish did: the id per channel, how many sessions got it now
-    and how many hold it for their next poll."""
+    and how many hold it for their next poll (``lower_bound``: with several
+    nodes, some may be missing from those counts)."""
 
     ids: dict[str, str] = field(default_factory=dict)
     id: str | None = None
     delivered: int = 0
     queued: int = 0
+    lower_bound: bool = False
 
 
 class Broker:
@@ -112,10 +129,21 @@ class Broker:
     backend = "memory"
     backend_state = "up"
 
-    def __init__(self, clock: IReactorTime, history_size: int, history_ttl: float) -> None:
+    def __init__(
+        self, clock: IReactorTime, history_size: int, history_ttl: float, history_memory: int = HISTORY_MEMORY
+    ) -> None:
         self._clock = clock
         self.history_size = history_size
         self.history_ttl = history_ttl
+        # The bytes the history of every channel may hold together, and
+        # what it holds (see history_cost); the channels that hold any, the
+        # least recently published to first, lose theirs first.
+        self.history_memory = history_memory
+        self.history_bytes = 0
+        self._holding: OrderedDict[str, Channel] = OrderedDict()
+        # The newest seq the budget evicted, of any channel: a channel
+        # forgotten since may have lost messages before they expired.
+        self._evicted_seq = 0
         self.channels: dict[str, Channel] = {}
         self.sessions: dict[str, Subscriber] = {}
         self._seq = 0
@@ -192,7 +220,11 @@ class Broker:
             return False, [(seq, frame) for seq, _, frame in history]
         # A channel is forgotten only once its history is empty: whatever it
         # held after ``since`` is gone unless it cannot have expired yet.
-        unexpired = self.history_size > 0 and after.ms >= (now - self.history_ttl) * 1000
+        unexpired = (
+            self.history_size > 0
+            and after.ms >= (now - self.history_ttl) * 1000
+            and after.seq >= self._evicted_seq
+        )
         if channel is None:
             return unexpired or after.seq >= self._seq, []
         missed = [(seq, frame) for seq, _, frame in history if seq > after.seq]
@@ -294,7 +326,7 @@ class Broker:
             try:
                 later = subscriber.deliver(frame)
             except Exception:
-                log.failure("delivery to {session} failed", session=subscriber.id)
+                log.failure("delivery to {session} failed", session=session_tag(subscriber.id))
             else:
                 reached += 1
                 if later:
@@ -308,19 +340,40 @@ class Broker:
 
     def _retain(self, channel: Channel, seq: int, now: float, frame: Encoded) -> None:
         history = channel.history
+        cost = history_cost(frame)
         if self.history_size <= 0 or self.history_ttl <= 0:
             channel.dropped_seq = seq
             return
+        if frames.reserved(channel.name) or cost > self.history_memory:
+            # Chloe's own channels keep nothing (nobody may forge them), nor
+            # does one message larger than the whole budget.
+            channel.dropped_seq = self._evicted_seq = seq
+            return
         history.append((seq, now, frame))
+        self.history_bytes += cost
+        holding = self._holding
+        holding[channel.name] = channel
+        holding.move_to_end(channel.name)
         while len(history) > self.history_size:
-            channel.dropped_seq = history.popleft()[0]
+            self._drop_oldest(channel)
         self._expire(channel, now)
+        while self.history_bytes > self.history_memory:
+            self._evicted_seq = max(self._evicted_seq, self._drop_oldest(next(iter(holding.values()))))
+
+    def _drop_oldest(self, channel: Channel) -> int:
+        """The oldest message of ``channel`` falls out of its history; its seq."""
+        seq, _, frame = channel.history.popleft()
+        channel.dropped_seq = seq
+        self.history_bytes -= history_cost(frame)
+        if not channel.history:
+            del self._holding[channel.name]
+        return seq
 
     def _expire(self, channel: Channel, now: float) -> None:
         history = channel.history
         oldest = now - self.history_ttl
         while history and history[0][1] <= oldest:
-            channel.dropped_seq = history.popleft()[0]
+            self._drop_oldest(channel)
 
     def _maybe_forget(self, channel: Channel) -> None:
         if not channel.subscribers and not channel.history:

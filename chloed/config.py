@@ -44,6 +44,8 @@ class Config:
     upstream_queue: int = 10000
     events: tuple[str, ...] = ("message",)
     client_publish: bool = False
+    history_memory: int = 67108864
+    public_status: bool = False
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -145,6 +147,8 @@ _CHECKS: dict[str, Any] = {
     "upstream_queue": lambda n, v: _number(n, v, 1, True),
     "events": lambda n, v: _strings(n, v, EVENTS, nonempty=False),
     "client_publish": _bool,
+    "history_memory": lambda n, v: _number(n, v, 0, True),
+    "public_status": _bool,
 }
 
 OPTIONS = tuple(_CHECKS)

@@ -131,6 +131,19 @@ def valid_channel(name: object) -> bool:
     return isinstance(name, str) and CHANNEL_RE.fullmatch(name) is not None
 
 
+#: Channels named ``chloe.…`` are Chloe's own: only the server publishes
+#: there (browsers get ``forbidden``, ``/send`` a 400) and they keep no
+#: history, so nobody can forge what they say.
+RESERVED_PREFIX = "chloe."
+#: The status page's live feed (:meth:`chloed.metrics.Metrics.announce`).
+STATUS_CHANNEL = "chloe.status"
+
+
+def reserved(channel: str) -> bool:
+    """Whether ``channel`` is one of Chloe's own."""
+    return channel.startswith(RESERVED_PREFIX)
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One validated frame from a browser.

@@ -20,11 +20,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from chloed import frames, tokens
+from chloed import frames, lograte, tokens
 from chloed.broker import Broker
 from chloed.config import Config
 from chloed.errors import ProtocolError, UpstreamRejected
 from chloed.frames import Frame
+from chloed.lograte import ClientErrors
 from chloed.presence import Presence
 from chloed.session import Session, Sink
 from chloed.upstream import Relay, delivery_id, event_body
@@ -68,6 +69,12 @@ class Hub:
         # to read why (slow_consumer, shutting_down) within session_grace.
         self._last_words: dict[str, Session] = {}
         self.rate_limited = 0
+        # Sessions a shared backend is still counting: session id -> the
+        # Deferred of the count (see open_session).
+        self._uncounted: dict[str, Deferred[Any]] = {}
+        # What browsers and clients get wrong, counted and logged sparingly
+        # (/status client_errors); the transports report here too.
+        self.client_errors = ClientErrors(clock)
         # Sessions whose rate limiting was logged: once each, not per frame.
         self._limited: set[str] = set()
         self.draining = False
@@ -85,6 +92,8 @@ class Hub:
             if make_presence is not None
             else Presence(clock, config.session_grace, broker.announce)
         )
+        if hasattr(self.presence, "idle"):
+            self.presence.idle = self._idle
         self._handlers: dict[str, Callable[[Session, Frame], None]] = {
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
@@ -103,20 +112,53 @@ class Hub:
         return not self.draining and len(self.broker.sessions) < self.config.max_connections
 
     def open_session(self, transport: str, sink: Sink | None = None) -> Session:
-        """A new session; its first frame, ``connected``, is already delivered.
+        """A new session; its first frame, ``connected``, is delivered
+        (written, or held until the backend has counted the session).
 
         :param sink: a streaming connection, or None for a polling transport.
         """
         session = Session(self._new_id(), transport, self.config.outbound_buffer_bytes, self.slow)
-        self.broker.add_session(session)
-        if sink is not None:
-            session.attach(sink)
-            self.connections[transport] += 1
-        else:
+        counted = self.broker.add_session(session)
+        if sink is None:
             self._start_grace(session)
         session.deliver(frames.connected(session.id, self.config.heartbeat, self.config.rate_limit, self._burst))
         self._event("connect", session)
+        if isinstance(counted, Deferred) and not counted.called:
+            # A shared backend counts the session for broadcast receipts
+            # first: the browser hears ``connected`` (and what follows it,
+            # held meanwhile) only once every later /send, on any node,
+            # counts it (see counted()).
+            self._uncounted[session.id] = counted
+            counted.addBoth(self._counted, session, sink)
+        elif sink is not None:
+            self._attach(session, sink)
         return session
+
+    def counted(self, session: Session) -> Deferred[None] | None:
+        """None once ``session`` is counted by every node's receipts (so it
+        may be answered ``connected``); before, a Deferred firing then. A
+        polling transport waits on it before its first answer."""
+        counting = self._uncounted.get(session.id)
+        if counting is None:
+            return None
+        done: Deferred[None] = Deferred()
+        counting.addBoth(lambda result: (done.callback(None), result)[1])
+        return done
+
+    def _counted(self, result: Any, session: Session, sink: Sink | None) -> None:
+        if self._uncounted.pop(session.id, None) is None or sink is None:
+            return  # (its connection was lost meanwhile: nothing to write to)
+        if session.closed:
+            # Ended while being counted (a drain, a slow start): the
+            # connection still closes with the frame that says why.
+            pending = session.pending
+            sink.close(pending[-1][1] if pending else None)
+            return
+        self._attach(session, sink)
+
+    def _attach(self, session: Session, sink: Sink) -> None:
+        session.attach(sink)
+        self.connections[session.transport] += 1
 
     def find(self, session_id: str) -> Session | None:
         session = self.broker.sessions.get(session_id)
@@ -135,8 +177,14 @@ class Hub:
         if not session.closed:
             self._start_grace(session)
 
+    def _idle(self, session_id: str) -> bool:
+        """Whether a session is between two polls (in its grace)."""
+        session = self.broker.sessions.get(session_id)
+        return session is not None and getattr(session, "grace", None) is not None
+
     def connection_lost(self, session: Session) -> None:
         """A streaming connection closed: its session ends."""
+        self._uncounted.pop(session.id, None)
         if session.sink is not None:
             session.detach()
             self.connections[session.transport] -= 1
@@ -149,11 +197,18 @@ class Hub:
 
     def _expire(self, session: Session) -> None:
         session.grace = None
-        log.debug("session {session} expired after its grace", session=session.id)
-        self.close_session(session)
+        log.debug("session {session} expired after its grace", session=session.tag)
+        # It has been away for the grace already: its members leave now,
+        # not after a second grace.
+        self.close_session(session, away=True)
 
-    def close_session(self, session: Session, last: bytes | None = None) -> None:
-        """End ``session``: unsubscribe it everywhere, forget it."""
+    def close_session(self, session: Session, away: bool = False) -> None:
+        """End ``session``: unsubscribe it everywhere, forget it.
+
+        :param away: the session was already away ``session_grace``
+            seconds (a polling session that was not polled): its presence
+            members leave at once.
+        """
         if session.closed:
             return
         session.closed = True
@@ -163,7 +218,7 @@ class Hub:
             grace.cancel()
         session.grace = None
         for channel in sorted(session.channels):
-            self._part(session, channel)
+            self._part(session, channel, away)
             self._event("unsubscribe", session, channel)
         self.broker.remove_session(session, session.channels)
         session.channels.clear()
@@ -178,7 +233,7 @@ class Hub:
         self.slow_consumers += 1
         log.warn(
             "session {session} dropped: more than {limit} bytes waiting for it",
-            session=session.id, limit=self.config.outbound_buffer_bytes,
+            session=session.tag, limit=self.config.outbound_buffer_bytes,
         )
         self.end_session(session, frames.error(frames.SLOW_CONSUMER, "too many messages waiting for this connection"))
 
@@ -216,7 +271,7 @@ class Hub:
                     self.end_session(session, last)
                 except Exception:
                     # One broken connection must not keep the rest from hearing it.
-                    log.failure("ending {session} failed", session=session.id)
+                    log.failure("ending {session} failed", session=session.tag)
 
     # -- frames -----------------------------------------------------------
 
@@ -236,9 +291,9 @@ class Hub:
             frame = frames.parse(raw, self.config.max_message_bytes)
             self._handlers[frame.type](session, frame)
         except ProtocolError as exc:
-            log.info(
-                "session {session}: {code}: {message}",
-                session=session.id, code=exc.code, message=exc.message,
+            # Counted each, logged at most once a minute per session.
+            self.client_errors.report(
+                session.tag, lograte.FRAME_ERROR, f"{exc.code}: {exc.message}", session=session.tag, code=exc.code
             )
             session.deliver(frames.from_protocol_error(exc))
 
@@ -250,7 +305,7 @@ class Hub:
             self._limited.add(session.id)
             log.info(
                 "session {session}: rate_limited: more than {rate} frames per second",
-                session=session.id, rate=self.config.rate_limit,
+                session=session.tag, rate=self.config.rate_limit,
             )
         ref = channel = None
         try:
@@ -360,7 +415,7 @@ class Hub:
 
         names = [channel for channel, _, _ in accepted]
         self.broker.subscribe_many(names, session, since).addCallback(joined).addErrback(
-            lambda f: log.failure("subscribing {session} to {channels} failed", f, session=session.id, channels=names)
+            lambda f: log.failure("subscribing {session} to {channels} failed", f, session=session.tag, channels=names)
         )
 
     def _admit(self, session: Session, frame: Frame) -> Any:
@@ -369,7 +424,9 @@ class Hub:
         channel = frame.channel
         assert channel is not None
         grant = None
-        if tokens.needs_token(channel):
+        if frames.reserved(channel):
+            self._admit_reserved(frame)
+        elif tokens.needs_token(channel):
             try:
                 grant = tokens.verify(frame.token, channel, self.config.secret)
             except ProtocolError as exc:
@@ -386,6 +443,24 @@ class Hub:
             )
         return grant
 
+    def _admit_reserved(self, frame: Frame) -> None:
+        """One of Chloe's own channels: the status feed, open to whoever
+        ``/status`` answers (the page chloed serves them carries a token
+        for it), or to anyone with ``public_status``; no other exists."""
+        channel = frame.channel
+        assert channel is not None
+        if channel != frames.STATUS_CHANNEL:
+            raise ProtocolError(
+                frames.FORBIDDEN, f"{frames.RESERVED_PREFIX}* channels are Chloe's own", ref=frame.ref, channel=channel
+            )
+        if self.config.public_status:
+            return
+        try:
+            tokens.verify(frame.token, channel, tokens.feed_keys(self.config.secret))
+        except ProtocolError as exc:
+            exc.ref = frame.ref
+            raise
+
     def _subscribe(self, session: Session, frame: Frame, replay: bool = True) -> None:
         """Subscribe; ``replay=False`` answers ``recovered`` for ``since`` but
         leaves the replay to the caller (which merges several channels)."""
@@ -399,7 +474,7 @@ class Hub:
             # A shared backend answers once the channel's history was read.
             answer.addCallback(self._joined, session, channel, grant, fresh).addErrback(
                 lambda f: log.failure(
-                    "subscribing {session} to {channel} failed", f, session=session.id, channel=channel
+                    "subscribing {session} to {channel} failed", f, session=session.tag, channel=channel
                 )
             )
             return
@@ -445,9 +520,9 @@ class Hub:
             self._event("unsubscribe", session, channel)
         session.deliver(frames.unsubscribed(channel))
 
-    def _part(self, session: Session, channel: str) -> None:
+    def _part(self, session: Session, channel: str, away: bool = False) -> None:
         if session.presence is not None and channel in session.presence:
-            self.presence.part(channel, session.id, session.presence.pop(channel))
+            self.presence.part(channel, session.id, session.presence.pop(channel), away)
 
     def _ping(self, session: Session, frame: Frame) -> None:
         session.deliver(frames.PONG)
@@ -456,6 +531,11 @@ class Hub:
         assert frame.data is not None
         self.sent_by_browsers += 1
         published = False
+        if frame.channel is not None and frames.reserved(frame.channel):
+            raise ProtocolError(
+                frames.FORBIDDEN, f"only Chloe publishes to {frames.RESERVED_PREFIX}* channels",
+                ref=frame.ref, channel=frame.channel,
+            )
         if self.config.client_publish and frame.channel is not None:
             if tokens.needs_token(frame.channel) and frame.channel not in (session.granted or ()):
                 raise ProtocolError(
@@ -491,7 +571,7 @@ class Hub:
 
     def _publish_failed(self, failure: Any, session: Session, frame: Frame) -> None:
         """A browser's publish the shared backend could not take."""
-        log.warn("publish from {session} failed: {why}", session=session.id, why=failure.getErrorMessage())
+        log.warn("publish from {session} failed: {why}", session=session.tag, why=failure.getErrorMessage())
         session.deliver(frames.error(
             frames.UPSTREAM_FAILED, f"could not publish: {failure.getErrorMessage()}", frame.ref, frame.channel
         ))
@@ -512,6 +592,6 @@ class Hub:
         self.relay.submit(session.id, body).addErrback(
             lambda f: log.info(
                 "{kind} event for {session} not delivered: {why}",
-                kind=kind, session=session.id, why=f.getErrorMessage(),
+                kind=kind, session=session.tag, why=f.getErrorMessage(),
             )
         )

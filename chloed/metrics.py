@@ -35,13 +35,14 @@ from prometheus_client.utils import floatToGoString
 from twisted.internet.interfaces import IReactorTime
 
 from chloed import __version__, frames, tokens
+from chloed.lograte import ClientErrors
 
 if TYPE_CHECKING:
     from chloed.hub import Hub
 
 #: Where the status page listens; the server publishes a snapshot there once
 #: a second while anyone is subscribed (and never otherwise).
-STATUS_CHANNEL = "chloe.status"
+STATUS_CHANNEL = frames.STATUS_CHANNEL
 
 #: Seconds to fan one publish out: from a few microseconds (one subscriber)
 #: to most of a second (a hundred thousand).
@@ -134,6 +135,9 @@ class Metrics:
         self.proc = proc
         self.fanout = Histogram(FANOUT_BUCKETS)
         self.relay_latency = Histogram(RELAY_BUCKETS)
+        # What clients got wrong, counted and logged sparingly by the
+        # transports that see it (the WebSocket one).
+        self.client_errors = ClientErrors(clock)
         self.hub: Hub | None = None
         self.registry = CollectorRegistry()
 
@@ -141,6 +145,8 @@ class Metrics:
         """Watch ``hub`` (its broker and relay): time the broker's fan-outs,
         and register the collectors."""
         self.hub = hub
+        # The hub's count of client mistakes (its own, and the transports').
+        self.client_errors = hub.client_errors
         hub.broker.observe_fanout = self.fanout.observe
         self.registry.register(ChloeCollector(self))
         ProcessCollector(registry=self.registry)
@@ -183,6 +189,7 @@ class Metrics:
             },
             "slow_consumers": hub.slow_consumers,
             "rate_limited": hub.rate_limited,
+            "client_errors": dict(self.client_errors.counts),
             "fanout_seconds": self.fanout.summary(),
             "relay": None,
             "top_channels": self.top_channels(public),
@@ -201,6 +208,8 @@ class Metrics:
                 "latency_seconds": self.relay_latency.summary(),
             }
         if not public:
+            # The limit in force: max_connections, capped below the open-file limit.
+            state["max_connections"] = hub.config.max_connections
             state["process"] = process_stats(self.proc)
         return state
 
@@ -304,6 +313,14 @@ class ChloeCollector(Collector):
                        "Sessions dropped because more than outbound_buffer_bytes waited for them.",
                        hub.slow_consumers)
         yield _counter("chloe_rate_limited_total", "Browser frames refused with rate_limited.", hub.rate_limited)
+        client_errors = CounterMetricFamily(
+            "chloe_client_errors_total",
+            "Client mistakes by kind: WebSockets failed with 1002, 1007 or 1009; upgrades refused with a 4xx.",
+            labels=["kind"],
+        )
+        for kind, n in sorted(metrics.client_errors.counts.items()):
+            client_errors.add_metric([kind], n)
+        yield client_errors
         yield _histogram("chloe_fanout_seconds", "Seconds spent fanning one publish out to its subscribers.",
                          metrics.fanout)
         relay = hub.relay

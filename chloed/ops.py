@@ -37,6 +37,18 @@ def openapi_document() -> bytes:
     return (resources.files("chloed") / "openapi.json").read_bytes()
 
 
+def operator_refusal(request: IRequest, secrets: tuple[str, ...]) -> RequestError | None:
+    """Why ``request`` may not see the operator's views (``/status``,
+    ``/metrics``, the status page), or None when it may: loopback, or the
+    app API's bearer check with its answers (:class:`chloed.api.Api`)."""
+    if is_loopback(request) or _authorized(request, secrets):
+        return None
+    if secrets:
+        request.setHeader(b"www-authenticate", b'Bearer realm="chloe"')
+        return RequestError(401, "unauthorized", "a valid Authorization: Bearer secret is required")
+    return RequestError(403, "forbidden", "with no secret configured only loopback clients may call the API")
+
+
 class Ops:
     """Klein routes of the operator's endpoints, bound to one hub."""
 
@@ -55,13 +67,9 @@ class Ops:
         return answer_request_error(request, failure.value)
 
     def _authorize(self, request: IRequest) -> None:
-        # Loopback, or the app API's bearer check with its answers (chloed.api.Api).
-        secrets = self.hub.config.secret
-        if not is_loopback(request) and not _authorized(request, secrets):
-            if secrets:
-                request.setHeader(b"www-authenticate", b'Bearer realm="chloe"')
-                raise RequestError(401, "unauthorized", "a valid Authorization: Bearer secret is required")
-            raise RequestError(403, "forbidden", "with no secret configured only loopback clients may call the API")
+        refusal = operator_refusal(request, self.hub.config.secret)
+        if refusal is not None:
+            raise refusal
 
     @app.route("/status", methods=["GET"])
     def status(self, request: IRequest) -> bytes:

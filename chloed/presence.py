@@ -3,7 +3,9 @@
 A member is a user (the ``user`` of the session's token), not a session: a
 user with three tabs open joins once, when the first tab subscribes, and
 leaves once, ``session_grace`` seconds after the last tab went away (a page
-reload does not make everyone see a leave and a join). ``join`` and
+reload does not make everyone see a leave and a join). A long-poll tab is
+away from its last poll on: its session ends ``session_grace`` later, and
+its member leaves then, not a second grace after. ``join`` and
 ``leave`` frames go to the channel's other subscribers.
 """
 
@@ -64,15 +66,24 @@ class Presence:
             member.leaving.cancel()
             member.leaving = None
 
-    def part(self, channel: str, session: str, user: dict[str, Any]) -> None:
+    def part(self, channel: str, session: str, user: dict[str, Any], away: bool = False) -> None:
         """``session`` left ``channel``; the member leaves after the grace
-        if it was its last session there."""
+        if it was its last session there, or at once when ``away`` (the
+        session had already been gone for the grace: a long-poll session
+        that expired)."""
         uid = str(user["id"])
         member = self._channels.get(channel, {}).get(uid)
         if member is None or session not in member.sessions:
             return
         member.sessions.discard(session)
-        if not member.sessions and member.leaving is None:
+        if member.sessions:
+            return
+        if away:
+            if member.leaving is not None:
+                member.leaving.cancel()
+                member.leaving = None
+            self._leave(channel, uid)
+        elif member.leaving is None:
             member.leaving = self._clock.callLater(self._grace, self._leave, channel, uid)
 
     def _leave(self, channel: str, uid: str) -> None:

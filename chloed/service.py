@@ -9,13 +9,14 @@ connection pool to the app closes last.
 from __future__ import annotations
 
 import os
+import resource
 import signal
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.logger import Logger
 
 from chloed import __version__
@@ -30,6 +31,102 @@ log = Logger()
 
 SWEEP_INTERVAL = 60.0
 STATUS_INTERVAL = 1.0
+# How long the drain waits for connections to write their last frames, and
+# how often it looks.
+LINGER = 5.0
+FLUSH_CHECK = 0.01
+
+# Descriptors chloed keeps out of max_connections, so that with every
+# browser place taken the app's API and the relay still get theirs (at
+# EMFILE Twisted resets every new connection, the app's with the rest):
+#
+#   headroom = PROCESS_FDS + listeners + 2 (Redis) + MAX_LANES_IN_FLIGHT (relay)
+#              + API_FDS + open-file limit // 20
+#
+# PROCESS_FDS: stdio, log files, epoll, the reactor's waker, Twisted's own
+# reserve descriptor and what the libraries keep open. Redis holds two
+# connections (commands and pub/sub). The relay holds at most one connection
+# to the app per lane in flight (its pool keeps no more idle ones). API_FDS:
+# the app's own concurrent requests (/send, /status, /health, /channels).
+# The 5 % are browser connections that are not (or not yet) sessions: a
+# WebSocket handshake in progress, a request being answered 503 until the
+# browser closes it, a half-open or slow client (cut off after 30 s), and
+# the POST /session keep-alive an SSE or long-poll session sends frames on.
+# Sessions stand in for browser descriptors: a held poll has one, a polling
+# session between polls has none, so the count errs on the safe side.
+PROCESS_FDS = 16
+API_FDS = 64
+SPARE_SHARE = 20  # one descriptor in 20
+
+
+def reserved_fds(config: Config) -> int:
+    """The part of the headroom that does not grow with the open-file limit."""
+    fixed = PROCESS_FDS + len(config.listen) + API_FDS
+    if config.backend != "memory":
+        fixed += 2
+    if config.application_server_url is not None:
+        fixed += MAX_LANES_IN_FLIGHT
+    return fixed
+
+
+def browser_limit(max_connections: int, nofile: int, reserved: int) -> int:
+    """How many browsers ``nofile`` open files allow: ``max_connections``
+    at most, at least 1 (a lower number would refuse everyone)."""
+    return max(1, min(max_connections, nofile - reserved - nofile // SPARE_SHARE))
+
+
+def files_needed(max_connections: int, reserved: int) -> int:
+    """The smallest open-file limit under which :func:`browser_limit` is
+    ``max_connections``: ``n - n // 20 >= k`` first holds at
+    ``n = 20 (k - 1) // 19 + 1``."""
+    k = max_connections + reserved
+    return SPARE_SHARE * (k - 1) // (SPARE_SHARE - 1) + 1
+
+
+def open_file_limit(wanted: int) -> int:
+    """This process's open-file limit, its soft limit raised first toward
+    ``wanted`` (never above the hard limit), as systemd expects of a server
+    that needs many: its default soft limit stays 1024 for select()'s sake.
+
+    :returns: the soft limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target <= soft:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warn("could not raise the open-file limit from {soft} to {target}: {why}", soft=soft, target=target, why=exc)
+        return soft
+    log.info(
+        "raised the open-file limit from {soft} to {target} (hard limit {hard}) for max_connections",
+        soft=soft, target=target, hard="unlimited" if hard == resource.RLIM_INFINITY else hard,
+    )
+    return target
+
+
+def cap_connections(config: Config, open_files: Callable[[int], int]) -> Config:
+    """``config`` with ``max_connections`` lowered to what the open-file
+    limit allows (see the headroom above), saying so when it is lowered.
+
+    :param open_files: given the limit wanted, returns the limit there is.
+    """
+    reserved = reserved_fds(config)
+    nofile = open_files(files_needed(config.max_connections, reserved))
+    effective = browser_limit(config.max_connections, nofile, reserved)
+    if effective >= config.max_connections:
+        return config
+    # Info, not a warning: with the default max_connections this is most
+    # machines, and the limit in force is what /status says.
+    log.info(
+        "max_connections {configured} is above what {nofile} open files allow: browsers are capped at "
+        "{effective} (raise LimitNOFILE= or ulimit -n)",
+        configured=config.max_connections, nofile=nofile, effective=effective,
+    )
+    return config.replace(max_connections=effective)
 
 
 def make_http_client(reactor: Any) -> Any:
@@ -43,15 +140,54 @@ def make_http_client(reactor: Any) -> Any:
     return HTTPClient(Agent(reactor, pool=pool)), pool
 
 
+def _writing(reactor: Any) -> list[Any]:
+    """The accepted connections that still hold bytes the kernel has not
+    taken (a transport with unsent data is registered for writing)."""
+    get_writers = getattr(reactor, "getWriters", None)
+    if get_writers is None:
+        return []
+    return [w for w in get_writers() if isinstance(w, tcp.Server)]
+
+
+def flushed(reactor: Any, linger: float) -> defer.Deferred[None]:
+    """Fires once every accepted connection has written what it holds, or
+    after ``linger`` seconds, whichever is first.
+
+    When the reactor stops it drops every connection without writing what
+    is still buffered, so the last answers (``shutting_down`` on a held
+    poll, an SSE stream, a WebSocket) would be lost; this is the wait for
+    them, bounded, as a reader that does not read holds its bytes.
+    """
+    done: defer.Deferred[None] = defer.Deferred()
+    deadline = reactor.seconds() + linger
+
+    def check() -> None:
+        left = _writing(reactor)
+        if not left:
+            done.callback(None)
+        elif reactor.seconds() >= deadline:
+            log.info("{n} connections did not take their last bytes in time", n=len(left))
+            done.callback(None)
+        else:
+            reactor.callLater(FLUSH_CHECK, check)
+
+    check()
+    return done
+
+
 class _Sessions(Service):
-    """Ends every session (``shutting_down``) when the server stops."""
+    """Ends every session (``shutting_down``) when the server stops, and
+    waits (at most ``LINGER`` seconds) until their connections have written
+    it."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, reactor: Any) -> None:
         self.hub = hub
+        self.reactor = reactor
 
-    def stopService(self) -> None:
+    def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         self.hub.shutdown()
+        return flushed(self.reactor, LINGER)
 
 
 class _Upstream(Service):
@@ -139,16 +275,22 @@ class ChloeService(MultiService):
                 log.failure("stopping {service} failed", service=service)
 
 
-def make_service(config: Config, reactor: Any, http: Any = None) -> ChloeService:
+def make_service(
+    config: Config, reactor: Any, http: Any = None, open_files: Callable[[int], int] = open_file_limit
+) -> ChloeService:
     """Build the whole server from ``config``.
 
     :param reactor: the reactor (a ``MemoryReactorClock`` in tests).
     :param http: a treq-like client for the relay; made from ``reactor``
         when None.
+    :param open_files: given the open-file limit wanted, returns the one
+        there is (:func:`open_file_limit` raises this process's); browsers
+        are capped below it.
     """
+    config = cap_connections(config, open_files)
     service = ChloeService()
     metrics = Metrics(reactor)
-    broker = make_broker(config.backend, reactor, config.history_size, config.history_ttl)
+    broker = make_broker(config.backend, reactor, config.history_size, config.history_ttl, config.history_memory)
     relay, pool = None, None
     if config.application_server_url is not None:
         if http is None:
@@ -174,7 +316,7 @@ def make_service(config: Config, reactor: Any, http: Any = None) -> ChloeService
         connector().setServiceParent(service)
     _Drain(reactor, hub).setServiceParent(service)
     _Upstream(relay, pool, reactor, config.upstream_timeout).setServiceParent(service)
-    _Sessions(hub).setServiceParent(service)
+    _Sessions(hub, reactor).setServiceParent(service)
     sweeper = TimerService(min(SWEEP_INTERVAL, max(config.history_ttl, 1.0)), broker.sweep)
     sweeper.clock = reactor
     sweeper.setServiceParent(service)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from chloed.frames import Encoded
+from chloed.redact import session_tag
 
 
 class Sink(Protocol):
@@ -73,7 +74,12 @@ class Session:
         self._on_overflow = on_overflow
 
     def __repr__(self) -> str:
-        return f"<Session {self.id[:6]}… {self.transport}>"
+        return f"<Session {self.tag} {self.transport}>"
+
+    @property
+    def tag(self) -> str:
+        """How logs name this session (:func:`chloed.redact.session_tag`)."""
+        return session_tag(self.id)
 
     def deliver(self, frame: Encoded) -> bool:
         """Write ``frame`` to the sink, or hold it until a poll takes it.

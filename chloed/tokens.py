@@ -9,6 +9,8 @@ presence channels).
 
 from __future__ import annotations
 
+import time
+from secrets import token_urlsafe
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,10 @@ from chloed.errors import ProtocolError
 from chloed.frames import FORBIDDEN
 
 PRIVATE_PREFIXES = ("private-", "presence-")
+# Signs the status feed's tokens when no secret is configured: made at
+# start-up, never written anywhere, so only this process's pages have them.
+_PROCESS_KEY = token_urlsafe(32)
+FEED_TOKEN_SECONDS = 12 * 3600
 
 
 def needs_token(channel: str) -> bool:
@@ -71,3 +77,20 @@ def verify(token: str | None, channel: str, secrets: tuple[str, ...]) -> Grant:
         if not isinstance(user, dict) or not isinstance(user.get("id"), (str, int)):
             raise refuse('presence channels need a token with user {"id", "info"}')
     return Grant(frozenset(c for c in allowed if isinstance(c, str)), user)
+
+
+def feed_keys(secrets: tuple[str, ...]) -> tuple[str, ...]:
+    """The keys a token to one of Chloe's own channels may be signed with:
+    the configured secrets (the app may mint them too), then this
+    process's own key."""
+    return secrets + (_PROCESS_KEY,)
+
+
+def feed_token(channel: str, secrets: tuple[str, ...], now: float | None = None) -> str:
+    """A token opening ``channel`` (``chloe.status``) for a page chloed
+    served to someone ``/status`` would answer; signed with the first
+    secret, so any node of a cluster takes it, or with this process's key
+    when there is none."""
+    key = feed_keys(secrets)[0]
+    issued = time.time() if now is None else now
+    return jwt.encode({"channels": [channel], "exp": int(issued + FEED_TOKEN_SECONDS)}, key, algorithm="HS256")

@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 
 from chloed import frames
 from chloed.errors import UpstreamRejected, UpstreamUnavailable
+from chloed.redact import session_tag
 
 log = Logger()
 
@@ -196,7 +197,8 @@ class Relay:
     def _run(self, lane: str) -> None:
         self.running += 1
         defer.ensureDeferred(self._drain_lane(lane)).addErrback(
-            lambda f: log.failure("relay lane {lane} crashed", f, lane=lane)
+            # (a lane is a session id: logged as its tag)
+            lambda f: log.failure("relay lane {lane} crashed", f, lane=session_tag(lane))
         )
 
     async def _drain_lane(self, lane: str) -> None:

@@ -13,12 +13,12 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from chloed import __version__
-from chloed.api import Api
+from chloed import __version__, frames, tokens
+from chloed.api import Api, answer_request_error
 from chloed.hub import Hub
 from chloed.metrics import Metrics
-from chloed.ops import PATHS as OPS_PATHS, Ops
-from chloed.transports._http import error
+from chloed.ops import PATHS as OPS_PATHS, Ops, operator_refusal
+from chloed.transports._http import JsonMethodsResource, error
 from chloed.transports._channel import REQUEST_DEADLINE, GuardedHTTPChannel
 from chloed.transports.inbound import SessionPostResource
 from chloed.transports.longpoll import PollResource, batch_limit
@@ -30,13 +30,20 @@ def static_bytes(name: str) -> bytes:
     return (resources.files("chloed") / "static" / name).read_bytes()
 
 
-class IndexPage(Resource):
-    """``GET /``: the public status page. It says Chloe is up, with its
+class StaticData(JsonMethodsResource, Data):
+    """A static file (``/chloe.js``): ``GET`` and ``HEAD``; any other
+    method gets the JSON 405 of every other route."""
+
+
+class IndexPage(JsonMethodsResource):
+    """``GET /``: the status page. It says Chloe is up, with its
     version and counters as they are now, then keeps them (and its charts)
     live over Chloe itself, subscribed to ``chloe.status``.
 
     It shows only :meth:`Metrics.status` with ``public=True``: counts, and
-    the names of channels anyone may subscribe to.
+    the names of channels anyone may subscribe to; to whom ``/status``
+    answers, or to anyone with ``public_status``. Methods other than
+    ``GET`` and ``HEAD`` get the JSON 405 of every other route.
     """
 
     isLeaf = True
@@ -49,6 +56,15 @@ class IndexPage(Resource):
 
     def render_GET(self, request: Any) -> bytes:
         hub = self._hub
+        config = hub.config
+        token = ""
+        if not config.public_status:
+            # Whom /status answers; the page's script gets a token for the
+            # live feed, which is held to the same rule.
+            refusal = operator_refusal(request, config.secret)
+            if refusal is not None:
+                return answer_request_error(request, refusal)
+            token = tokens.feed_token(frames.STATUS_CHANNEL, config.secret)
         # "<" escaped, so no value can end the <script> it sits in.
         snapshot = json.dumps(self._metrics.status(public=True)).replace("<", "\\u003c")
         page = (
@@ -56,6 +72,7 @@ class IndexPage(Resource):
             .replace("{sessions}", str(len(hub.broker.sessions)))
             .replace("{channels}", str(len(hub.broker.channels)))
             .replace("{snapshot}", snapshot)
+            .replace("{feed_token}", json.dumps(token))
         )
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
@@ -102,6 +119,7 @@ class ChloeSite(Site):
     protocol = GuardedHTTPChannel
     request_deadline = REQUEST_DEADLINE
     max_body_bytes: int | None = None
+    client_errors: Any = None
 
     def log(self, request: Any) -> None:
         pass
@@ -118,7 +136,7 @@ def make_site(hub: Hub, metrics: Metrics | None = None) -> Site:
     ops = Ops(hub, metrics).resource()
     root = Root(Api(hub).resource(), {path: ops for path in OPS_PATHS})
     root.putChild(b"", IndexPage(hub, metrics))
-    root.putChild(b"chloe.js", Data(static_bytes("chloe.js"), "application/javascript; charset=utf-8"))
+    root.putChild(b"chloe.js", StaticData(static_bytes("chloe.js"), "application/javascript; charset=utf-8"))
     transports = hub.config.transports
     if "websocket" in transports:
         root.putChild(b"ws", websocket_resource(hub))
@@ -134,4 +152,5 @@ def make_site(hub: Hub, metrics: Metrics | None = None) -> Site:
     # The largest body any endpoint takes: a batch of browser frames.
     site.max_body_bytes = batch_limit(hub)
     site.displayTracebacks = False
+    site.client_errors = hub.client_errors
     return site

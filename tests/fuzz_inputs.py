@@ -252,6 +252,8 @@ def raw_request(port: int, method: str, path: str, body: bytes = b"",
 
 def raw_http(port: int, data: bytes, half_close: bool = False, timeout: float = 5.0) -> RawAnswer:
     """Write ``data`` on a fresh connection; read one answer (or the close).
+    An answer that says ``Connection: close`` is read on to the close, so
+    ``closed`` tells whether the server did close.
 
     :param half_close: shut our side down after writing, as a client that
         has nothing more to say.
@@ -271,11 +273,14 @@ def raw_http(port: int, data: bytes, half_close: bool = False, timeout: float = 
             if b"\r\n\r\n" in received:
                 head, _, body = received.partition(b"\r\n\r\n")
                 length = None
+                closing = False
                 for line in head.split(b"\r\n")[1:]:
                     name, _, value = line.partition(b":")
                     if name.strip().lower() == b"content-length":
                         length = int(value.strip())
-                if length is not None and len(body) >= length:
+                    if name.strip().lower() == b"connection" and value.strip().lower() == b"close":
+                        closing = True
+                if length is not None and len(body) >= length and not closing:
                     break
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
@@ -990,6 +995,11 @@ RAW_HTTP: list[tuple[str, bytes, bool, int | None]] = [
     ("Content-Length and chunked", b"POST /send HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n"
      b"\r\n0\r\n\r\n", False, 400),
     ("Transfer-Encoding gzip", b"POST /send HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", False, 400),
+    ("Transfer-Encoding chunked then identity, a request hidden after the body",
+     b"POST /send HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n"
+     b"GET /health HTTP/1.1\r\n\r\n", False, 400),
+    ("Transfer-Encoding identity and Content-Length",
+     b"POST /send HTTP/1.1\r\nTransfer-Encoding: identity\r\nContent-Length: 0\r\n\r\n", False, 400),
     ("chunk size not hex", b"POST /send HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", False, 400),
     ("chunk size negative", b"POST /send HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n", False, 400),
     ("chunk data longer than its size",
@@ -1016,4 +1026,8 @@ WRONG_METHODS: list[tuple[str, str, str]] = [
     ("POST /jsonp/send", "POST", "/jsonp/send?callback=cb"),
     ("GET /session/x", "GET", "/session/x"),
     ("BREW /session/x", "BREW", "/session/x"),
+    ("PUT /", "PUT", "/"),
+    ("TRACE /", "TRACE", "/"),
+    ("OPTIONS /chloe.js", "OPTIONS", "/chloe.js"),
+    ("DELETE /chloe.js", "DELETE", "/chloe.js"),
 ]

@@ -34,7 +34,8 @@ class Chloed:
     """``twistd -n chloe`` in a child process, on 127.0.0.1."""
 
     def __init__(self, *args: str, secret: str | None = "test-secret", env: dict[str, str] | None = None,
-                 config: str | None = None, port: int | None = None) -> None:
+                 config: str | None = None, port: int | None = None, nofile: int | None = None) -> None:
+        """:param nofile: the open-file limit (soft and hard) to run it under."""
         self.port = port or free_port()
         self.secret = secret
         self.url = f"http://127.0.0.1:{self.port}"
@@ -45,6 +46,9 @@ class Chloed:
         if config:
             command += ["--config", config]
         command += list(args)
+        if nofile is not None:
+            # A shell sets the limit, not preexec_fn: the test process has threads.
+            command = ["sh", "-c", f'ulimit -n {nofile} && exec "$@"', "sh", *command]
         self.log_path = f"/tmp/chloed-test-{self.port}.log"
         self._log = open(self.log_path, "wb")
         environment = {k: v for k, v in os.environ.items() if k != "CHLOE_SECRET"}

@@ -10,13 +10,18 @@ from twisted.internet.task import Clock
 
 from chloed.backends import BackendUnavailable
 from chloed.backends.redis.census import BEAT, REPORT_DELAY, Census
-from chloed.backends.redis.scripts import NODE_SCRIPT
+from chloed.backends.redis.channel import RedisChannel
+from chloed.backends.redis.keys import SESSION_TTL
+from chloed.backends.redis.scripts import NODE_SCRIPT, SESSION_SCRIPT
 
 
 class Channel:
     def __init__(self, subscribers: int, polling: int) -> None:
         self.subscribers = dict.fromkeys(range(subscribers))
         self.polling = polling
+
+    def counts(self) -> tuple[int, int]:
+        return len(self.subscribers) - self.polling, self.polling
 
 
 class FakeBroker:
@@ -109,3 +114,123 @@ def test_redis_away_loses_no_count():
     broker.answer = 1
     clock.advance(REPORT_DELAY)
     assert ("hset", "chloe:r:room", "n1", "3 1") in broker.writes()
+
+
+class PendingBroker(FakeBroker):
+    """Records the commands the census sends and leaves them unanswered
+    until the test answers them (as Redis would, a moment later)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._commands = object()  # connected
+        self.pending: list[defer.Deferred[Any]] = []
+
+    def _call(self, method: str, *args: Any) -> defer.Deferred[Any]:
+        self.calls.append((method,) + args)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    def answer_all(self, value: Any = 1) -> None:
+        pending, self.pending = self.pending, []
+        for d in pending:
+            if isinstance(value, Exception):
+                d.errback(value)
+            else:
+                d.callback(value)
+
+    def states(self) -> list[str]:
+        """The enlist states of the NODE_SCRIPT calls so far ('' for a beat)."""
+        return [c[3][4] if len(c[3]) > 4 else "" for c in self.calls if c[:2] == ("eval", NODE_SCRIPT)]
+
+
+WEBSOCKET = type("S", (), {"transport": "websocket"})
+
+
+def test_a_session_opening_tells_redis_at_once_and_a_close_a_moment_later():
+    """A new session is registered with the node's sessions in one script
+    sent at once (before the browser is answered connected); a closed one
+    is taken off with the next write, a moment later."""
+    clock, broker = Clock(), FakeBroker()
+    broker._commands = object()  # type: ignore[attr-defined]
+    census = Census(broker, clock, node_ttl_ms=15_000)  # type: ignore[arg-type]
+    session = WEBSOCKET()
+    census.session_added(session)
+    census.session_opened("sid")
+    assert broker.calls == [
+        ("eval", SESSION_SCRIPT, ["chloe:nodes", "chloe:s:sid"], ["n1", 15_000, 1, 0, SESSION_TTL])
+    ]
+    broker.calls = []
+    census.session_removed(session)
+    assert broker.calls == []
+    clock.advance(REPORT_DELAY)
+    assert broker.calls == [("eval", NODE_SCRIPT, ["chloe:nodes"], ["n1", 15_000, 0, 0])]
+
+
+def test_a_beat_finding_the_node_forgotten_counts_again_at_once_partial_until_redis_has_all():
+    """The beat that finds the node forgotten starts a recount at once, not
+    a report later: the node marks itself partial ("begin" the first time,
+    "again" after), writes every channel, and says "done" only once Redis
+    has taken every count."""
+    clock, broker = Clock(), PendingBroker()
+    broker.channels = {"a": Channel(1, 0), "b": Channel(2, 2)}
+    census = Census(broker, clock, node_ttl_ms=15_000)  # type: ignore[arg-type]
+    census.beat()
+    broker.answer_all(0)  # forgotten
+    assert broker.states() == ["", "begin"]
+    assert sorted(c for c in broker.calls if c[0] == "hset") == [
+        ("hset", "chloe:r:a", "n1", "1 0"),
+        ("hset", "chloe:r:b", "n1", "0 2"),
+    ]
+    broker.answer_all()  # the partial entry and the HSETs; EXPIREs follow
+    assert broker.states() == ["", "begin"]
+    broker.answer_all()
+    assert broker.states() == ["", "begin", "done"]
+    broker.answer_all()
+    broker.calls = []
+    census.beat()
+    broker.answer_all(0)
+    assert broker.states() == ["", "again"]
+
+
+def test_a_recount_with_a_write_that_failed_stays_partial_until_the_next_beat():
+    """A count Redis did not take leaves the node partial (no "done"); the
+    next beat counts everything again."""
+    clock, broker = Clock(), PendingBroker()
+    broker.channels = {"a": Channel(1, 0)}
+    census = Census(broker, clock, node_ttl_ms=15_000)  # type: ignore[arg-type]
+    census.start()
+    census.recount()
+    broker.answer_all(BackendUnavailable("lost the connection"))
+    assert broker.states() == ["begin"]
+    broker.calls = []
+    clock.advance(BEAT)
+    assert broker.states() == ["begin"]
+    assert ("hset", "chloe:r:a", "n1", "1 0") in broker.calls
+    census.stop()
+
+
+def test_an_older_recount_does_not_finish_over_a_newer_one():
+    """Two recounts on their way: only the newer says "done", after its
+    own writes, so the older cannot clear the partial mark early."""
+    clock, broker = Clock(), PendingBroker()
+    broker.channels = {"a": Channel(1, 0)}
+    census = Census(broker, clock)  # type: ignore[arg-type]
+    census.recount()
+    census.recount()
+    for _ in range(3):
+        broker.answer_all()
+    assert broker.states() == ["begin", "begin", "done"]
+
+
+def test_a_channel_counts_the_subscribers_on_their_way_in():
+    """A subscriber whose join has told Redis is counted by the channel's
+    count (streaming or polling) until it is in, and then once."""
+    channel = RedisChannel("room")
+    inside, arriving, poller = WEBSOCKET(), WEBSOCKET(), type("P", (), {"transport": "longpoll"})()
+    channel.subscribers[inside] = None
+    channel.arriving[arriving] = None
+    channel.arriving[poller] = None
+    assert channel.counts() == (2, 1)
+    channel.subscribers[arriving] = None  # in, not yet forgotten as arriving
+    assert channel.counts() == (2, 1)

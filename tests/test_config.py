@@ -27,7 +27,8 @@ def refused(values: dict) -> ConfigError:
 
 def test_defaults_are_the_spec_table():
     """With no options, every option has the default SPEC section 1 documents
-    (and rate_limit, which issue 7 added and conf/chloe.toml documents)."""
+    (and rate_limit, which issue 7 added, history_memory and public_status,
+    which issue 14 added; conf/chloe.toml documents them)."""
     assert dataclasses.asdict(Config()) == {
         "listen": ("tcp:8901",),
         "application_server_url": None,
@@ -50,6 +51,8 @@ def test_defaults_are_the_spec_table():
         "upstream_queue": 10000,
         "events": ("message",),
         "client_publish": False,
+        "history_memory": 67108864,
+        "public_status": False,
     }
 
 

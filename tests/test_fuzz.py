@@ -751,7 +751,8 @@ def build_cases() -> list[Case]:
     cases += [http_error_case("path", f"GET {path}", "GET", path, 404, "not_found")
               for path in ("/poll/", "/poll/x", "/poll/x/y", "/jsonp/x?callback=cb", "/jsonp/send%2Fx?callback=cb")]
     cases += [Case("method", f"HEAD {path}", lambda h, path=path: _head_refused(h, path))
-              for path in ("/session/x", "/session/" + "s" * 300)]
+              for path in ("/session/x", "/session/" + "s" * 300, "/sse?channel=x", "/poll?channel=x",
+                           "/jsonp?channel=x&callback=cb", "/jsonp/send?callback=cb&session=x", "/ws")]
     cases += [
         http_error_case("raw HTTP", "path not UTF-8", "GET", "/%FF", 400, "bad_request"),
         http_error_case("raw HTTP", "channel name not UTF-8 on GET /channels/NAME", "GET", "/channels/%FF",

@@ -1,16 +1,22 @@
 """The guarded HTTP channel: a request that trickles in is answered 408 and
 closed at the deadline (a whole request, and what it streams after, is not
-timed); a body over the limit is answered 413 while it arrives."""
+timed); a body over the limit is answered 413 while it arrives; a body
+whose length is given twice is answered 400."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, LogLevel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
 
+from chloed.transports import _channel
 from chloed.web import ChloeSite
 
 
@@ -113,3 +119,68 @@ def test_body_within_the_limit_is_served():
     channel.dataReceived(b"POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000)
     # Data takes only GET: the resource answered, not the guard.
     assert transport.value().startswith(b"HTTP/1.1 405 ")
+
+
+SMUGGLED = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
+        b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        b"transfer-encoding: chunked\r\nX-Other: 1\r\nTRANSFER-ENCODING: identity\r\n",
+        b"Transfer-Encoding: identity\r\nContent-Length: 0\r\n",
+        b"Content-Length: 0\r\nTransfer-Encoding: identity\r\n",
+        b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n",
+        b"Content-Length: 0\r\nContent-Length: 0\r\n",
+        b"Content-Length: 0\r\nContent-Length: 5\r\n",
+    ],
+    ids=["chunked-identity", "identity-chunked", "chunked-twice", "apart-any-case", "identity-length",
+         "length-identity", "length-chunked", "length-twice-equal", "length-twice-different"],
+)
+def test_a_body_framed_twice_gets_one_json_400_and_the_rest_is_not_served(monkeypatch, framing):
+    """A request that states its body's length more than once (which a proxy
+    and Chloe could read differently) is refused with a JSON 400 and the
+    connection closes: a request hidden after its body is never served."""
+    events = []
+    monkeypatch.setattr(_channel, "log", Logger(observer=events.append))
+    clock, channel, transport = connect()
+    channel.dataReceived(b"POST /hello HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n0\r\n\r\n" + SMUGGLED)
+    channel.dataReceived(SMUGGLED)
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert answer.count(b"HTTP/1.1") == 1
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"\r\nConnection: close\r\n" in head
+    assert json.loads(body)["error"] == "bad_request"
+    assert transport.disconnecting
+    assert [e["log_level"] for e in events] == [LogLevel.info]
+    assert events[0]["host"] == "10.0.0.1"
+
+
+def test_a_framing_header_arriving_in_pieces_is_refused_too():
+    """The second Transfer-Encoding split over several reads is still seen."""
+    clock, channel, transport = connect()
+    for piece in (b"POST /hello HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-",
+                  b"Encoding: identity\r", b"\n\r\n0\r\n\r\n", SMUGGLED):
+        channel.dataReceived(piece)
+    assert transport.value().startswith(b"HTTP/1.1 400 ")
+    assert transport.value().count(b"HTTP/1.1") == 1
+
+
+def test_one_framing_header_per_request_on_a_kept_alive_connection_is_fine():
+    """Each request on a connection may state its own length once: chunked,
+    then Content-Length, then chunked again are all served."""
+    clock, channel, transport = connect()
+    channel.dataReceived(
+        b"POST /hello HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"
+        b"POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab"
+        b"POST /hello HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        + SMUGGLED
+    )
+    answer = transport.value()
+    assert answer.count(b"HTTP/1.1 405 ") == 3  # Data takes only GET: the resource answered
+    assert answer.count(b"HTTP/1.1 200 OK") == 1
+    assert not transport.disconnecting

@@ -669,3 +669,59 @@ def test_subscribe_all_merges_replay():
     ]
     assert sink.frames[2]["code"] == "invalid_channel"
     assert session.channels == {"a", "b"}
+
+
+class _CountingBroker(Broker):
+    """A broker that, like Redis, counts a session asynchronously: the hub
+    must not answer ``connected`` before the count is in."""
+
+    def __init__(self, clock) -> None:
+        super().__init__(clock, 100, 300)
+        from twisted.internet.defer import Deferred
+
+        self.counting: list = []
+        self._deferred = Deferred
+
+    def add_session(self, session):
+        super().add_session(session)
+        d = self._deferred()
+        self.counting.append(d)
+        return d
+
+
+def test_connected_waits_until_a_shared_backend_has_counted_the_session():
+    """A streaming browser hears connected (and whatever came meanwhile,
+    in order) only once the backend counted it; a polling one's first
+    answer waits on counted(); a connection lost meanwhile is not attached;
+    one ended meanwhile is closed with the frame that says why."""
+    clock = Clock()
+    broker = _CountingBroker(clock)
+    hub = Hub(Config(secret=(SECRET,)), broker, clock, None)
+    sink = RecordingSink()
+    session = hub.open_session("websocket", sink)
+    hub.receive(session, json.dumps({"type": "ping"}))
+    assert sink.frames == [] and hub.connections["websocket"] == 0
+    broker.counting[0].callback(None)
+    assert [f["type"] for f in sink.frames] == ["connected", "pong"]
+    assert hub.connections["websocket"] == 1
+
+    polling = hub.open_session("longpoll")
+    waiting = hub.counted(polling)
+    answered = []
+    waiting.addCallback(answered.append)
+    assert answered == []
+    broker.counting[1].callback(None)
+    assert answered == [None] and hub.counted(polling) is None
+    assert [json.loads(f.payload)["type"] for f in polling.take()[1]] == ["connected"]
+
+    lost_sink = RecordingSink()
+    lost = hub.open_session("sse", lost_sink)
+    hub.connection_lost(lost)
+    broker.counting[2].callback(None)
+    assert lost_sink.frames == [] and not lost_sink.closed and hub.connections["sse"] == 0
+
+    ended_sink = RecordingSink()
+    hub.open_session("websocket", ended_sink)
+    hub.shutdown()
+    broker.counting[3].callback(None)
+    assert ended_sink.closed and ended_sink.last["code"] == "shutting_down" and ended_sink.frames == []

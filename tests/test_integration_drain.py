@@ -4,10 +4,13 @@ a second SIGTERM ends it at once."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import http.client
 import json
 import signal
 import socket
 import threading
+import time
 
 import pytest
 from websockets.exceptions import ConnectionClosedOK
@@ -90,3 +93,67 @@ def test_second_sigterm_stops_at_once(chloed_factory, gated_app, tmp_path):
     assert server.process.poll() is None  # still draining, the app holds the message
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(EXIT_TIMEOUT) == -signal.SIGTERM
+
+
+def _poll(server, path: str) -> tuple[int, bytes]:
+    """One GET, answered whole; the status and body."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=EXIT_TIMEOUT)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def _held(server, path: str) -> concurrent.futures.Future:
+    """A poll sent now from a thread, held by chloed until it has something."""
+    return concurrent.futures.ThreadPoolExecutor(1).submit(_poll, server, path)
+
+
+@pytest.mark.parametrize("with_app", [False, True])
+def test_sigterm_answers_every_held_poll_with_shutting_down(chloed_factory, app_server, with_app):
+    """A /poll and a /jsonp held open when the drain starts are each answered
+    with the shutting_down frame before their connections close (not closed
+    with no response), with or without a relay to drain; a WebSocket and an
+    SSE stream hear it too."""
+    server = chloed_factory(*(("--app-url", app_server.url) if with_app else ()))
+    status, body = _poll(server, "/poll")
+    opened = json.loads(body)
+    status, body = _poll(server, "/jsonp?callback=cb")
+    jsonp = json.loads(body[len(b"cb("):-len(b");")])
+    browser = Browser(server)
+    stream = http.client.HTTPConnection("127.0.0.1", server.port, timeout=EXIT_TIMEOUT)
+    stream.request("GET", "/sse")
+    events = stream.getresponse()
+    while not events.readline().startswith(b"event: connected"):
+        pass  # the stream's preamble (retry:)
+    held = [
+        _held(server, f"/poll?session={opened['session']}&cursor={opened['cursor']}"),
+        _held(server, f"/jsonp?callback=cb&session={jsonp['session']}&cursor={jsonp['cursor']}"),
+    ]
+    # Both polls are held (open) before the signal: /status counts them.
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    while time.monotonic() < deadline:
+        _, _, status_body = server.request("GET", "/status")
+        connections = json.loads(status_body)["connections"]
+        if connections.get("longpoll") == 1 and connections.get("jsonp") == 1:
+            break
+        time.sleep(0.02)  # waiting for the two polls to reach chloed, not for chloed's answer
+    else:
+        raise AssertionError(f"the polls were not held: {connections}")
+    server.process.send_signal(signal.SIGTERM)
+    status, body = held[0].result(EXIT_TIMEOUT)
+    assert status == 200
+    assert [(f["type"], f.get("code")) for f in json.loads(body)["frames"]] == [("error", "shutting_down")]
+    status, body = held[1].result(EXIT_TIMEOUT)
+    assert status == 200 and body.startswith(b"cb(") and body.endswith(b");")
+    frames = json.loads(body[len(b"cb("):-len(b");")])["frames"]
+    assert [(f["type"], f.get("code")) for f in frames] == [("error", "shutting_down")]
+    last = browser.recv()
+    assert (last["type"], last["code"]) == ("error", "shutting_down")
+    browser.close()
+    rest = events.read()
+    assert b"event: error" in rest and b"shutting_down" in rest
+    stream.close()
+    assert server.process.wait(EXIT_TIMEOUT) == 0

@@ -7,7 +7,7 @@ import json
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from chloed import __version__
+from chloed import __version__, tokens
 from tests.test_integration import browsers  # noqa: F401  (the fixture)
 
 
@@ -81,7 +81,8 @@ def test_status_page_feed_over_a_real_websocket(chloed, browsers):
     """A browser subscribed to chloe.status gets the public snapshot about
     once a second, with the server's counters in it."""
     watcher = browsers(chloed)
-    watcher.subscribe("chloe.status")
+    # The token the status page hands its browser.
+    watcher.subscribe("chloe.status", token=tokens.feed_token("chloe.status", (chloed.secret,)))
     assert chloed.send(channel="news", data="x")[0] == 202
     first = watcher.recv()
     second = watcher.recv()

@@ -11,9 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 
-from chloed import __version__
+from chloed import __version__, tokens
 from chloed.broker import Broker
 from chloed.config import Config
+from chloed.lograte import KINDS
 from chloed.metrics import STATUS_CHANNEL, Histogram, Metrics, process_stats
 from chloed.service import make_service
 from chloed.upstream import BACKOFF_CAP
@@ -183,6 +184,26 @@ def test_metrics_exposition_carries_every_counter():
     assert samples[("process_open_fds", ())] > 0
 
 
+def test_client_errors_are_reported_by_kind_from_zero():
+    """What clients get wrong shows in /status as client_errors and in
+    /metrics as chloe_client_errors_total{kind}, every kind there from the
+    start (so a rate() has a first sample)."""
+    server = Server(app=False)
+    assert server.metrics.status()["client_errors"] == {kind: 0 for kind in KINDS}
+    assert server.samples()[("chloe_client_errors_total", (("kind", "websocket_too_large"),))] == 0
+    errors = server.metrics.client_errors
+    for _ in range(3):
+        errors.report("192.0.2.7", "websocket_too_large", "received WebSocket message size 300000 exceeds...")
+    errors.report("192.0.2.8", "websocket_protocol_error", "data frame using reserved opcode 3")
+    status = server.metrics.status()["client_errors"]
+    assert status["websocket_too_large"] == 3 and status["websocket_protocol_error"] == 1
+    assert server.metrics.status(public=True)["client_errors"] == status
+    samples = server.samples()
+    assert samples[("chloe_client_errors_total", (("kind", "websocket_too_large"),))] == 3
+    assert samples[("chloe_client_errors_total", (("kind", "websocket_protocol_error"),))] == 1
+    assert samples[("chloe_client_errors_total", (("kind", "websocket_handshake"),))] == 0
+
+
 def test_no_relay_metrics_without_an_application():
     """Without application_server_url, /status says relay null and /metrics
     has no relay series."""
@@ -225,7 +246,9 @@ def test_status_feed_publishes_only_while_someone_listens():
         server.reactor.advance(3)
         assert STATUS_CHANNEL not in server.hub.broker.channels
         watcher, sink = server.connect()
-        server.send(watcher, {"type": "subscribe", "channel": STATUS_CHANNEL})
+        # The token the status page hands its browser (tests/test_ops.py).
+        token = tokens.feed_token(STATUS_CHANNEL, server.hub.config.secret)
+        server.send(watcher, {"type": "subscribe", "channel": STATUS_CHANNEL, "token": token})
         del sink.frames[:]
         server.reactor.advance(1)
         server.reactor.advance(1)

@@ -157,6 +157,50 @@ def test_send_receipts_count_browsers_on_every_node(cluster):
         on_b.close()
 
 
+def test_a_send_right_after_subscribed_on_another_node_counts_the_browser(cluster):
+    """A browser answered ``subscribed`` on node B is counted by a /send on
+    node A made at once after it (no ``0/0`` for a message it gets): the
+    first subscriber of the channel on B, later ones, and a long-poll one."""
+    a, b = cluster(2)
+    wait_until(lambda: health(a)[0] == 200 and health(b)[0] == 200)
+    browsers: list[Browser] = []
+    try:
+        for n in range(1, 4):
+            browsers.append(Browser(b))
+            browsers[-1].subscribe("just-joined")
+            status, answer = a.send(data=n, channel="just-joined")
+            assert status == 202 and (answer["delivered"], answer["queued"]) == (n, 0), answer
+            assert "lower_bound" not in answer
+        session, cursor, frames = open_poll(b, "channel=just-joined")
+        poll_until(b, session, cursor, frames, lambda fs: any(f["type"] == "subscribed" for f in fs))
+        status, answer = a.send(data=4, channel="just-joined")
+        assert status == 202 and (answer["delivered"], answer["queued"]) == (3, 1), answer
+        for k, browser in enumerate(browsers, 1):
+            assert [browser.message()["data"] for _ in range(k, 5)] == list(range(k, 5))
+    finally:
+        for browser in browsers:
+            browser.close()
+
+
+def test_a_broadcast_right_after_connected_on_another_node_counts_the_browser(cluster):
+    """A browser answered ``connected`` on node B is counted by a broadcast
+    from node A made at once after it."""
+    a, b = cluster(2)
+    wait_until(lambda: health(a)[0] == 200 and health(b)[0] == 200)
+    browsers: list[Browser] = []
+    try:
+        for n in range(1, 4):
+            browsers.append(Browser(b))
+            status, answer = a.send(data=n)
+            assert status == 202 and (answer["delivered"], answer["queued"]) == (n, 0), answer
+            assert "lower_bound" not in answer
+        for k, browser in enumerate(browsers, 1):
+            assert [browser.message()["data"] for _ in range(k, 4)] == list(range(k, 4))
+    finally:
+        for browser in browsers:
+            browser.close()
+
+
 def test_send_to_everyone_and_to_one_session_on_another_node(cluster):
     """A broadcast reaches browsers on every node; ``session=`` reaches a
     browser on another node; an unknown session is a 404."""

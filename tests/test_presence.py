@@ -100,3 +100,32 @@ def test_presence_needs_a_user_in_the_token():
     hub.receive(session, json.dumps({"type": "subscribe", "channel": "presence-room", "token": bare, "ref": 3}))
     error = sink.frames[-1]
     assert error["code"] == "forbidden" and error["ref"] == 3
+
+
+def test_a_long_poll_member_leaves_one_grace_after_its_last_poll():
+    """A long-poll tab that stops polling is gone session_grace after its
+    last poll: its session ends then, and its member leaves then too, not a
+    second grace later."""
+    clock, hub = setup(grace=30)
+    _, ann_sink = join(hub, "1", "ann")
+    bob = hub.open_session("longpoll")
+    hub.receive(bob, json.dumps({"type": "subscribe", "channel": "presence-room", "token": token("2", "bob")}))
+    assert presence_events(ann_sink) == [("join", "2")]
+    clock.advance(29.9)  # no poll since the session opened
+    assert presence_events(ann_sink) == [("join", "2")]
+    clock.advance(0.2)
+    assert bob.closed
+    assert presence_events(ann_sink) == [("join", "2"), ("leave", "2")]
+    assert [m["id"] for m in hub.presence.members("presence-room")] == ["1"]
+
+
+def test_a_long_poll_member_with_another_tab_stays():
+    """The member stays while another tab of the same user is there."""
+    clock, hub = setup(grace=30)
+    _, ann_sink = join(hub, "1", "ann")
+    join(hub, "2", "bob")
+    bob = hub.open_session("longpoll")
+    hub.receive(bob, json.dumps({"type": "subscribe", "channel": "presence-room", "token": token("2", "bob")}))
+    clock.advance(31)
+    assert bob.closed
+    assert presence_events(ann_sink) == [("join", "2")]

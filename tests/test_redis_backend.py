@@ -12,6 +12,7 @@ from twisted.internet import defer, reactor, task
 
 from chloed.backends import BackendUnavailable
 from chloed.backends.redis import RedisBroker, parse_key
+from chloed.backends.redis.scripts import NODE_SCRIPT
 from chloed.frames import Encoded
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 (fixture)
 
@@ -84,8 +85,10 @@ def nodes(redis_server: RedisServer):  # noqa: F811
     """Make brokers on the test's Redis; all are disconnected after."""
     made: list[RedisBroker] = []
 
-    def make(history_size: int = 100, history_ttl: float = 300) -> RedisBroker:
+    def make(history_size: int = 100, history_ttl: float = 300, node_ttl_ms: int | None = None) -> RedisBroker:
         broker = RedisBroker(reactor, history_size, history_ttl, redis_server.url)
+        if node_ttl_ms is not None:
+            broker.census.node_ttl_ms = node_ttl_ms
         broker.connect()
         made.append(broker)
         return broker
@@ -293,6 +296,138 @@ def test_broadcast_and_session_receipts(nodes, redis_server):  # noqa: F811
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_subscriber_is_counted_by_every_publish_once_it_is_in(nodes):
+    """Once a join on node B has fired (the browser is answered
+    ``subscribed``), a publish on node A counts it, with no wait: the first
+    subscriber of the channel on B, later ones, a polling one, and one
+    joining several channels with ``since``."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    expected = [(1, 0), (1, 1), (2, 1)]
+    for sub, counts in zip([Recorder("one"), Poller("two"), Recorder("three")], expected):
+        yield b.subscribe("at-once", sub)
+        result = yield a.publish(["at-once"], b"1")
+        assert (result.delivered, result.queued, result.lower_bound) == counts + (False,)
+    start = yield a.publish(["x"], b"0")
+    yield b.subscribe_many(["x", "y"], Recorder("four"), start.ids["x"])
+    result = yield a.publish(["x", "y"], b"2")
+    assert (result.delivered, result.queued) == (2, 0)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_count_written_while_a_join_is_on_its_way_keeps_it(nodes):
+    """One subscriber leaving while another's join is on its way: the
+    count written for the leave still holds the one arriving, so once that
+    one is in, a publish counts it."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    first, second = Recorder("first"), Recorder("second")
+    yield b.subscribe("race", first)
+    joining = b.subscribe("race", second)  # its script is on its way
+    assert b.unsubscribe("race", first)
+    yield b.census.report()  # the leave's count, written before the join is in
+    assert (yield joining) == (True, [])
+    result = yield a.publish(["race"], b"1")
+    assert (result.delivered, result.queued) == (1, 0)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_session_is_counted_by_broadcasts_once_opened(nodes):
+    """A session opening on node B is counted by a broadcast on node A once
+    B's connection to Redis has carried what the opening sent (before the
+    browser heard ``connected``), not at B's next beat."""
+    a, b = nodes(), nodes()
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    b.add_session(Recorder("s-b"))
+    b.add_session(Poller("p-b"))
+    yield b.subscribers("anything")  # a round trip on B's connection, after the opening
+    result = yield a.broadcast(b'"all"')
+    assert (result.delivered, result.queued, result.lower_bound) == (1, 1, False)
+
+
+@defer.inlineCallbacks
+def receipt_settles(node: RedisBroker, name: str, expected: tuple[int, int]) -> Any:
+    """Publish to ``name`` until the receipt is ``expected`` and exact; the
+    receipts seen on the way."""
+    seen = []
+    deadline = reactor.seconds() + TIMEOUT
+    while True:
+        result = yield node.publish([name], b"0")
+        seen.append((result.delivered, result.queued, result.lower_bound))
+        if seen[-1] == expected + (False,) or reactor.seconds() > deadline:
+            return seen
+        yield task.deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_receipts_are_a_lower_bound_while_redis_has_lost_the_census(nodes, redis_server):  # noqa: F811
+    """Redis loses its data (here FLUSHALL, then every connection dropped):
+    the nodes reconnect and count again; meanwhile, and for a node's ttl
+    after (a node may be slower to come back), receipts say they are a
+    lower bound; then they are exact again."""
+    a, b = nodes(node_ttl_ms=1000), nodes(node_ttl_ms=1000)
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    yield b.subscribe("kept", Recorder())
+    result = yield a.publish(["kept"], b"1")
+    assert (result.delivered, result.lower_bound) == (1, False)
+    connection = a._commands
+    assert redis_server.command("FLUSHALL") == b"+OK\r\n"
+    assert redis_server.command("CLIENT", "KILL", "TYPE", "normal").startswith(b":")
+    yield until(lambda: a._commands not in (None, connection))
+    result = yield a.publish(["kept"], b"2")
+    assert result.lower_bound is True
+    seen = yield receipt_settles(a, "kept", (1, 0))
+    assert seen[-1] == (1, 0, False), seen
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_node_redis_gave_up_is_a_lower_bound_until_it_has_counted_again(nodes, redis_server):  # noqa: F811
+    """A node Redis had given up (its entry gone) that speaks again is
+    counted as partial until it has written all its counts again: receipts
+    meanwhile say they are a lower bound, then count it exactly."""
+    a, b = nodes(node_ttl_ms=1000), nodes(node_ttl_ms=1000)
+    yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+    yield b.subscribe("back", Recorder())
+    assert redis_server.command("HDEL", "chloe:nodes", b.node) == b":1\r\n"
+    yield a.publish(["back"], b"1")  # drops B's counts, as for a node dead
+    yield b.census.beat()  # B finds itself forgotten and counts again
+    result = yield a.publish(["back"], b"2")
+    assert result.lower_bound is True
+    seen = yield receipt_settles(a, "back", (1, 0))
+    assert seen[-1] == (1, 0, False), seen
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_node_writing_all_its_counts_again_makes_receipts_a_lower_bound(nodes, redis_server):  # noqa: F811
+    """A node that starts writing all its channel counts is partial: a
+    publish anywhere says its receipt is a lower bound until the node says
+    it is done (a broadcast does not: sessions are in the node's entry). A
+    node's first entry flags nothing more; a node found forgotten also makes
+    every receipt, broadcasts too, a lower bound for its ttl."""
+    a = nodes()
+    yield until(lambda: a.backend_state == "up")
+
+    def enlist(state: str) -> bytes:
+        return redis_server.command("EVAL", NODE_SCRIPT, "1", "chloe:nodes", "other", "60000", "0", "0", state)
+
+    @defer.inlineCallbacks
+    def lower_bounds() -> Any:
+        published = yield a.publish(["p"], b"1")
+        broadcast = yield a.broadcast(b"1")
+        return published.lower_bound, broadcast.lower_bound
+
+    assert enlist("begin") == b":0\r\n"  # new
+    assert (yield lower_bounds()) == (True, False)
+    assert enlist("") == b":1\r\n"  # a beat: still partial
+    assert (yield lower_bounds()) == (True, False)
+    assert enlist("done") == b":1\r\n"
+    assert (yield lower_bounds()) == (False, False)
+    redis_server.command("HDEL", "chloe:nodes", "other")
+    assert enlist("") == b":0\r\n"  # forgotten, and speaking again
+    assert (yield lower_bounds()) == (True, True)
+
+
+@pytest_twisted.inlineCallbacks
 def test_last_subscriber_leaving_unsubscribes_the_node(nodes, redis_server):  # noqa: F811
     """A node listens to a channel's pub/sub only while it has subscribers."""
     b = nodes()
@@ -356,6 +491,37 @@ def test_presence_is_shared_and_a_dead_nodes_members_leave_after_the_grace(redis
         leave = json.loads([f for f in watcher.frames if f.kind == "presence"][1].payload)
         assert leave["event"] == "leave" and leave["member"]["id"] == "7"
         assert presence_a.members("presence-room") == []
+    finally:
+        yield a.disconnect()
+        yield b.disconnect()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_member_held_only_by_an_idle_poll_is_let_go(redis_server):  # noqa: F811
+    """A member whose only session is a polling session between polls (in
+    its grace) is no longer held: it leaves about session_grace after the
+    last poll, while its node is up and the session still exists (its own
+    end then makes no second grace)."""
+    a = RedisBroker(reactor, 100, 300, redis_server.url)
+    b = RedisBroker(reactor, 100, 300, redis_server.url)
+    presence_a = a.make_presence(reactor, 1.0)
+    presence_b = b.make_presence(reactor, 1.0)
+    idle = {"member": False}
+    presence_b.idle = lambda session: idle[session]
+    a.connect()
+    b.connect()
+    try:
+        yield until(lambda: a.backend_state == "up" and b.backend_state == "up")
+        watcher, member = Recorder("watcher"), Recorder("member")
+        yield a.subscribe("presence-room", watcher)
+        yield b.subscribe("presence-room", member)
+        presence_b.join("presence-room", "member", {"id": 7, "info": {"name": "Ann"}})
+        yield until(lambda: any(f.kind == "presence" for f in watcher.frames))
+        idle["member"] = True  # its poll ended; no new one
+        yield until(lambda: len([f for f in watcher.frames if f.kind == "presence"]) == 2)
+        leave = json.loads([f for f in watcher.frames if f.kind == "presence"][1].payload)
+        assert leave["event"] == "leave" and leave["member"]["id"] == "7"
+        assert b.backend_state == "up"
     finally:
         yield a.disconnect()
         yield b.disconnect()

@@ -35,11 +35,15 @@ def test_other_methods_get_a_json_405(method):
     assert answer["error"] == "method_not_allowed" and method.decode() in answer["message"]
 
 
-def test_head_renders_as_get():
-    """HEAD is not refused: twisted.web's Resource serves it as GET."""
+def test_head_is_refused_not_rendered_as_get():
+    """HEAD is a 405 (twisted.web's Resource would render GET, which on a
+    browser endpoint opens a session), with no body and GET in Allow."""
     request = DummyRequest([b""])
     request.method = b"HEAD"
-    assert Endpoint().render(request) == b"got"
+    assert Endpoint().render(request) == b""
+    assert request.responseCode == 405
+    assert request.responseHeaders.getRawHeaders(b"allow") == [b"GET, OPTIONS"]
+    assert request.responseHeaders.getRawHeaders(b"content-type") == [b"application/json"]
 
 
 def test_served_methods_render():
@@ -72,7 +76,10 @@ def test_endpoint_without_get_refuses_head_too(method):
     body = PostOnly().render(request)
     assert request.responseCode == 405
     assert request.responseHeaders.getRawHeaders(b"allow") == [b"POST"]
-    assert json.loads(body)["error"] == "method_not_allowed"
+    if method == b"HEAD":
+        assert body == b""  # a HEAD answer has none
+    else:
+        assert json.loads(body)["error"] == "method_not_allowed"
 
 
 class WithChild(BrowserResource):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chloed.broker import Broker
+from chloed.broker import HISTORY_MEMORY, Broker
 
 
 class BackendUnavailable(Exception):
@@ -31,14 +31,17 @@ class BackendUnavailable(Exception):
     error); ``/send`` answers 503 ``backend_unavailable``."""
 
 
-def make_broker(backend: str, clock: Any, history_size: int, history_ttl: float) -> Broker:
+def make_broker(
+    backend: str, clock: Any, history_size: int, history_ttl: float, history_memory: int = HISTORY_MEMORY
+) -> Broker:
     """The broker ``backend`` (the ``backend`` option) names.
 
     A Redis broker has to be connected: it has a ``service()`` to add to the
-    server's services.
+    server's services. ``history_memory`` bounds the memory broker's history
+    (with Redis the history lives in Redis).
     """
     if backend == "memory":
-        return Broker(clock, history_size, history_ttl)
+        return Broker(clock, history_size, history_ttl, history_memory)
     from chloed.backends.redis import RedisBroker
 
     return RedisBroker(clock, history_size, history_ttl, backend)

@@ -13,6 +13,14 @@ and answers ``413`` as soon as a declared or received body passes the
 largest any endpoint takes. Either way the connection closes. Once a
 request is whole, what follows (an SSE stream, a held poll, a WebSocket) is
 not timed by it.
+
+It also answers ``400`` and closes when a request frames its body twice
+(two ``Transfer-Encoding`` lines, ``Transfer-Encoding`` with
+``Content-Length``, two ``Content-Length`` lines; RFC 9112 section 6.3).
+``twisted.web`` refuses most such requests, but takes ``chunked`` followed
+by ``identity`` as chunked, and ``identity`` with a ``Content-Length`` as
+the length: a proxy in front that reads the other header sees a different
+end of the body, and a request hidden after it would be served.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
+
+from chloed.lograte import HTTP_REFUSED
 
 log = Logger()
 
@@ -42,6 +52,10 @@ def _response(status: bytes, code: str, message: str) -> bytes:
 
 TOO_SLOW = _response(b"408 Request Timeout", "request_timeout", "the request did not arrive in time")
 TOO_LARGE = _response(b"413 Request Entity Too Large", "too_large", "the request body is too large")
+AMBIGUOUS_LENGTH = _response(
+    b"400 Bad Request", "bad_request", "the request gives its body length more than once"
+)
+_FRAMING_HEADERS = (b"transfer-encoding", b"content-length")
 
 
 class GuardedHTTPChannel(HTTPChannel):
@@ -66,6 +80,23 @@ class GuardedHTTPChannel(HTTPChannel):
             seconds = getattr(self.factory, "request_deadline", REQUEST_DEADLINE)
             self._deadline = self.callLater(seconds, self._too_slow)
         super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:  # the rest of a buffer that held a refused header
+            return
+        super().lineReceived(line)
+
+    def headerReceived(self, line: bytes) -> bool:
+        """Refuse a second header that frames the body, before
+        ``twisted.web`` picks one of the two."""
+        name = line.split(b":", 1)[0].lower()
+        if name in _FRAMING_HEADERS:
+            headers = self.requests[-1].requestHeaders
+            if any(headers.hasHeader(framing) for framing in _FRAMING_HEADERS):
+                self._refuse(AMBIGUOUS_LENGTH, "sent {header} after another body length header",
+                             header=name.decode("latin-1"))
+                return False
+        return bool(super().headerReceived(line))
 
     def allHeadersReceived(self) -> None:
         super().allHeadersReceived()
@@ -114,6 +145,12 @@ class GuardedHTTPChannel(HTTPChannel):
         self._refused = True
         self._stop_deadline()
         peer = self.transport.getPeer()
-        log.info("client {host} " + why + "; closed", host=getattr(peer, "host", peer), **fields)
+        host = getattr(peer, "host", peer)
+        errors = getattr(self.factory, "client_errors", None)
+        if errors is not None:
+            # Counted each, logged at most once a minute per client.
+            errors.report(str(host), HTTP_REFUSED, why.format(**fields) + "; closed")
+        else:
+            log.info("client {host} " + why + "; closed", host=host, **fields)
         self.transport.write(response)
         self.transport.loseConnection()

@@ -75,37 +75,62 @@ def error(request: IRequest, status: int, code: str, message: str) -> bytes:
     return json_body(request, status, {"error": code, "message": message})
 
 
-class BrowserResource(Resource):
-    """A browser endpoint: a method it does not serve is answered with a
-    JSON ``405 {"error": "method_not_allowed"}`` and ``Allow``, like its
-    other errors, not twisted.web's HTML page (or its 501 for a method
-    twisted.web does not know)."""
+def method_not_allowed(request: IRequest, allowed: list[bytes]) -> bytes:
+    """A JSON ``405 {"error": "method_not_allowed"}`` naming ``allowed`` in
+    ``Allow``. To ``HEAD`` it is the status and headers alone, so
+    twisted.web has no body to eat (and log that it ate)."""
+    request.setHeader(b"allow", b", ".join(allowed))
+    method = request.method.decode("latin-1")
+    body = error(
+        request, 405, "method_not_allowed",
+        f"{method} is not allowed here; use {', '.join(m.decode('latin-1') for m in allowed)}",
+    )
+    if request.method == b"HEAD":
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b""
+    return body
+
+
+class JsonMethodsResource(Resource):
+    """A resource that answers a method it does not serve with
+    :func:`method_not_allowed`, not twisted.web's HTML 405 (or its 501 for
+    a method twisted.web does not know). ``HEAD`` is served as ``GET``
+    unless ``serves_head`` is False."""
+
+    serves_head = True
 
     def render(self, request: Any) -> Any:
         try:
-            if request.method == b"HEAD" and not hasattr(self, "render_GET"):
-                # Resource.render_HEAD would call the missing render_GET.
+            if request.method == b"HEAD" and not (self.serves_head and hasattr(self, "render_GET")):
+                # Resource.render_HEAD would call render_GET.
                 raise UnsupportedMethod(self._allowed())
             return super().render(request)
         except UnsupportedMethod:
-            allowed = self._allowed()
-            request.setHeader(b"allow", b", ".join(allowed))
-            method = request.method.decode("latin-1")
-            return error(
-                request, 405, "method_not_allowed",
-                f"{method} is not allowed here; use {', '.join(m.decode('latin-1') for m in allowed)}",
-            )
+            return method_not_allowed(request, self._allowed())
+
+    def _allowed(self) -> list[bytes]:
+        methods = sorted(name[len("render_"):] for name in dir(self) if name.startswith("render_"))
+        if not (self.serves_head and "GET" in methods):
+            methods.remove("HEAD")
+        return [m.encode("ascii") for m in methods]
+
+
+class BrowserResource(JsonMethodsResource):
+    """A browser endpoint: a method it does not serve is answered with a
+    JSON ``405`` and ``Allow``, like its other errors.
+
+    ``HEAD`` is one of those: every browser endpoint opens a session or
+    acts on one, and a ``HEAD`` rendered as ``GET`` would do so (an SSE
+    stream held open and counted as a delivery) with nothing to show for
+    it.
+    """
+
+    serves_head = False
 
     def getChild(self, path: bytes, request: Any) -> Resource:
         """A path below the endpoint that names nothing (``/poll/x``): a
         JSON 404 like the API's, not twisted.web's HTML page."""
         return _NOT_FOUND
-
-    def _allowed(self) -> list[bytes]:
-        methods = sorted(name[len("render_"):] for name in dir(self) if name.startswith("render_"))
-        if "GET" not in methods:
-            methods.remove("HEAD")
-        return [m.encode("ascii") for m in methods]
 
 
 class _NotFound(Resource):

@@ -126,8 +126,14 @@ class _HeldPoll:
 
     def wake(self) -> None:
         """Frames arrived: answer at the end of this reactor turn, so a burst
-        (one publish to several channels) goes in one answer."""
-        if self.soon is None and not self.done:
+        (one publish to several channels) goes in one answer. A session that
+        ended (``shutting_down``, ``slow_consumer``) is answered now: when the
+        server stops, the connection may not live to the next turn."""
+        if self.done:
+            return
+        if self.session.closed:
+            self.respond()
+        elif self.soon is None:
             self.soon = self.hub.clock.callLater(0, self.respond)
 
     def _end(self) -> None:
@@ -259,7 +265,7 @@ class PollResource(BrowserResource):
         forward(session_id, cursor, hub.config.longpoll_timeout + 10).addCallbacks(answered, failed)
         return NOT_DONE_YET
 
-    def _open(self, request: Any, answer: _Answer) -> bytes:
+    def _open(self, request: Any, answer: _Answer) -> Any:
         hub = self.hub
         if not hub.accepting():
             return answer.error(503, "unavailable", "this server takes no more connections now")
@@ -269,7 +275,21 @@ class PollResource(BrowserResource):
         session = hub.open_session(self.transport)
         if channels:
             hub.subscribe_all(session, channels, arg(request, b"since"), arg(request, b"token"))
-        return answer.body(200, frames_body(session, with_session=True))
+        counted = hub.counted(session)
+        if counted is None:
+            return answer.body(200, frames_body(session, with_session=True))
+        # With several nodes: answered (``connected`` and all) once every
+        # node's receipts count the session.
+        gone: list[Any] = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def reply(_: Any) -> None:
+            if not gone:
+                request.write(answer.body(200, frames_body(session, with_session=True)))
+                request.finish()
+
+        counted.addCallback(reply)
+        return NOT_DONE_YET
 
 
 class JsonpSendResource(BrowserResource):

@@ -7,6 +7,17 @@ every ``heartbeat`` seconds; a peer that does not answer within as long is
 dropped. A frame over ``max_message_bytes`` gets ``too_large`` and the
 connection stays; one over four times that is protocol abuse and closes it.
 
+A peer that breaks RFC 6455 gets a close frame saying how before the TCP
+connection goes (Autobahn's ``failByDrop`` off): 1002 for a protocol error
+(reserved opcode or bits, an unmasked frame, a bad close frame), 1007 for
+invalid UTF-8 in a text message, 1009 for a message over four times
+``max_message_bytes``. The browser's ``CloseEvent`` then tells "too large"
+from a network cut. A peer that does not answer the close frame is dropped
+1 to 2 s later (``closeHandshakeTimeout``); after a 1002, whose framing
+cannot be trusted, nothing more is read and that is how it ends. These failures, and upgrades refused
+with a 4xx, are counted and logged through :class:`chloed.lograte.ClientErrors`
+(one line per client address per minute), not by Autobahn per connection.
+
 Outgoing frames are written to the TCP transport as ready-made WebSocket
 frames, built once per message for every subscriber (Autobahn's
 ``PreparedMessage``), not through ``sendMessage`` per subscriber. The
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
@@ -34,16 +46,27 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import tcp
 from twisted.logger import Logger
 
-from chloed import frames
+from chloed import frames, lograte
 from chloed.frames import Encoded
 from chloed.hub import Hub
+from chloed.lograte import ClientErrors
 from chloed.session import Session
 from chloed.transports._flow import OutboundFlow
-from chloed.transports._http import origin_allowed
+from chloed.transports._http import method_not_allowed, origin_allowed
 
 # Autobahn lets an application close only with 1000 or 3000-4999; the
 # error frame written just before says why.
 CLOSE_NORMAL = 1000
+#: Seconds Autobahn waits for the answer to a close frame (rounded down to
+#: a whole second of the clock: 1 to 2 s), and for it to leave after one.
+CLOSE_TIMEOUT = 2
+
+#: What a failed connection's close code says the peer got wrong.
+FAILURE_KINDS = {
+    1002: lograte.WS_PROTOCOL_ERROR,
+    1007: lograte.WS_INVALID_PAYLOAD,
+    1009: lograte.WS_TOO_LARGE,
+}
 
 
 def ws_framing(frame: Encoded) -> bytes:
@@ -77,10 +100,17 @@ class ChloeWebSocket(WebSocketServerProtocol):
     """One browser over WebSocket: a sink of its session."""
 
     _log = Logger()
+    # Autobahn's own lines are per connection and the peer's to trigger
+    # (a warning for each failed connection, each unsolicited pong, each
+    # refused upgrade): only its errors, which are bugs, stay. What the
+    # peer got wrong is reported through ClientErrors instead.
+    log = txaio.make_logger(level="error")
     session: Session | None = None
     flow: OutboundFlow | None = None
     # The socket, when the transport is plain TCP (not TLS): see send_now.
     _sock: Any = None
+    # Aborts a connection closing gracefully after a failure: see dropConnection.
+    _close_guard: Any = None
 
     def onConnect(self, request: Any) -> None:
         hub: Hub = self.factory.hub
@@ -89,6 +119,54 @@ class ChloeWebSocket(WebSocketServerProtocol):
         if not hub.accepting():
             raise ConnectionDeny(503, "too many connections" if not hub.draining else "shutting down")
         return None
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """Refuse the upgrade; a 4xx is the client's mistake, counted."""
+        if code < 500:
+            self.factory.client_errors.report(self._peer_host(), lograte.WS_HANDSHAKE, reason)
+        super().failHandshake(reason, code, responseHeaders)
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        """Where Autobahn fails an open connection on the peer's protocol
+        error, invalid payload or oversized message: counted once per
+        connection. After 1007 or 1009 the peer's answer to our close frame
+        is read and ends the connection at once; after 1002 nothing more is
+        read, and the close handshake timeout ends it.
+
+        Another error while our close frame awaits its answer changes
+        nothing: Autobahn would close gracefully then, which waits for ever
+        on a peer that does not read, while the close handshake timeout
+        drops it anyway.
+        """
+        if self.state == self.STATE_CLOSING and self.closeHandshakeTimeoutCall is not None:
+            return
+        first = self.state == self.STATE_OPEN and not self.failedByMe
+        if first:
+            kind = FAILURE_KINDS.get(code, lograte.WS_PROTOCOL_ERROR)
+            self.factory.client_errors.report(self._peer_host(), kind, reason)
+        super()._fail_connection(code, reason)
+        if first and code == self.CLOSE_STATUS_CODE_PROTOCOL_ERROR:
+            # The framing is not to be trusted any more (Autobahn would go on
+            # with the bad frame as announced, buffering a "control frame"
+            # of any length): read nothing more, and let the close handshake
+            # timeout end it.
+            self.transport.pauseProducing()
+
+    def dropConnection(self, abort: bool = False) -> None:
+        """On the peer's close frame after ours Autobahn aborts TCP, which
+        throws away what is still unsent. After a failure that may be our
+        close frame itself, when the peer's close frame was the bad one (a
+        1-byte or invalid code, a reason not UTF-8) and came in the same
+        read. Then close gracefully, and abort only if that has not happened
+        ``CLOSE_TIMEOUT`` later (a peer that does not read)."""
+        if abort and self.failedByMe and self.wasClean and self.state == self.STATE_CLOSING:
+            abort = False
+            self._close_guard = self.factory.hub.clock.callLater(CLOSE_TIMEOUT, self.transport.abortConnection)
+        super().dropConnection(abort)
+
+    def _peer_host(self) -> str:
+        peer = self.transport.getPeer()
+        return str(getattr(peer, "host", None) or peer)
 
     def onOpen(self) -> None:
         transport = self.transport
@@ -110,6 +188,9 @@ class ChloeWebSocket(WebSocketServerProtocol):
         self.factory.hub.receive(session, payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        guard, self._close_guard = self._close_guard, None
+        if guard is not None and guard.active():
+            guard.cancel()
         session, self.session = self.session, None
         if session is not None:
             self.factory.hub.connection_lost(session)
@@ -147,11 +228,29 @@ class ChloeWebSocket(WebSocketServerProtocol):
             self.sendClose(CLOSE_NORMAL)
 
 
-def websocket_resource(hub: Hub, url: str = "ws://localhost/ws") -> WebSocketResource:
-    """The ``/ws`` resource, bound to ``hub``."""
+class _WebSocketResource(WebSocketResource):
+    """``/ws``: ``HEAD`` gets the JSON 405 of every other browser endpoint,
+    with ``Allow``, on a connection that stays usable, before Autobahn
+    takes the connection over (and answers a bare 405 and closes, as it
+    does for the other methods that are not an upgrade)."""
+
+    def render(self, request: Any) -> Any:
+        if request.method == b"HEAD":
+            return method_not_allowed(request, [b"GET"])
+        return super().render(request)
+
+
+def websocket_resource(hub: Hub, url: str = "ws://localhost/ws",
+                       client_errors: ClientErrors | None = None) -> WebSocketResource:
+    """The ``/ws`` resource, bound to ``hub``.
+
+    :param client_errors: where failed connections are counted and logged;
+        the hub's when None.
+    """
     factory = WebSocketServerFactory(url)
     factory.protocol = ChloeWebSocket
     factory.hub = hub
+    factory.client_errors = client_errors if client_errors is not None else hub.client_errors
     heartbeat = hub.config.heartbeat
     factory.setProtocolOptions(
         autoPingInterval=heartbeat,
@@ -161,6 +260,11 @@ def websocket_resource(hub: Hub, url: str = "ws://localhost/ws") -> WebSocketRes
         perMessageCompressionAccept=lambda offers: None,
         allowedOrigins=["*"],
         openHandshakeTimeout=10,
-        closeHandshakeTimeout=1,
+        # A close frame with the reason, then TCP closed when the peer
+        # answers it, or 1 to 2 s later if it does not (Autobahn rounds its
+        # timers to whole seconds: 1 could be at once, before the frame
+        # left).
+        failByDrop=False,
+        closeHandshakeTimeout=CLOSE_TIMEOUT,
     )
-    return WebSocketResource(factory)
+    return _WebSocketResource(factory)

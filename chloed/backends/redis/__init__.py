@@ -19,8 +19,10 @@ holds what the nodes share:
     frames POSTed to the wrong node.
 ``chloe:nodes``, ``chloe:r:<channel>``
     for ``/send`` receipts: each node alive (until when, on Redis's clock,
-    and its streaming and polling sessions) and, per channel, each node's
-    streaming and polling subscribers (see :mod:`.census`).
+    its streaming and polling sessions, and whether its channel counts are
+    partial) and, per channel, each node's streaming and polling
+    subscribers, written before a browser is answered ``subscribed`` (see
+    :mod:`.census`).
 ``chloe:p:<channel>``, ``chloe:pi:<channel>``
     presence: user id → expiry, user id → member (see :class:`RedisPresence`).
 pub/sub ``chloe:<db>:c:<channel>``, ``chloe:<db>:all``, ``chloe:<db>:n:<node>``
@@ -35,8 +37,8 @@ the next id (``HGET``/``HSET``/``HINCRBY``), ``XADD``s the message, trims
 (``XLEN``, ``XRANGE``, ``XDEL``) and re-expires (``PEXPIRE``) the stream
 and ``PUBLISH``es it, atomically, so every message is both in the history
 and on the wire or in neither, in the same order; it also sums the
-channel's subscribers over the nodes alive (``HGETALL``, one ``HGET`` per
-node) for the receipt. ``/send`` answers 202 once Redis has run it. Each node listening to the channel then gets it once.
+channel's subscribers over the nodes alive (``HGETALL`` of ``chloe:nodes``
+and of the channel's counts) for the receipt. ``/send`` answers 202 once Redis has run it. Each node listening to the channel then gets it once.
 
 A node subscribes to a channel's pub/sub only while it has subscribers for
 it, encodes each message it gets once, and hands the same bytes to each of
@@ -46,7 +48,10 @@ Joining a channel without losing or repeating a message: the node subscribes
 to the pub/sub channel first; the browser's *join* keeps what arrives live
 meanwhile; once the subscription is confirmed a script reads, atomically for
 every channel of the join, the history after ``since`` and the last id given
-out (the *floor*). The browser then gets the history, then what came live
+out (the *floor*), and writes this node's count of each channel with the
+subscriber in it (a join without ``since`` runs the script too, reading
+nothing, so that every publish after it is answered counts it). The
+browser then gets the history, then what came live
 after the floor, and from the first live message past the floor on, every
 live one. The same happens for a node's own subscribers after Redis comes
 back: each channel is read again after the last id the node delivered.

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from chloed import frames
 from chloed.backends import BackendUnavailable
-from chloed.backends.redis.census import Census, polling
+from chloed.backends.redis.census import COUNTS_TTL, Census, polling
 from chloed.backends.redis.channel import RedisChannel, _Join, _Snapshot
 from chloed.backends.redis.connection import _Commands, _Connector, _Factory, _Subscriptions
 from chloed.backends.redis.keys import (
@@ -34,6 +34,7 @@ from chloed.backends.redis.scripts import (
 )
 from chloed.broker import Broker, Channel, PublishResult, Subscriber
 from chloed.frames import Encoded
+from chloed.redact import session_tag
 
 log = Logger(namespace="chloed.backends.redis")  # as before redis.py became a package
 
@@ -143,9 +144,10 @@ class RedisBroker(Broker):
     def _commands_ready(self, proto: Any) -> None:
         log.info("redis: connected to {host}:{port}/{db}", host=self.host, port=self.port, db=self.db)
         self._commands = proto
+        # First on the new connection, so every join and session after it
+        # adds to complete counts.
+        self.census.recount()
         self._register_all()
-        self.census.beat()
-        self.census.everything_changed()
         for channel in list(self.channels.values()):
             self._check(channel)
             for join in list(channel.joining):
@@ -224,11 +226,18 @@ class RedisBroker(Broker):
 
     # -- sessions ---------------------------------------------------------
 
-    def add_session(self, session: Subscriber) -> None:
-        if session.id not in self.sessions:
+    def add_session(self, session: Subscriber) -> Deferred[Any] | None:  # type: ignore[override]  # the hub waits on it before ``connected``
+        """Count and register the session; the Deferred fires once Redis
+        counts it (the hub answers ``connected`` then), None when there is
+        nothing to wait for."""
+        new = session.id not in self.sessions
+        if new:
             self.census.session_added(session)
         super().add_session(session)
+        if new:
+            return self.census.session_opened(session.id)
         self._register(session.id)
+        return None
 
     def remove_session(self, session: Subscriber, channels: Iterable[str]) -> None:
         if self.sessions.get(session.id) is session:
@@ -376,24 +385,46 @@ class RedisBroker(Broker):
         return join.deferred
 
     def _try_join(self, join: _Join) -> None:
+        """Once its channels are ready: one script writes this node's counts
+        of them, the subscriber included (before it is answered, so every
+        publish after counts it), and reads the history after ``since``."""
         if join.reading or join.deferred.called or join.floor is not None:
             return
         channels = [self.channels[name] for name in join.names]
         if not all(channel.ready for channel in channels):
             return
-        if join.since is None:
-            self._finish(join, None, {})
-            return
         join.reading = True
+        names = list(join.names)
+        for channel in channels:
+            if join.subscriber not in channel.subscribers:
+                channel.arriving[join.subscriber] = None
+        # A node leaving the census (shutting down) counts nobody any more.
+        counts = [self.census.count(name) for name in names] if self.census.counting else None
+        if join.since is None:
+            self._snapshot(names, [""] * len(names), counts).addCallbacks(
+                self._told, self._read_failed, callbackArgs=(join,), errbackArgs=(join,)
+            )
+            return
         after = parse_key(join.since)
         since = format_key(after) if after is not None else "0-0"
-        names = list(join.names)
-        self._snapshot(names, [since] * len(names)).addCallbacks(
+        self._snapshot(names, [since] * len(names), counts).addCallbacks(
             self._read, self._read_failed, callbackArgs=(join, names, after), errbackArgs=(join,)
         )
 
+    def _told(self, snapshot: _Snapshot, join: _Join) -> None:
+        """A join without ``since``: Redis counts it; it is in."""
+        join.reading = False
+        self.census.told(snapshot.fresh)
+        if join.deferred.called:
+            return
+        if not all(self.channels.get(name) is not None and self.channels[name].ready for name in join.names):
+            self._try_join(join)  # Redis went away meanwhile: again once it is back
+            return
+        self._finish(join, None, {})
+
     def _read(self, snapshot: _Snapshot, join: _Join, names: list[str], after: Key | None) -> None:
         join.reading = False
+        self.census.told(snapshot.fresh)
         if join.deferred.called:
             return
         channels = [self.channels.get(name) for name in join.names]
@@ -427,6 +458,8 @@ class RedisBroker(Broker):
             channel = self.channels.get(name)
             if channel is not None and join in channel.joining:
                 channel.joining.remove(join)
+                if channel.arrived(join.subscriber):
+                    self.census.changed(name)
                 self._maybe_forget(channel)
         if not join.deferred.called:
             join.deferred.errback(failure)
@@ -457,11 +490,13 @@ class RedisBroker(Broker):
         if join in channel.joining:
             channel.joining.remove(join)
         join.catching.discard(channel.name)
+        counted = channel.arrived(join.subscriber)  # then Redis has it already
         if join.subscriber not in channel.subscribers:
             channel.subscribers[join.subscriber] = None
             if polling(join.subscriber):
                 channel.polling += 1
-            self.census.changed(channel.name)
+            if not counted:
+                self.census.changed(channel.name)
 
     def unsubscribe(self, name: str, subscriber: Subscriber) -> bool:
         """Remove ``subscriber`` (joined or still joining); True when it was
@@ -476,6 +511,8 @@ class RedisBroker(Broker):
                 channel.polling -= 1
             self.census.changed(name)
             found = True
+        if channel.arrived(subscriber):
+            self.census.changed(name)
         for join in list(channel.joining):
             if join.subscriber is subscriber:
                 channel.joining.remove(join)
@@ -507,9 +544,16 @@ class RedisBroker(Broker):
     def replay_many(self, names: Iterable[str], since: str) -> tuple[bool, list[Encoded]]:  # pragma: no cover
         raise NotImplementedError("with Redis, subscribe and subscribe_many replay")
 
-    def _snapshot(self, names: list[str], sinces: list[str]) -> Deferred[_Snapshot]:
-        keys = [IDS_KEY] + [HISTORY_PREFIX + name for name in names]
-        return self._call("eval", SNAPSHOT_SCRIPT, keys, sinces).addCallback(_Snapshot)
+    def _snapshot(self, names: list[str], sinces: list[str], counts: list[str] | None = None) -> Deferred[_Snapshot]:
+        """Read the channels' position and history after ``sinces``; for a
+        join, write this node's ``counts`` of them in the same step."""
+        keys = [IDS_KEY, NODES_KEY] + [HISTORY_PREFIX + name for name in names]
+        if counts is None:
+            args = [len(names), "", "", "", "", ""] + sinces
+        else:
+            keys += [COUNTS_PREFIX + name for name in names]
+            args = [len(names)] + self.census.entry() + [COUNTS_TTL] + sinces + counts
+        return self._call("eval", SNAPSHOT_SCRIPT, keys, args).addCallback(_Snapshot)
 
     # -- publishing -------------------------------------------------------
 
@@ -518,9 +562,9 @@ class RedisBroker(Broker):
     ) -> Deferred[PublishResult]:
         """Publish ``data`` to each channel; fires once Redis has stored and
         published it, with the ids and the receipt (the subscribers of every
-        node alive, as the nodes last reported them: streaming ones
-        ``delivered``, polling ones ``queued``), or fails with
-        :class:`BackendUnavailable`."""
+        node alive, every one answered ``subscribed`` before included:
+        streaming ones ``delivered``, polling ones ``queued``; and whether
+        that is a lower bound), or fails with :class:`BackendUnavailable`."""
         names = list(names)
         keys = (
             [IDS_KEY, NODES_KEY]
@@ -533,18 +577,23 @@ class RedisBroker(Broker):
             result = PublishResult()
             for name, id in zip(names, reply):
                 result.ids[name] = id.decode("ascii")
-            result.delivered, result.queued = int(reply[-2]), int(reply[-1])
+            result.delivered, result.queued = int(reply[-3]), int(reply[-2])
+            result.lower_bound = bool(int(reply[-1]))
             return result
 
         return self._call("eval", PUBLISH_SCRIPT, keys, args).addCallback(done)
 
     def broadcast(self, data: bytes, exclude: str | None = None) -> Deferred[PublishResult]:  # type: ignore[override]
         """Send ``data`` to every session of every node; the receipt counts
-        the sessions of every node alive, as of their last beat."""
+        the sessions of every node alive (each node tells Redis of a session
+        as it opens, of one that closed a moment later)."""
         d = self._call("eval", DIRECT_SCRIPT, [IDS_KEY, NODES_KEY], [data, self.pubsub, exclude or ""])
 
         def done(reply: list[Any]) -> PublishResult:
-            return PublishResult(id=reply[0].decode("ascii"), delivered=int(reply[1]), queued=int(reply[2]))
+            return PublishResult(
+                id=reply[0].decode("ascii"), delivered=int(reply[1]), queued=int(reply[2]),
+                lower_bound=bool(int(reply[3])),
+            )
 
         return d.addCallback(done)
 
@@ -713,7 +762,7 @@ class RedisBroker(Broker):
             try:
                 join.subscriber.deliver(frame)
             except Exception:
-                log.failure("delivery to {session} failed", session=join.subscriber.id)
+                log.failure("delivery to {session} failed", session=session_tag(join.subscriber.id))
 
     def sweep(self) -> int:
         """History lives in Redis, which expires it: nothing to sweep."""

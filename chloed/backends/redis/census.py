@@ -2,13 +2,27 @@
 any node answers ``/send`` with a receipt for the whole cluster.
 
 ``chloe:nodes``
-    node → ``"<expires ms> <streaming sessions> <polling sessions>"``, set
-    every :data:`BEAT` seconds by each node (expiry on Redis's clock), so a
-    node that died stops counting :data:`NODE_TTL_MS` later.
+    node → ``"<expires ms> <streaming sessions> <polling sessions>
+    <partial>"``, set every :data:`BEAT` seconds by each node (expiry on
+    Redis's clock), so a node that died stops counting :data:`NODE_TTL_MS`
+    later; ``partial`` is 1 while the node writes all its channel counts
+    again. Field ``""``: until when the census may lack nodes (one that had
+    been counted found itself forgotten).
 ``chloe:r:<channel>``
     node → ``"<streaming> <polling>"`` subscribers of the channel there,
-    written shortly after they change (changes within :data:`REPORT_DELAY`
-    are one write), dropped when the node has none left.
+    dropped when the node has none left.
+
+The rule receipts keep: a subscriber answered ``subscribed`` (a session
+answered ``connected``) is counted by every publish after it, on any node,
+until it leaves. So what adds to a count is in Redis before the browser
+hears of it: a join writes its channels' counts in the script that reads
+their history, and the browser is answered when it has run; a session
+opening writes the node's sessions in the script that registers it, sent
+before ``connected`` (which does not wait for it). What takes away from a
+count may lag: changes within :data:`REPORT_DELAY` are one write, so one
+who left may still be counted that long. Where the rule cannot hold (a
+node writing everything again after it reconnected or was forgotten), the
+census says so and receipts are a lower bound.
 
 Streaming sessions (WebSocket, SSE) count as ``delivered``, polling ones
 (long-poll, JSONP) as ``queued``: what the memory broker tells apart by
@@ -19,13 +33,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from chloed.backends.redis.keys import COUNTS_PREFIX, NODES_KEY
-from chloed.backends.redis.scripts import NODE_SCRIPT
+from chloed.backends.redis.keys import COUNTS_PREFIX, NODES_KEY, SESSION_PREFIX, SESSION_TTL
+from chloed.backends.redis.scripts import NODE_SCRIPT, SESSION_SCRIPT
 
 if TYPE_CHECKING:
     from chloed.backends.redis.broker import RedisBroker
@@ -61,11 +75,20 @@ class Census:
         self.streaming_sessions = 0
         self.polling_sessions = 0
         self._dirty: set[str] = set()
+        self._sessions_dirty = False
         self._report: Any = None
         self._beats = 0
         self._loop: LoopingCall | None = None
+        self._stopped = False
+        # Whether a recount of this node has completed (a later one that
+        # finds the node forgotten means Redis lost it, not a new node).
+        self._counted = False
+        self._recounts = 0
+        # A write that may have lost a count failed: the next beat recounts.
+        self._recount_due = False
 
     def start(self) -> None:
+        self._stopped = False
         self._loop = LoopingCall(self.beat)
         self._loop.clock = self._clock
         self._loop.start(min(BEAT, self.node_ttl_ms / 3000), now=False).addErrback(
@@ -75,6 +98,7 @@ class Census:
     def stop(self) -> Deferred[Any]:
         """Stop beating and leave the census (a node shutting down stops
         counting at once, not ``node_ttl_ms`` later)."""
+        self._stopped = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self._report is not None and self._report.active():
@@ -97,53 +121,149 @@ class Census:
             self.polling_sessions -= 1
         else:
             self.streaming_sessions -= 1
+        self._sessions_dirty = True
+        self._soon()
 
     def changed(self, name: str) -> None:
         """Channel ``name``'s subscribers here changed: report it soon."""
         self._dirty.add(name)
-        if self._report is None:
+        self._soon()
+
+    @property
+    def counting(self) -> bool:
+        """Whether this node is in the census (not once it is leaving)."""
+        return not self._stopped
+
+    def _soon(self) -> None:
+        if self._report is None and not self._stopped:
             self._report = self._clock.callLater(REPORT_DELAY, self.report)
 
     def everything_changed(self) -> None:
-        """Report every channel again (Redis came back, or an hour passed)."""
+        """Report every channel again (an hour passed)."""
         for name in self._broker.channels:
             self.changed(name)
 
     # -- telling Redis ----------------------------------------------------
 
+    def entry(self) -> list[Any]:
+        """This node's entry for a script that enlists it: node, ttl ms,
+        streaming and polling sessions."""
+        return [self._broker.node, self.node_ttl_ms, self.streaming_sessions, self.polling_sessions]
+
+    def count(self, name: str) -> str:
+        """Channel ``name``'s count here as Redis keeps it (``""``: none)."""
+        channel = self._broker.channels.get(name)
+        if channel is None:
+            return ""
+        streaming, polling = channel.counts()
+        return f"{streaming} {polling}" if streaming or polling else ""
+
+    def session_opened(self, session_id: str) -> Deferred[Any] | None:
+        """Register a new session and the node's sessions with it, in one
+        script sent now, on the connection every later command of this node
+        follows; returns its Deferred, which the hub waits on before the
+        browser is answered ``connected`` (None while Redis is away: the
+        node recounts, and registers it, once back, and /send answers 503
+        meanwhile)."""
+        if self._stopped or self._broker._commands is None:
+            self._broker._register(session_id)
+            return None
+        keys = [NODES_KEY, SESSION_PREFIX + session_id]
+        d = self._broker._call("eval", SESSION_SCRIPT, keys, self.entry() + [SESSION_TTL])
+        return d.addCallbacks(self.told, self._lost_count)
+
+    def told(self, fresh: Any) -> None:
+        """Redis answered a script that enlisted this node: when it had
+        forgotten the node, write every count again."""
+        if not fresh:
+            self.recount()
+
+    def _lost_count(self, failure: Any) -> bool:
+        """A write that may have added to a count failed: recount at the
+        next beat (or when Redis is back)."""
+        self._recount_due = True
+        self._broker._ignore(failure)
+        return False
+
     def report(self) -> Deferred[Any]:
-        """Write the counts of the channels that changed; fires when Redis
-        has them (tests wait on it; the server does not)."""
+        """Write the counts of the channels that changed (and the node's
+        sessions, if some left); fires when Redis has them (tests wait on
+        it; the server does not)."""
         if self._report is not None and self._report.active():
             self._report.cancel()
         self._report = None
         dirty, self._dirty = self._dirty, set()
-        return gatherResults([self._write(name) for name in dirty])
+        writes = [self._write(name) for name in dirty]
+        if self._sessions_dirty and not self._stopped:
+            self._sessions_dirty = False
+            writes.append(self._enlist("").addCallbacks(self.told, self._broker._ignore))
+        return gatherResults(writes)
 
-    def _write(self, name: str) -> Deferred[Any]:
+    def _write(self, name: str) -> Deferred[bool]:
+        """Write one channel's count; fires with whether Redis took it."""
         broker = self._broker
-        channel = broker.channels.get(name)
         key = COUNTS_PREFIX + name
-        if channel is None or not channel.subscribers:
+        value = self.count(name)
+        if not value:
             d = broker._call("hdel", key, broker.node)
         else:
-            streaming = len(channel.subscribers) - channel.polling
-            d = broker._call("hset", key, broker.node, f"{streaming} {channel.polling}")
+            d = broker._call("hset", key, broker.node, value)
             d.addCallback(lambda _: broker._call("expire", key, COUNTS_TTL))
-        # Redis away: everything is reported again when it is back.
-        return d.addErrback(broker._ignore)
+
+        def failed(failure: Any) -> bool:
+            # Redis away: everything is reported again when it is back.
+            self._dirty.add(name)
+            broker._ignore(failure)
+            return False
+
+        return d.addCallbacks(lambda _: True, failed)
+
+    def _enlist(self, state: str) -> Deferred[Any]:
+        args = self.entry() + ([state] if state else [])
+        return self._broker._call("eval", NODE_SCRIPT, [NODES_KEY], args)
 
     def beat(self) -> Deferred[Any]:
-        """Say this node is alive, with its session counts; report every
-        channel again when Redis had given the node up (or each hour)."""
+        """Say this node is alive, with its session counts; write every
+        count again when Redis had given the node up (and each hour every
+        channel's, so that none expires)."""
         self._beats += 1
+        if self._recount_due:
+            return self.recount()
         if self._beats % FULL_REPORT_BEATS == 0:
             self.everything_changed()
-        args = [self._broker.node, self.node_ttl_ms, self.streaming_sessions, self.polling_sessions]
-        d = self._broker._call("eval", NODE_SCRIPT, [NODES_KEY], args)
+        return self._enlist("").addCallbacks(self.told, self._broker._ignore)
 
-        def answered(fresh: Any) -> None:
-            if not fresh:
-                self.everything_changed()
+    def recount(self) -> Deferred[Any]:
+        """Write this node's entry and every channel's count again (the node
+        just connected, or Redis had forgotten it): marked partial first, so
+        that receipts meanwhile say they are a lower bound, and complete
+        once Redis has taken every count. Fires when done (tests wait)."""
+        if self._stopped:
+            return succeed(None)
+        if self._report is not None and self._report.active():
+            self._report.cancel()
+        self._report = None
+        self._recounts += 1
+        self._recount_due = False
+        recount = self._recounts
+        names = set(self._broker.channels) | self._dirty
+        self._dirty = set()
+        self._sessions_dirty = False
+        begun = self._enlist("again" if self._counted else "begin").addCallbacks(lambda _: True, self._lost_count)
+        writes = [begun] + [self._write(name) for name in names]
 
-        return d.addCallbacks(answered, self._broker._ignore)
+        def written(results: list[bool]) -> Any:
+            # A later recount finishes instead; so does the next beat's when
+            # a write failed (the node stays partial until then).
+            if recount != self._recounts or self._stopped:
+                return None
+            if not all(results):
+                self._recount_due = True
+                return None
+            return self._enlist("done").addCallbacks(self._done, self._broker._ignore)
+
+        return gatherResults(writes).addCallback(written)
+
+    def _done(self, fresh: Any) -> None:
+        if fresh:
+            self._counted = True

@@ -7,20 +7,23 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from chloed.backends.redis.census import polling
 from chloed.backends.redis.keys import ZERO, Key, parse_key
 from chloed.broker import Channel, Subscriber
 from chloed.frames import Encoded
 
 
 class _Snapshot:
-    """What :data:`SNAPSHOT_SCRIPT` answered."""
+    """What :data:`SNAPSHOT_SCRIPT` answered (``fresh``: whether the node
+    was alive in the census when a join told Redis its counts)."""
 
-    __slots__ = ("now_ms", "head", "streams")
+    __slots__ = ("now_ms", "head", "fresh", "streams")
 
     def __init__(self, reply: list[Any]) -> None:
         self.now_ms = int(reply[0])
         self.head: Key = (int(reply[1]), int(reply[2]))
-        self.streams = reply[3:]
+        self.fresh = bool(int(reply[3]))
+        self.streams = reply[4:]
 
     def recovered(self, index: int, after: Key, ttl_ms: float, keeps: bool) -> bool:
         """Whether stream ``index`` holds everything published after ``after``
@@ -86,13 +89,18 @@ class RedisChannel(Channel):
         subscribers may join.
     :ivar buffer: live messages held for the subscribers while the channel
         is read again after Redis came back.
+    :ivar arriving: subscribers whose join has told Redis its counts but
+        which are not among ``subscribers`` yet: counted already.
     """
 
-    __slots__ = ("joining", "confirmed", "ready", "subscribing", "checking", "cursor", "buffer", "polling")
+    __slots__ = (
+        "joining", "confirmed", "ready", "subscribing", "checking", "cursor", "buffer", "polling", "arriving",
+    )
 
     def __init__(self, name: str) -> None:
         super().__init__(name, 0)
         self.joining: list[_Join] = []
+        self.arriving: dict[Subscriber, None] = {}
         # how many of the subscribers poll (for receipts: queued, not delivered)
         self.polling = 0
         self.confirmed = False
@@ -101,6 +109,23 @@ class RedisChannel(Channel):
         self.checking = False
         self.cursor: Key | None = None
         self.buffer: list[tuple[Key, str, bytes, str | None]] | None = None
+
+    def counts(self) -> tuple[int, int]:
+        """``(streaming, polling)`` subscribers here for the census: those
+        in, and those arriving (a count written while one is on its way in
+        must not drop it)."""
+        streaming, pollers = len(self.subscribers) - self.polling, self.polling
+        for subscriber in self.arriving:
+            if subscriber not in self.subscribers:
+                if polling(subscriber):
+                    pollers += 1
+                else:
+                    streaming += 1
+        return streaming, pollers
+
+    def arrived(self, subscriber: Subscriber) -> bool:
+        """``subscriber`` is no longer arriving (in, or gone); whether it was."""
+        return self.arriving.pop(subscriber, False) is None
 
     def delivering(self) -> bool:
         """Whether someone here already gets the channel's live messages

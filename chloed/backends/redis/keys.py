@@ -9,7 +9,9 @@ IDS_KEY = "chloe:ids"
 HISTORY_PREFIX = "chloe:h:"
 SESSION_PREFIX = "chloe:s:"
 SESSION_TTL = 86400  # a dead node's sessions are forgotten after a day
-NODES_KEY = "chloe:nodes"  # node -> "<expires ms> <streaming sessions> <polling sessions>"
+# node -> "<expires ms> <streaming sessions> <polling sessions> <partial>";
+# "" -> "<ms>" until which receipts are a lower bound (see census)
+NODES_KEY = "chloe:nodes"
 COUNTS_PREFIX = "chloe:r:"  # channel -> {node: "<streaming> <polling>"}, for receipts
 
 Key = tuple[int, int]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -45,6 +45,11 @@ class RedisPresence:
         self._floor: dict[str, int] = {}
         self._loading: dict[str, list[bytes]] = {}
         self._ticker: LoopingCall | None = None
+        # Whether a session is away (a polling session between two polls,
+        # in its grace): the hub says. A member only such sessions hold is
+        # not held any more, so it leaves session_grace after the last
+        # poll, as its session ends, not a second grace after that.
+        self.idle: Callable[[str], bool] = lambda session: False
 
     def start(self) -> None:
         self._ticker = LoopingCall(self.refresh)
@@ -74,7 +79,7 @@ class RedisPresence:
         self._mirror.setdefault(channel, {})[uid] = member
         self._hold(channel, [(uid, member)], session)
 
-    def part(self, channel: str, session: str, user: dict[str, Any]) -> None:
+    def part(self, channel: str, session: str, user: dict[str, Any], away: bool = False) -> None:
         """``session`` left ``channel``; once this node has no session of
         the user there it stops holding it, and it leaves when it expires."""
         uid = str(user["id"])
@@ -93,8 +98,12 @@ class RedisPresence:
         presence channel this node has members or subscribers in."""
         names = set(self._local)
         names.update(name for name in self._broker.channels if name.startswith("presence-"))
+        idle = self.idle
         for channel in names:
-            held = [(uid, entry[0]) for uid, entry in self._local.get(channel, {}).items()]
+            held = [
+                (uid, entry[0]) for uid, entry in self._local.get(channel, {}).items()
+                if not all(idle(session) for session in entry[1])
+            ]
             self._hold(channel, held, "")
 
     def _hold(self, channel: str, held: list[tuple[str, bytes]], exclude: str) -> None:

@@ -1,15 +1,32 @@
 """The Lua scripts the broker and presence run in Redis (``EVAL``), each
 one atomic step; the package docstring describes the keys they touch."""
 
-# Receipts: the subscribers in a channel's counts (key) of every node still
-# alive (in chloe:nodes, nodes), added to delivered (streaming) and queued
-# (polling); the counts of nodes gone are dropped on the way.
+# Receipts. census: the nodes alive in chloe:nodes, and whether a receipt
+# may miss someone (1: a node alive is still writing its channel counts
+# again, or the census lately lost nodes, field ''). count: the subscribers
+# in a channel's counts (key) of the nodes alive, added to delivered
+# (streaming) and queued (polling); the counts of nodes gone are dropped.
 COUNT_FUNCTION = """
-local function count(nodes, key, now, delivered, queued)
+local function census(nodes, now)
+  local alive, lower = {}, 0
+  local entries = redis.call('HGETALL', nodes)
+  for j = 1, #entries, 2 do
+    local value = entries[j + 1]
+    if tonumber(string.match(value, '^%d+') or 0) > now then
+      if entries[j] == '' then
+        lower = 1
+      else
+        alive[entries[j]] = true
+        if string.match(value, '^%d+ %d+ %d+ 1$') then lower = 1 end
+      end
+    end
+  end
+  return alive, lower
+end
+local function count(alive, key, delivered, queued)
   local counts = redis.call('HGETALL', key)
   for j = 1, #counts, 2 do
-    local alive = redis.call('HGET', nodes, counts[j])
-    if alive and tonumber(string.match(alive, '^%d+')) > now then
+    if alive[counts[j]] then
       local s, p = string.match(counts[j + 1], '^(%d+) (%d+)$')
       delivered = delivered + tonumber(s or 0)
       queued = queued + tonumber(p or 0)
@@ -18,6 +35,55 @@ local function count(nodes, key, now, delivered, queued)
     end
   end
   return delivered, queued
+end
+"""
+
+# Redis's clock, in ms.
+NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# A node's entry in chloe:nodes: "<expires ms> <streaming sessions> <polling
+# sessions> <partial>", alive ttl ms more on Redis's clock. partial is 1
+# while the node's channel counts may lack some (receipts then say they are
+# a lower bound). state: '' for a beat, a join, a session opening or
+# closing; 'begin' (the node's first) or 'again' when the node starts
+# writing all its channel counts; 'done' once Redis has them all. A node
+# finding itself forgotten (Redis lost the census, or gave the node up) is
+# partial until it has written them again; since others may have been
+# forgotten too and not be back yet, field '' then holds until when every
+# receipt is a lower bound (not for a node's first entry: a new node has
+# nothing to miss). Returns 1 when the node was alive already, else 0
+# ('done' then writes nothing: the node's next beat starts over).
+ENLIST_FUNCTION = """
+local function enlist(nodes, node, now, ttl, streaming, polling, state)
+  local old = redis.call('HGET', nodes, node)
+  local expires, partial = 0, '0'
+  if old then
+    local e, p = string.match(old, '^(%d+) %d+ %d+ ?(%d*)$')
+    expires = tonumber(e or 0)
+    if p == '1' then partial = '1' end
+  end
+  local fresh = expires > now
+  if state == 'done' then
+    if not fresh then return 0 end
+    partial = '0'
+  elseif state == 'begin' then
+    partial = '1'
+  elseif state == 'again' or not fresh then
+    partial = '1'
+    if not fresh then
+      local young = now + ttl
+      if tonumber(redis.call('HGET', nodes, '') or 0) < young then
+        redis.call('HSET', nodes, '', string.format('%.0f', young))
+      end
+    end
+  end
+  local entry = string.format('%.0f', now + ttl) .. ' ' .. streaming .. ' ' .. polling .. ' ' .. partial
+  redis.call('HSET', nodes, node, entry)
+  if fresh then return 1 end
+  return 0
 end
 """
 
@@ -36,13 +102,14 @@ redis.call('HSET', KEYS[1], 'ms', sms)
 # ARGV: data, history size, history ttl (ms), pub/sub prefix, excluded
 # session, n, the n channel names. Per channel: the next id, XADD + trim +
 # expiry, PUBLISH, and the receipt; one atomic step. Returns the ids, then
-# delivered and queued.
+# delivered, queued, and 1 when they are a lower bound.
 PUBLISH_SCRIPT = COUNT_FUNCTION + NEXT_ID + """
 local size = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local n = tonumber(ARGV[6])
 local ids = {}
 local delivered, queued = 0, 0
+local alive, lower = census(KEYS[2], now)
 for i = 1, n do
   local stream = KEYS[2 + i]
   local id = sms .. '-' .. string.format('%.0f', redis.call('HINCRBY', KEYS[1], 'seq', 1))
@@ -65,25 +132,26 @@ for i = 1, n do
   end
   redis.call('PUBLISH', ARGV[4] .. ARGV[6 + i], id .. ' ' .. ARGV[5] .. ' ' .. ARGV[1])
   ids[#ids + 1] = id
-  delivered, queued = count(KEYS[2], KEYS[2 + n + i], now, delivered, queued)
+  delivered, queued = count(alive, KEYS[2 + n + i], delivered, queued)
 end
 ids[#ids + 1] = delivered
 ids[#ids + 1] = queued
+ids[#ids + 1] = lower
 return ids
 """
 
 # The subscribers of one channel on every node alive (KEYS: chloe:nodes,
 # the channel's counts): streaming, polling.
-SUBSCRIBERS_SCRIPT = COUNT_FUNCTION + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local delivered, queued = count(KEYS[1], KEYS[2], now, 0, 0)
+SUBSCRIBERS_SCRIPT = COUNT_FUNCTION + NOW + """
+local alive = census(KEYS[1], now)
+local delivered, queued = count(alive, KEYS[2], 0, 0)
 return {delivered, queued}
 """
 
-# A message to everyone (KEYS[3] absent: returns the id and the sessions of
-# every node alive, streaming and polling) or to one session (KEYS[3] names
-# its node: returns the id, or false when no node holds the session).
+# A message to everyone (KEYS[3] absent: returns the id, the sessions of
+# every node alive, streaming and polling, and 1 when the census lately lost
+# nodes) or to one session (KEYS[3] names its node: returns the id, or false
+# when no node holds the session).
 DIRECT_SCRIPT = """
 local target = ARGV[2] .. 'all'
 local head = ''
@@ -100,28 +168,29 @@ if #KEYS > 2 then
   if reached == 0 then return false end
   return {id}
 end
-local delivered, queued = 0, 0
+local delivered, queued, lower = 0, 0, 0
 local nodes = redis.call('HGETALL', KEYS[2])
 for j = 1, #nodes, 2 do
-  local expires, s, p = string.match(nodes[j + 1], '^(%d+) (%d+) (%d+)$')
-  if expires and tonumber(expires) > now then
-    delivered = delivered + tonumber(s)
-    queued = queued + tonumber(p)
+  if tonumber(string.match(nodes[j + 1], '^%d+') or 0) > now then
+    local s, p = string.match(nodes[j + 1], '^%d+ (%d+) (%d+)')
+    if s then
+      delivered = delivered + tonumber(s)
+      queued = queued + tonumber(p)
+    elseif nodes[j] == '' then
+      lower = 1
+    end
   end
 end
-return {id, delivered, queued}
+return {id, delivered, queued, lower}
 """
 
 # A node's beat (KEYS[1] chloe:nodes; ARGV: node, ttl ms, streaming and
-# polling sessions; an empty ttl leaves): holds the node alive for ttl ms
-# more on Redis's clock and forgets nodes past their time. Returns 1 when
-# the node was alive already, 0 when its channel counts may have been
-# dropped meanwhile (it then reports them all again).
-NODE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-local fresh = old and tonumber(string.match(old, '^%d+') or 0) > now
+# polling sessions, and enlist's state, '' unless given; an empty ttl
+# leaves): holds the node alive for ttl ms more on Redis's clock and
+# forgets nodes past their time. Returns 1 when the node was alive already,
+# 0 when its channel counts may have been dropped meanwhile (it then writes
+# them all again).
+NODE_SCRIPT = ENLIST_FUNCTION + NOW + """
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
   return 0
@@ -132,10 +201,16 @@ for j = 1, #nodes, 2 do
     redis.call('HDEL', KEYS[1], nodes[j])
   end
 end
-local expires = string.format('%.0f', now + tonumber(ARGV[2]))
-redis.call('HSET', KEYS[1], ARGV[1], expires .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
-if fresh then return 1 end
-return 0
+return enlist(KEYS[1], ARGV[1], now, tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5] or '')
+"""
+
+# A session opening (KEYS: chloe:nodes, the session's chloe:s: key; ARGV:
+# node, ttl ms, streaming and polling sessions with it, the key's ttl s):
+# which node holds it, and the node's sessions, in one step sent before the
+# browser is answered connected. Returns as NODE_SCRIPT.
+SESSION_SCRIPT = ENLIST_FUNCTION + NOW + """
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[5])
+return enlist(KEYS[1], ARGV[1], now, tonumber(ARGV[2]), ARGV[3], ARGV[4], '')
 """
 
 # A request for a session another node holds (browser frames POSTed, "f",
@@ -148,25 +223,45 @@ local reached = redis.call('PUBLISH', ARGV[1] .. 'n:' .. node, ARGV[4] .. ' ' ..
 return reached > 0
 """
 
-# Atomically, for several channels: the server's time, the last id given
-# out, and for each stream after its ARGV cursor ('' for none): whether it
-# exists, the newest entry trimmed away, the first entry kept, the entries.
-SNAPSHOT_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+# Atomically, for several channels (KEYS: chloe:ids, chloe:nodes, the n
+# streams, and for a join the n channels' counts; ARGV: n, the node ('' but
+# for a join), its ttl ms, streaming and polling sessions, the counts' ttl
+# s, the n cursors, '' for none, and for a join the n counts "<streaming>
+# <polling>"): for a join, this node's counts of its channels, with the
+# joining subscriber, so that every publish after the join is answered
+# counts it; then the server's time, the last id given out, whether the
+# node was alive (as NODE_SCRIPT; 1 when not a join), and for each stream
+# after its cursor: whether it exists, the newest entry trimmed away, the
+# first entry kept, the entries.
+SNAPSHOT_SCRIPT = ENLIST_FUNCTION + NOW + """
+local n = tonumber(ARGV[1])
+local fresh = 1
+if ARGV[2] ~= '' then
+  fresh = enlist(KEYS[2], ARGV[2], now, tonumber(ARGV[3]), ARGV[4], ARGV[5], '')
+  for i = 1, n do
+    local key, value = KEYS[2 + n + i], ARGV[6 + n + i]
+    if value == '' then
+      redis.call('HDEL', key, ARGV[2])
+    else
+      redis.call('HSET', key, ARGV[2], value)
+      redis.call('EXPIRE', key, ARGV[6])
+    end
+  end
+end
 local head = redis.call('HMGET', KEYS[1], 'ms', 'seq')
-local out = {string.format('%.0f', now), head[1] or '0', head[2] or '0'}
-for i = 2, #KEYS do
-  if ARGV[i - 1] == '' or redis.call('EXISTS', KEYS[i]) == 0 then
+local out = {string.format('%.0f', now), head[1] or '0', head[2] or '0', fresh}
+for i = 1, n do
+  local stream, since = KEYS[2 + i], ARGV[6 + i]
+  if since == '' or redis.call('EXISTS', stream) == 0 then
     out[#out + 1] = {0}
   else
-    local info = redis.call('XINFO', 'STREAM', KEYS[i])
+    local info = redis.call('XINFO', 'STREAM', stream)
     local deleted, first = '0-0', '0-0'
     for j = 1, #info, 2 do
       if info[j] == 'max-deleted-entry-id' then deleted = info[j + 1]
       elseif info[j] == 'recorded-first-entry-id' then first = info[j + 1] end
     end
-    out[#out + 1] = {1, deleted, first, redis.call('XRANGE', KEYS[i], '(' .. ARGV[i - 1], '+')}
+    out[#out + 1] = {1, deleted, first, redis.call('XRANGE', stream, '(' .. since, '+')}
   end
 end
 return out
