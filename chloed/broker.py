@@ -152,6 +152,9 @@ class Broker:
         self.delivered = 0
         self.observe_fanout: Callable[[float], None] | None = None
 
+    def serve_handover(self, frames: Callable[[str, bytes], None], poll: Callable[..., None]) -> None:
+        """Where other nodes' hand-overs would go: one process has none."""
+
     # -- sessions ---------------------------------------------------------
 
     def add_session(self, session: Subscriber) -> None:

@@ -84,8 +84,8 @@ class Hub:
             # (a microsecond more: the sums of intervals are not exact)
             self._tolerance = (self._burst - 1) * self._interval + 1e-6
         # A shared backend keeps presence itself (in Redis, across nodes).
-        if hasattr(broker, "on_forward"):
-            broker.on_forward = self._forwarded
+        broker.serve_handover(self._forwarded, self._handed_over_poll)
+        self._answer_poll: Callable[[str, int, Callable[[int, bytes], None]], None] | None = None
         make_presence = getattr(broker, "make_presence", None)
         self.presence: Any = (
             make_presence(clock, config.session_grace)
@@ -325,6 +325,17 @@ class Hub:
         if forward is None or not SESSION_ID_RE.fullmatch(session_id):
             return None
         return forward(session_id, body)
+
+    def serve_polls(self, answer: Callable[[str, int, Callable[[int, bytes], None]], None]) -> None:
+        """The long-poll transport answers polls other nodes hand over:
+        ``answer(session_id, cursor, reply)``, ``reply(status, JSON body)``."""
+        self._answer_poll = answer
+
+    def _handed_over_poll(self, session_id: str, cursor: int, reply: Callable[[int, bytes], None]) -> None:
+        if self._answer_poll is None:
+            reply(404, frames.dumps({"error": "unknown_session", "message": "no such session: start a new one"}))
+            return
+        self._answer_poll(session_id, cursor, reply)
 
     def _forwarded(self, session_id: str, body: bytes) -> None:
         """Frames another node took for one of this node's sessions."""

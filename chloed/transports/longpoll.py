@@ -202,8 +202,7 @@ class PollResource(BrowserResource):
         self.transport = "jsonp" if jsonp else "longpoll"
         if jsonp:
             self.putChild(b"send", JsonpSendResource(hub))
-        if hasattr(hub.broker, "on_poll"):
-            hub.broker.on_poll = lambda session_id, cursor, reply: remote_poll(hub, session_id, cursor, reply)
+        hub.serve_polls(lambda session_id, cursor, reply: remote_poll(hub, session_id, cursor, reply))
 
     def render_OPTIONS(self, request: Any) -> bytes:
         return preflight(request, self.hub.config.allowed_origins)

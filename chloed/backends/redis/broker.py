@@ -94,6 +94,12 @@ class RedisBroker(Broker):
 
     # -- connections ------------------------------------------------------
 
+    def serve_handover(self, frames: Any, poll: Any) -> None:
+        """Where frames and polls other nodes hand over for this node's
+        sessions go: ``frames(session_id, body)``, ``poll(session_id,
+        cursor, reply)`` with ``reply(status, body)``."""
+        self.on_forward, self.on_poll = frames, poll
+
     def service(self) -> Service:
         """The service that connects this broker while the server runs."""
         return _Connector(self)
