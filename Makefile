@@ -1,6 +1,6 @@
 # make demo: set everything up, run chloed and the echo app (open http://localhost:4567)
 # make chat: the same, with the chat demo app instead (open http://localhost:4567 in two browsers)
-# make test: set everything up, run every test (what CI runs, through .ci/run)
+# make test: set everything up, type-check (mypy, configured in setup.cfg), run every test (what CI runs, through .ci/run)
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
@@ -24,6 +24,7 @@ system-deps:
 setup: system-deps $(VENV)/.installed
 
 test: setup
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 demo: setup

@@ -1,70 +1,25 @@
 """The application's HTTP API: ``POST /send``, ``GET /channels[/NAME]``,
 ``GET /health``.
 
-``/send`` and ``/channels`` take the bearer ``secret`` (compared in constant
-time); with no secret configured they answer loopback clients only. Errors
-are ``{"error": code, "message": text}`` with a 4xx status.
+``/send`` and ``/channels`` take the bearer ``secret``; with no secret
+configured they answer loopback clients only (:func:`chloed.http.authorize`).
+Errors are ``{"error": code, "message": text}`` with a 4xx status.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-from typing import Any
+from typing import Any, NoReturn
 
 from klein import Klein
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chloed import __version__, frames
-from chloed.backends import BackendUnavailable
+from chloed.backends.base import BackendUnavailable, ChannelInfo, ChannelListing, PublishResult
 from chloed.errors import RequestError
 from chloed.hub import Hub
-from chloed.transports._http import error, json_body
-
-log = Logger()
-
-
-def is_loopback(request: IRequest) -> bool:
-    """Whether the request comes from this machine."""
-    host = getattr(request.getClientAddress(), "host", None)
-    if host is None:
-        # A UNIX socket: only local processes can reach it.
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    # On a dual-stack IPv6 socket, 127.0.0.1 arrives as ::ffff:127.0.0.1.
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
-
-
-def _authorized(request: IRequest, secrets: tuple[str, ...]) -> bool:
-    if not secrets:
-        return is_loopback(request)
-    header = request.getHeader(b"authorization") or b""
-    scheme, _, given = header.partition(b" ")
-    if scheme.lower() != b"bearer":
-        return False
-    ok = False
-    for secret in secrets:
-        # Every secret is compared, so timing says nothing of which matched.
-        ok |= hmac.compare_digest(given.strip(), secret.encode("utf-8"))
-    return ok
-
-
-def routing_error(request: IRequest, failure: Any) -> bytes:
-    """A path no route takes (404), or a method it does not (405 with
-    ``Allow``), as a JSON error."""
-    exc = failure.value
-    if isinstance(exc, MethodNotAllowed):
-        allowed = ", ".join(sorted(exc.valid_methods or ()))
-        request.setHeader(b"allow", allowed.encode("ascii"))
-        return error(request, 405, "method_not_allowed", f"this endpoint takes {allowed}")
-    return error(request, 404, "not_found", "no such endpoint")
+from chloed.http import answer_request_error, authorize, json_body, routing_error
 
 
 def _text(value: bytes, field: str) -> str:
@@ -72,17 +27,6 @@ def _text(value: bytes, field: str) -> str:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         raise RequestError(400, "bad_request", f"{field} is not UTF-8") from None
-
-
-def answer_request_error(request: IRequest, exc: RequestError) -> bytes:
-    """Log a refused API request in one line and answer its JSON error."""
-    log.info(
-        "{method} {path}: {status} {code}: {message}",
-        method=request.method.decode("ascii", "replace"),
-        path=request.path.decode("ascii", "replace"),
-        status=exc.status, code=exc.code, message=exc.message,
-    )
-    return error(request, exc.status, exc.code, exc.message)
 
 
 _FIELDS = frozenset((b"data", b"channel", b"session", b"exclude"))
@@ -214,75 +158,73 @@ class Api:
         return answer_request_error(request, failure.value)
 
     def _authorize(self, request: IRequest) -> None:
-        if not _authorized(request, self.config.secret):
-            if self.config.secret:
-                request.setHeader(b"www-authenticate", b'Bearer realm="chloe"')
-                raise RequestError(401, "unauthorized", "a valid Authorization: Bearer secret is required")
-            raise RequestError(403, "forbidden", "with no secret configured only loopback clients may call the API")
+        authorize(request, self.config.secret)
 
     @app.route("/send", methods=["POST"])
-    def send(self, request: IRequest) -> bytes:
+    def send(self, request: IRequest) -> Deferred[bytes]:
+        """202 with the receipt once the backend has stored the message."""
         self._authorize(request)
         req = SendRequest.from_request(request, self.config.max_message_bytes)
+        result: Deferred[PublishResult] | Deferred[PublishResult | None]
         if req.session is not None:
             result = self.broker.to_session(req.session, req.data)
         elif req.channels:
             result = self.broker.publish(req.channels, req.data, exclude=req.exclude)
         else:
             result = self.broker.broadcast(req.data, exclude=req.exclude)
-        if isinstance(result, Deferred):
-            # A shared backend: 202 once it has stored the message.
-            return result.addCallbacks(self._sent, self._not_sent, callbackArgs=(request,))
-        return self._sent(result, request)
+        return result.addCallbacks(self._sent, self._not_sent, callbackArgs=(request,))
 
-    def _sent(self, result: Any, request: IRequest) -> bytes:
+    def _sent(self, result: PublishResult | None, request: IRequest) -> bytes:
         if result is None:
             raise RequestError(404, "unknown_session", "no such session on this server")
         return _receipt(request, result)
 
     @staticmethod
-    def _not_sent(failure: Any) -> None:
+    def _not_sent(failure: Any) -> NoReturn:
         failure.trap(BackendUnavailable)
         raise RequestError(
             503, "backend_unavailable", f"the backend cannot take messages now ({failure.getErrorMessage()}); retry"
         )
 
     @app.route("/channels", methods=["GET"])
-    def channels(self, request: IRequest) -> bytes:
+    def channels(self, request: IRequest) -> Deferred[bytes]:
+        """The active channels; ``scope`` says whose (``node``: this node's,
+        with several nodes)."""
         self._authorize(request)
-        listing: dict[str, Any] = {}
-        for name, channel in self.broker.channels.items():
-            entry: dict[str, Any] = {"subscribers": len(channel.subscribers), "last_id": channel.last_id}
+        return self.broker.channel_list().addCallback(self._listing_body, request)
+
+    def _listing_body(self, listing: ChannelListing, request: IRequest) -> bytes:
+        channels: dict[str, Any] = {}
+        for name, info in listing.channels.items():
+            entry: dict[str, Any] = {"subscribers": info.subscribers, "last_id": info.last_id}
             if name.startswith("presence-"):
                 entry["members"] = self.hub.presence.members(name)
-            listing[name] = entry
-        return json_body(request, 200, {"channels": listing})
+            channels[name] = entry
+        return json_body(request, 200, {"channels": channels, "scope": listing.scope})
 
     @app.route("/channels/<string:name>", methods=["GET"])
-    def channel(self, request: IRequest, name: str) -> bytes:
+    def channel(self, request: IRequest, name: str) -> Deferred[bytes]:
+        """One channel: with several nodes, the subscribers of every node."""
         self._authorize(request)
         if not frames.valid_channel(name):
             raise RequestError(400, frames.INVALID_CHANNEL, "not a valid channel name")
-        count = self.broker.subscribers(name)
-        if isinstance(count, Deferred):
-            # A shared backend: the subscribers of every node.
-            return count.addCallbacks(self._channel_body, self._backend_failed, callbackArgs=(request, name))
-        return self._channel_body(count, request, name)
+        return self.broker.channel_info(name).addCallbacks(
+            self._channel_body, self._backend_failed, callbackArgs=(request,)
+        )
 
-    def _channel_body(self, count: int, request: IRequest, name: str) -> bytes:
-        channel = self.broker.channels.get(name)
+    def _channel_body(self, info: ChannelInfo, request: IRequest) -> bytes:
         body: dict[str, Any] = {
-            "channel": name,
-            "subscribers": count,
-            "last_id": None if channel is None else channel.last_id,
-            "members": self.hub.presence.members(name),
+            "channel": info.name,
+            "subscribers": info.subscribers,
+            "last_id": info.last_id,
+            "members": self.hub.presence.members(info.name),
         }
-        if channel is not None and not getattr(self.broker, "asynchronous", False):
-            body["history"] = len(channel.history)  # with Redis it lives there
+        if info.history is not None:
+            body["history"] = info.history  # (with Redis it lives there)
         return json_body(request, 200, body)
 
     @staticmethod
-    def _backend_failed(failure: Any) -> None:
+    def _backend_failed(failure: Any) -> NoReturn:
         failure.trap(BackendUnavailable)
         raise RequestError(503, "backend_unavailable", f"the backend is unavailable ({failure.getErrorMessage()})")
 

@@ -58,7 +58,7 @@ class RequestError(ChloeError):
         self.message = message
 
 
-class UpstreamRejected(ChloeError):
+class RelayRejected(ChloeError):
     """The app answered 4xx (other than 408 and 429): never retried."""
 
     def __init__(self, status: int) -> None:
@@ -66,6 +66,6 @@ class UpstreamRejected(ChloeError):
         self.status = status
 
 
-class UpstreamUnavailable(ChloeError):
+class RelayUnavailable(ChloeError):
     """The app could not take the message: after the last retry, or at once
     when the relay queue is full."""

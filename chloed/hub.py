@@ -21,18 +21,18 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from chloed import frames, lograte, tokens
-from chloed.broker import Broker
+from chloed.backends.base import Backend, Presence
 from chloed.config import Config
-from chloed.errors import ProtocolError, UpstreamRejected
+from chloed.errors import ProtocolError, RelayRejected
 from chloed.frames import Frame
 from chloed.lograte import ClientErrors
-from chloed.presence import Presence
+from chloed.relay import Relay, delivery_id, event_body
 from chloed.session import Session, Sink
-from chloed.upstream import Relay, delivery_id, event_body
 
 log = Logger()
 
-STREAMING = frozenset({"websocket", "sse"})
+# Seconds a poll handed to another node may take beyond longpoll_timeout.
+POLL_HANDOVER_SLACK = 10
 # What new_session_id makes; anything else is no session of any node.
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 
@@ -51,7 +51,7 @@ class Hub:
     def __init__(
         self,
         config: Config,
-        broker: Broker,
+        broker: Backend,
         clock: IReactorTime,
         relay: Relay | None,
         new_id: Callable[[], str] = new_session_id,
@@ -83,17 +83,10 @@ class Hub:
             self._interval = 1.0 / config.rate_limit
             # (a microsecond more: the sums of intervals are not exact)
             self._tolerance = (self._burst - 1) * self._interval + 1e-6
-        # A shared backend keeps presence itself (in Redis, across nodes).
         broker.serve_handover(self._forwarded, self._handed_over_poll)
         self._answer_poll: Callable[[str, int, Callable[[int, bytes], None]], None] | None = None
-        make_presence = getattr(broker, "make_presence", None)
-        self.presence: Any = (
-            make_presence(clock, config.session_grace)
-            if make_presence is not None
-            else Presence(clock, config.session_grace, broker.announce)
-        )
-        if hasattr(self.presence, "idle"):
-            self.presence.idle = self._idle
+        self.presence: Presence = broker.make_presence(clock, config.session_grace)
+        self.presence.idle = self._idle
         self._handlers: dict[str, Callable[[Session, Frame], None]] = {
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
@@ -123,7 +116,7 @@ class Hub:
             self._start_grace(session)
         session.deliver(frames.connected(session.id, self.config.heartbeat, self.config.rate_limit, self._burst))
         self._event("connect", session)
-        if isinstance(counted, Deferred) and not counted.called:
+        if not counted.called:
             # A shared backend counts the session for broadcast receipts
             # first: the browser hears ``connected`` (and what follows it,
             # held meanwhile) only once every later /send, on any node,
@@ -142,7 +135,12 @@ class Hub:
         if counting is None:
             return None
         done: Deferred[None] = Deferred()
-        counting.addBoth(lambda result: (done.callback(None), result)[1])
+
+        def fire(result: object) -> object:
+            done.callback(None)
+            return result
+
+        counting.addBoth(fire)
         return done
 
     def _counted(self, result: Any, session: Session, sink: Sink | None) -> None:
@@ -167,7 +165,7 @@ class Hub:
     def poll_started(self, session: Session) -> None:
         """A poll is open: the session is not idle, whatever the grace."""
         if session.grace is not None:
-            session.grace.cancel()  # type: ignore[attr-defined]
+            session.grace.cancel()
             session.grace = None
         self.connections[session.transport] += 1
 
@@ -180,7 +178,7 @@ class Hub:
     def _idle(self, session_id: str) -> bool:
         """Whether a session is between two polls (in its grace)."""
         session = self.broker.sessions.get(session_id)
-        return session is not None and getattr(session, "grace", None) is not None
+        return isinstance(session, Session) and session.grace is not None
 
     def connection_lost(self, session: Session) -> None:
         """A streaming connection closed: its session ends."""
@@ -192,7 +190,7 @@ class Hub:
 
     def _start_grace(self, session: Session) -> None:
         if session.grace is not None:
-            session.grace.cancel()  # type: ignore[attr-defined]
+            session.grace.cancel()
         session.grace = self.clock.callLater(self.config.session_grace, self._expire, session)
 
     def _expire(self, session: Session) -> None:
@@ -213,7 +211,7 @@ class Hub:
             return
         session.closed = True
         self._limited.discard(session.id)
-        grace: IDelayedCall | None = session.grace  # type: ignore[assignment]
+        grace: IDelayedCall | None = session.grace
         if grace is not None and grace.active():
             grace.cancel()
         session.grace = None
@@ -321,10 +319,17 @@ class Hub:
         """Browser frames POSTed here for a session this node does not hold:
         with a shared backend, a Deferred firing with whether the node that
         holds it took them; None when there is nobody to ask."""
-        forward = getattr(self.broker, "forward", None)
-        if forward is None or not SESSION_ID_RE.fullmatch(session_id):
+        if not SESSION_ID_RE.fullmatch(session_id):
             return None
-        return forward(session_id, body)
+        return self.broker.forward(session_id, body)
+
+    def forward_poll(self, session_id: str, cursor: int) -> Deferred[tuple[int, bytes] | None] | None:
+        """A poll of a session this node does not hold: with a shared
+        backend, a Deferred firing with the answer of the node that holds it
+        (None: no node does); None when there is nobody to ask."""
+        if self.find(session_id) is not None or not SESSION_ID_RE.fullmatch(session_id):
+            return None
+        return self.broker.forward_poll(session_id, cursor, self.config.longpoll_timeout + POLL_HANDOVER_SLACK)
 
     def serve_polls(self, answer: Callable[[str, int, Callable[[int, bytes], None]], None]) -> None:
         """The long-poll transport answers polls other nodes hand over:
@@ -373,33 +378,11 @@ class Hub:
         poll URL), replaying after one cursor merged across them.
 
         Each channel is answered like a ``subscribe`` frame (``subscribed``
-        or an ``error``); then comes what was missed, in publish order.
+        or an ``error``, in the order given) once the backend has them all
+        in; then comes what was missed, in publish order.
         """
-        if getattr(self.broker, "asynchronous", False):
-            self._subscribe_all_shared(session, channels, since, token)
-            return
-        accepted = []
-        for channel in dict.fromkeys(channels):
-            try:
-                frame = frames.parse_object(
-                    {"type": "subscribe", "channel": channel, "token": token, "since": since}
-                )
-                self._subscribe(session, frame, replay=False)
-            except ProtocolError as exc:
-                session.deliver(frames.from_protocol_error(exc))
-            else:
-                accepted.append(channel)
-        if since is not None and accepted:
-            recovered, missed = self.broker.replay_many(accepted, since)
-            for message in missed:
-                session.deliver(message)
-
-    def _subscribe_all_shared(
-        self, session: Session, channels: list[str], since: str | None, token: str | None
-    ) -> None:
-        """``subscribe_all`` on a shared backend: every channel joins at once
-        and the replay, merged across them, comes when they all are in."""
-        accepted: list[tuple[str, Any, bool]] = []
+        outcomes: list[tuple[str, Any]] = []
+        joining: list[str] = []
         for channel in dict.fromkeys(channels):
             try:
                 frame = frames.parse_object(
@@ -407,27 +390,43 @@ class Hub:
                 )
                 grant = self._admit(session, frame)
             except ProtocolError as exc:
-                session.deliver(frames.from_protocol_error(exc))
+                outcomes.append((channel, exc))
             else:
-                accepted.append((channel, grant, channel not in session.channels))
+                outcomes.append((channel, (grant, channel not in session.channels)))
                 session.channels.add(channel)
-        if not accepted:
+                joining.append(channel)
+        if not joining:
+            self._answer_joins(session, outcomes, {}, [])
             return
-
-        def joined(answer: Any) -> None:
-            if answer is None or session.closed:
-                return
-            recovered, missed = answer
-            for channel, grant, fresh in accepted:
-                if channel in session.channels:
-                    self._subscribed(session, channel, grant, fresh, recovered.get(channel, True), ())
-            for message in missed:
-                session.deliver(message)
-
-        names = [channel for channel, _, _ in accepted]
-        self.broker.subscribe_many(names, session, since).addCallback(joined).addErrback(
-            lambda f: log.failure("subscribing {session} to {channels} failed", f, session=session.tag, channels=names)
+        self.broker.subscribe_many(joining, session, since).addCallbacks(
+            self._joined_all, self._join_failed, callbackArgs=(session, outcomes),
+            errbackArgs=(session, outcomes, joining),
         )
+
+    def _joined_all(self, answer: Any, session: Session, outcomes: list[tuple[str, Any]]) -> None:
+        if session.closed:
+            return
+        recovered, missed = answer if answer is not None else ({}, [])
+        self._answer_joins(session, outcomes, recovered, missed)
+
+    def _join_failed(self, failure: Any, session: Session, outcomes: list[tuple[str, Any]], names: list[str]) -> None:
+        log.failure("subscribing {session} to {channels} failed", failure, session=session.tag, channels=names)
+        if not session.closed:
+            # The refusals are still owed; the joins are answered when the
+            # backend is back (it resubscribes its channels).
+            self._answer_joins(session, [o for o in outcomes if isinstance(o[1], ProtocolError)], {}, [])
+
+    def _answer_joins(
+        self, session: Session, outcomes: list[tuple[str, Any]], recovered: dict[str, bool], missed: list[Any]
+    ) -> None:
+        for channel, outcome in outcomes:
+            if isinstance(outcome, ProtocolError):
+                session.deliver(frames.from_protocol_error(outcome))
+            elif channel in session.channels:
+                grant, fresh = outcome
+                self._subscribed(session, channel, grant, fresh, recovered.get(channel, True), ())
+        for message in missed:
+            session.deliver(message)
 
     def _admit(self, session: Session, frame: Frame) -> Any:
         """Check the token and the subscription limit of a ``subscribe``;
@@ -472,27 +471,20 @@ class Hub:
             exc.ref = frame.ref
             raise
 
-    def _subscribe(self, session: Session, frame: Frame, replay: bool = True) -> None:
-        """Subscribe; ``replay=False`` answers ``recovered`` for ``since`` but
-        leaves the replay to the caller (which merges several channels)."""
+    def _subscribe(self, session: Session, frame: Frame) -> None:
+        """A ``subscribe`` frame: answered once the backend has it in."""
         channel = frame.channel
         assert channel is not None
         grant = self._admit(session, frame)
         fresh = channel not in session.channels
-        answer = self.broker.subscribe(channel, session, frame.since if replay else None)
         session.channels.add(channel)
-        if isinstance(answer, Deferred):
-            # A shared backend answers once the channel's history was read.
-            answer.addCallback(self._joined, session, channel, grant, fresh).addErrback(
-                lambda f: log.failure(
-                    "subscribing {session} to {channel} failed", f, session=session.tag, channel=channel
-                )
+        self.broker.subscribe(channel, session, frame.since).addCallback(
+            self._joined, session, channel, grant, fresh
+        ).addErrback(
+            lambda f: log.failure(
+                "subscribing {session} to {channel} failed", f, session=session.tag, channel=channel
             )
-            return
-        recovered, missed = answer
-        if not replay and frame.since is not None:
-            recovered = self.broker.replay(channel, frame.since)[0]
-        self._subscribed(session, channel, grant, fresh, recovered, missed)
+        )
 
     def _joined(self, answer: Any, session: Session, channel: str, grant: Any, fresh: bool) -> None:
         if answer is None or session.closed or channel not in session.channels:
@@ -539,49 +531,57 @@ class Hub:
         session.deliver(frames.PONG)
 
     def _send(self, session: Session, frame: Frame) -> None:
+        """A browser's ``send``: published to its channel (``client_publish``),
+        relayed to the app (``message`` in ``events``), or both; acked once
+        the app took it, or, with no relay, once it is published."""
         assert frame.data is not None
         self.sent_by_browsers += 1
-        published = False
-        if frame.channel is not None and frames.reserved(frame.channel):
+        channel = frame.channel
+        if channel is not None and frames.reserved(channel):
             raise ProtocolError(
                 frames.FORBIDDEN, f"only Chloe publishes to {frames.RESERVED_PREFIX}* channels",
-                ref=frame.ref, channel=frame.channel,
+                ref=frame.ref, channel=channel,
             )
-        if self.config.client_publish and frame.channel is not None:
-            if tokens.needs_token(frame.channel) and frame.channel not in (session.granted or ()):
-                raise ProtocolError(
-                    frames.FORBIDDEN,
-                    "a browser may publish only to public channels and to channels its token lists",
-                    ref=frame.ref, channel=frame.channel,
-                )
-            stored = self.broker.publish([frame.channel], frame.data)
-            published = True
-            if isinstance(stored, Deferred):
-                stored.addErrback(self._publish_failed, session, frame)
-                if self.relay is None or "message" not in self.config.events:
-                    stored.addCallback(lambda result: result and session.deliver(frames.ack(frame.ref)))
-                    return
-        if self.relay is None or "message" not in self.config.events:
-            if published:
-                session.deliver(frames.ack(frame.ref))
-                return
+        publishing = self.config.client_publish and channel is not None
+        relaying = self.relay is not None and "message" in self.config.events
+        if not publishing and not relaying:
             why = (
                 "this server has no application_server_url" if self.relay is None
                 else "this server does not relay browser messages (\"message\" is not in events)"
             )
+            raise ProtocolError(frames.NO_APPLICATION, why, ref=frame.ref)
+        published = self._publish_from(session, frame) if publishing else None
+        if relaying:
+            self._relay_from(session, frame)
+        elif published is not None:
+            published.addCallback(lambda result: result and session.deliver(frames.ack(frame.ref)))
+
+    def _publish_from(self, session: Session, frame: Frame) -> Deferred[Any]:
+        """Publish a browser's ``send`` to its channel: a public one, or one
+        a token it subscribed with lists. Fires with the receipt, or None
+        when the backend could not take it (the browser is told)."""
+        channel = frame.channel
+        assert channel is not None and frame.data is not None
+        if tokens.needs_token(channel) and channel not in (session.granted or ()):
             raise ProtocolError(
-                frames.NO_APPLICATION, why, ref=frame.ref
+                frames.FORBIDDEN,
+                "a browser may publish only to public channels and to channels its token lists",
+                ref=frame.ref, channel=channel,
             )
+        return self.broker.publish([channel], frame.data).addErrback(self._publish_failed, session, frame)
+
+    def _relay_from(self, session: Session, frame: Frame) -> None:
+        """Relay a browser's ``send`` to the app; acked once it took it."""
+        assert self.relay is not None
         body = event_body("message", session.id, frame.channel, frame.data, frame.ref, session.user)
-        result = self.relay.submit(session.id, body, delivery_id(frame.ref))
-        result.addCallbacks(
+        self.relay.submit(session.id, body, delivery_id(frame.ref)).addCallbacks(
             lambda _: session.deliver(frames.ack(frame.ref)),
             self._relay_failed,
             errbackArgs=(session, frame),
         )
 
     def _publish_failed(self, failure: Any, session: Session, frame: Frame) -> None:
-        """A browser's publish the shared backend could not take."""
+        """A browser's publish the backend could not take."""
         log.warn("publish from {session} failed: {why}", session=session.tag, why=failure.getErrorMessage())
         session.deliver(frames.error(
             frames.UPSTREAM_FAILED, f"could not publish: {failure.getErrorMessage()}", frame.ref, frame.channel
@@ -589,7 +589,7 @@ class Hub:
         return None
 
     def _relay_failed(self, failure: Any, session: Session, frame: Frame) -> None:
-        if failure.check(UpstreamRejected):
+        if failure.check(RelayRejected):
             code, message = frames.UPSTREAM_REJECTED, f"the application refused it ({failure.value.status})"
         else:
             code, message = frames.UPSTREAM_FAILED, f"the application could not take it: {failure.value}"

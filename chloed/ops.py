@@ -16,17 +16,13 @@ from typing import Any
 
 from klein import Klein
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from chloed.api import _authorized, answer_request_error, is_loopback, routing_error
 from chloed.errors import RequestError
+from chloed.http import answer_request_error, authorize, json_body, routing_error
 from chloed.hub import Hub
 from chloed.metrics import Metrics
-from chloed.transports._http import json_body
-
-log = Logger()
 
 #: The paths this module answers; everything else goes to the app's API.
 PATHS = (b"status", b"metrics", b"openapi.json")
@@ -35,18 +31,6 @@ PATHS = (b"status", b"metrics", b"openapi.json")
 def openapi_document() -> bytes:
     """``chloed/openapi.json``, shipped with the package."""
     return (resources.files("chloed") / "openapi.json").read_bytes()
-
-
-def operator_refusal(request: IRequest, secrets: tuple[str, ...]) -> RequestError | None:
-    """Why ``request`` may not see the operator's views (``/status``,
-    ``/metrics``, the status page), or None when it may: loopback, or the
-    app API's bearer check with its answers (:class:`chloed.api.Api`)."""
-    if is_loopback(request) or _authorized(request, secrets):
-        return None
-    if secrets:
-        request.setHeader(b"www-authenticate", b'Bearer realm="chloe"')
-        return RequestError(401, "unauthorized", "a valid Authorization: Bearer secret is required")
-    return RequestError(403, "forbidden", "with no secret configured only loopback clients may call the API")
 
 
 class Ops:
@@ -67,9 +51,7 @@ class Ops:
         return answer_request_error(request, failure.value)
 
     def _authorize(self, request: IRequest) -> None:
-        refusal = operator_refusal(request, self.hub.config.secret)
-        if refusal is not None:
-            raise refusal
+        authorize(request, self.hub.config.secret, loopback=True)
 
     @app.route("/status", methods=["GET"])
     def status(self, request: IRequest) -> bytes:

@@ -20,11 +20,11 @@ from twisted.internet import defer, tcp
 from twisted.logger import Logger
 
 from chloed import __version__
-from chloed.backends import make_broker
+from chloed.backends import make_backend
 from chloed.config import Config
 from chloed.hub import Hub
 from chloed.metrics import Metrics
-from chloed.upstream import MAX_LANES_IN_FLIGHT, Relay
+from chloed.relay import MAX_LANES_IN_FLIGHT, Relay
 from chloed.web import make_site
 
 log = Logger()
@@ -190,7 +190,7 @@ class _Sessions(Service):
         return flushed(self.reactor, LINGER)
 
 
-class _Upstream(Service):
+class _RelayDrain(Service):
     """Drains the relay within ``upstream_timeout``, then closes the pool."""
 
     def __init__(self, relay: Relay | None, pool: Any, clock: Any, timeout: float) -> None:
@@ -202,11 +202,12 @@ class _Upstream(Service):
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         d: defer.Deferred[Any] = defer.succeed(None)
-        if self.relay is not None and self.relay.queued:
-            log.info("waiting for {queued} relayed messages", queued=self.relay.queued)
-            d = self.relay.when_idle()
+        relay = self.relay
+        if relay is not None and relay.queued:
+            log.info("waiting for {queued} relayed messages", queued=relay.queued)
+            d = relay.when_idle()
             d.addTimeout(self.timeout, self.clock)
-            d.addErrback(lambda f: log.warn("relay not drained in time: {n} left", n=self.relay.queued))
+            d.addErrback(lambda f: log.warn("relay not drained in time: {n} left", n=relay.queued))
         if self.pool is not None:
             d.addBoth(lambda _: self.pool.closeCachedConnections())
         return d
@@ -290,7 +291,7 @@ def make_service(
     config = cap_connections(config, open_files)
     service = ChloeService()
     metrics = Metrics(reactor)
-    broker = make_broker(config.backend, reactor, config.history_size, config.history_ttl, config.history_memory)
+    broker = make_backend(config.backend, reactor, config.history_size, config.history_ttl, config.history_memory)
     relay, pool = None, None
     if config.application_server_url is not None:
         if http is None:
@@ -310,12 +311,12 @@ def make_service(
     site = make_site(hub, metrics)
     service.hub, service.site, service.metrics = hub, site, metrics
 
-    connector = getattr(broker, "service", None)
+    connector = broker.service()
     if connector is not None:
         # First in, last out: Redis stays connected while sessions end.
-        connector().setServiceParent(service)
+        connector.setServiceParent(service)
     _Drain(reactor, hub).setServiceParent(service)
-    _Upstream(relay, pool, reactor, config.upstream_timeout).setServiceParent(service)
+    _RelayDrain(relay, pool, reactor, config.upstream_timeout).setServiceParent(service)
     _Sessions(hub, reactor).setServiceParent(service)
     sweeper = TimerService(min(SWEEP_INTERVAL, max(config.history_ttl, 1.0)), broker.sweep)
     sweeper.clock = reactor

@@ -15,10 +15,13 @@ response lost in flight is simply sent again by the next poll.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from chloed.frames import Encoded
 from chloed.redact import session_tag
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
 
 
 class Sink(Protocol):
@@ -61,7 +64,8 @@ class Session:
         self.limit = limit
         self.waiter: Callable[[], None] | None = None
         self.closed = False
-        self.grace: object = None
+        # The hub's timer for a polling session between two polls.
+        self.grace: IDelayedCall | None = None
         # presence channel -> the token user this session is there as
         self.presence: dict[str, dict] | None = None
         # The rate limit: when the session's allowance is whole again (see

@@ -14,12 +14,14 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from chloed import __version__, frames, tokens
-from chloed.api import Api, answer_request_error
+from chloed.api import Api
+from chloed.errors import RequestError
+from chloed.http import answer_request_error, authorize, error
 from chloed.hub import Hub
 from chloed.metrics import Metrics
-from chloed.ops import PATHS as OPS_PATHS, Ops, operator_refusal
-from chloed.transports._http import JsonMethodsResource, error
-from chloed.transports._channel import REQUEST_DEADLINE, GuardedHTTPChannel
+from chloed.ops import PATHS as OPS_PATHS, Ops
+from chloed.transports._guard import REQUEST_DEADLINE, GuardedHTTPChannel
+from chloed.transports._http import JsonMethodsResource
 from chloed.transports.inbound import SessionPostResource
 from chloed.transports.longpoll import PollResource, batch_limit
 from chloed.transports.sse import SSEResource
@@ -61,8 +63,9 @@ class IndexPage(JsonMethodsResource):
         if not config.public_status:
             # Whom /status answers; the page's script gets a token for the
             # live feed, which is held to the same rule.
-            refusal = operator_refusal(request, config.secret)
-            if refusal is not None:
+            try:
+                authorize(request, config.secret, loopback=True)
+            except RequestError as refusal:
                 return answer_request_error(request, refusal)
             token = tokens.feed_token(frames.STATUS_CHANNEL, config.secret)
         # "<" escaped, so no value can end the <script> it sits in.
@@ -114,9 +117,9 @@ class ChloeSite(Site):
     long-poll browsers that is a line per poll; Chloe logs what happens to
     sessions and messages instead. A request must arrive whole within
     ``request_deadline`` seconds, its body no larger than ``max_body_bytes``
-    (see :mod:`chloed.transports._channel`)."""
+    (see :mod:`chloed.transports._guard`)."""
 
-    protocol = GuardedHTTPChannel
+    protocol = GuardedHTTPChannel  # type: ignore[assignment]  # Twisted wants its HTTP/2 wrapper; HTTP/1.1 alone is ours
     request_deadline = REQUEST_DEADLINE
     max_body_bytes: int | None = None
     client_errors: Any = None

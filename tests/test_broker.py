@@ -1,4 +1,4 @@
-"""Unit tests of chloed.broker: channels, fan-out, ids and history, on a Clock."""
+"""Unit tests of the memory backend's engine (chloed.backends.memory.Broker): channels, fan-out, ids and history, on a Clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from twisted.internet.task import Clock
 
-from chloed.broker import Broker, MessageId
+from chloed.backends.memory import Broker, MessageId
 from chloed.redact import session_tag
 from tests.fakes import ExplodingSubscriber, RecordingSubscriber, captured_log
 

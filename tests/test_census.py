@@ -28,6 +28,7 @@ class FakeBroker:
     """Records the commands the census sends; answers each with ``answer``."""
 
     node = "n1"
+    _commands: Any = None  # not connected unless a test says so
 
     def __init__(self) -> None:
         self.channels: dict[str, Channel] = {}
@@ -49,9 +50,17 @@ class FakeBroker:
         return [c for c in calls if c[0] != "eval"]
 
 
+def census_of(broker: FakeBroker, clock: Clock, **kwargs: Any) -> Census:
+    """A census whose Redis, node and channels are ``broker``'s."""
+    return Census(
+        clock, call=broker._call, ignore=broker._ignore, node=broker.node, channels=lambda: broker.channels,
+        connected=lambda: broker._commands is not None, **kwargs,
+    )
+
+
 def test_changes_close_together_are_one_write_per_channel():
     clock, broker = Clock(), FakeBroker()
-    census = Census(broker, clock)  # type: ignore[arg-type]
+    census = census_of(broker, clock)
     broker.channels["room"] = Channel(3, 1)
     for _ in range(5):
         census.changed("room")
@@ -69,7 +78,7 @@ def test_changes_close_together_are_one_write_per_channel():
 
 def test_beats_say_the_node_is_alive_and_leaving_says_so():
     clock, broker = Clock(), FakeBroker()
-    census = Census(broker, clock, node_ttl_ms=15_000)  # type: ignore[arg-type]
+    census = census_of(broker, clock, node_ttl_ms=15_000)
     census.session_added(type("S", (), {"transport": "websocket"})())
     census.session_added(type("S", (), {"transport": "jsonp"})())
     census.start()
@@ -85,7 +94,7 @@ def test_beats_say_the_node_is_alive_and_leaving_says_so():
 
 def test_a_node_redis_had_given_up_reports_every_channel_again():
     clock, broker = Clock(), FakeBroker()
-    census = Census(broker, clock)  # type: ignore[arg-type]
+    census = census_of(broker, clock)
     broker.channels = {"a": Channel(1, 0), "b": Channel(2, 2)}
     broker.answer = 0  # the beat found no live entry for this node
     census.beat()
@@ -101,7 +110,7 @@ def test_redis_away_loses_no_count():
     """Writes while Redis is away fail quietly; the beat after it is back
     finds the node forgotten and reports every channel again."""
     clock, broker = Clock(), FakeBroker()
-    census = Census(broker, clock)  # type: ignore[arg-type]
+    census = census_of(broker, clock)
     broker.channels = {"room": Channel(4, 1)}
     broker.answer = BackendUnavailable("not connected to Redis")
     census.changed("room")
@@ -152,8 +161,8 @@ def test_a_session_opening_tells_redis_at_once_and_a_close_a_moment_later():
     sent at once (before the browser is answered connected); a closed one
     is taken off with the next write, a moment later."""
     clock, broker = Clock(), FakeBroker()
-    broker._commands = object()  # type: ignore[attr-defined]
-    census = Census(broker, clock, node_ttl_ms=15_000)  # type: ignore[arg-type]
+    broker._commands = object()
+    census = census_of(broker, clock, node_ttl_ms=15_000)
     session = WEBSOCKET()
     census.session_added(session)
     census.session_opened("sid")
@@ -174,7 +183,7 @@ def test_a_beat_finding_the_node_forgotten_counts_again_at_once_partial_until_re
     has taken every count."""
     clock, broker = Clock(), PendingBroker()
     broker.channels = {"a": Channel(1, 0), "b": Channel(2, 2)}
-    census = Census(broker, clock, node_ttl_ms=15_000)  # type: ignore[arg-type]
+    census = census_of(broker, clock, node_ttl_ms=15_000)
     census.beat()
     broker.answer_all(0)  # forgotten
     assert broker.states() == ["", "begin"]
@@ -198,7 +207,7 @@ def test_a_recount_with_a_write_that_failed_stays_partial_until_the_next_beat():
     next beat counts everything again."""
     clock, broker = Clock(), PendingBroker()
     broker.channels = {"a": Channel(1, 0)}
-    census = Census(broker, clock, node_ttl_ms=15_000)  # type: ignore[arg-type]
+    census = census_of(broker, clock, node_ttl_ms=15_000)
     census.start()
     census.recount()
     broker.answer_all(BackendUnavailable("lost the connection"))
@@ -215,7 +224,7 @@ def test_an_older_recount_does_not_finish_over_a_newer_one():
     own writes, so the older cannot clear the partial mark early."""
     clock, broker = Clock(), PendingBroker()
     broker.channels = {"a": Channel(1, 0)}
-    census = Census(broker, clock)  # type: ignore[arg-type]
+    census = census_of(broker, clock)
     census.recount()
     census.recount()
     for _ in range(3):

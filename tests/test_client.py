@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chloed.client import SendError, SignatureError, send, verify
-from chloed.upstream import sign
+from chloed.relay import sign
 
 BODY = b'{"type":"message","data":"hi"}'
 

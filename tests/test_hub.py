@@ -8,13 +8,14 @@ import time
 
 import jwt
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from chloed import hub as hub_module
-from chloed.broker import Broker
+from chloed.backends.memory import Broker, MemoryBackend
 from chloed.config import Config
 from chloed.hub import Hub
-from chloed.upstream import Relay
+from chloed.relay import Relay
 from tests.fakes import HOLD, FakeApp, RecordingSink
 
 SECRET = "the-shared-secret-of-at-least-32-bytes"
@@ -38,7 +39,9 @@ class World:
                 self.config.upstream_retries, self.config.upstream_queue, rng=lambda: 0.0,
             )
         counter = itertools.count(1)
-        self.hub = Hub(self.config, self.broker, self.clock, relay, new_id=lambda: f"session-{next(counter)}")
+        self.hub = Hub(
+            self.config, MemoryBackend.over(self.broker), self.clock, relay, new_id=lambda: f"session-{next(counter)}"
+        )
 
     def connect(self, transport: str = "websocket"):
         """A streaming browser: its session and sink, with ``connected`` already taken off."""
@@ -671,20 +674,17 @@ def test_subscribe_all_merges_replay():
     assert session.channels == {"a", "b"}
 
 
-class _CountingBroker(Broker):
-    """A broker that, like Redis, counts a session asynchronously: the hub
+class _CountingBroker(MemoryBackend):
+    """A backend that, like Redis, counts a session asynchronously: the hub
     must not answer ``connected`` before the count is in."""
 
     def __init__(self, clock) -> None:
         super().__init__(clock, 100, 300)
-        from twisted.internet.defer import Deferred
-
         self.counting: list = []
-        self._deferred = Deferred
 
     def add_session(self, session):
         super().add_session(session)
-        d = self._deferred()
+        d = Deferred()
         self.counting.append(d)
         return d
 

@@ -28,14 +28,14 @@ def test_bad_cursor_is_none(text):
 def poll_resource():
     from twisted.internet.task import Clock
 
-    from chloed.broker import Broker
+    from chloed.backends.memory import MemoryBackend
     from chloed.config import Config
     from chloed.hub import Hub
     from chloed.transports.longpoll import PollResource
 
     clock = Clock()
     config = Config(longpoll_timeout=1.0)
-    hub = Hub(config, Broker(clock, config.history_size, config.history_ttl), clock, None)
+    hub = Hub(config, MemoryBackend(clock, config.history_size, config.history_ttl), clock, None)
     return PollResource(hub, jsonp=False), hub
 
 

@@ -12,12 +12,12 @@ from treq.testing import StubTreq
 from twisted.internet.testing import MemoryReactorClock
 
 from chloed import __version__, tokens
-from chloed.broker import Broker
+from chloed.backends.memory import Broker
 from chloed.config import Config
 from chloed.lograte import KINDS
 from chloed.metrics import STATUS_CHANNEL, Histogram, Metrics, process_stats
+from chloed.relay import BACKOFF_CAP
 from chloed.service import make_service
-from chloed.upstream import BACKOFF_CAP
 from tests.fakes import FakeApp, RecordingSink, RecordingSubscriber
 
 SECRET = "the-shared-secret-of-at-least-32-bytes"

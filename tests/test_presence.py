@@ -9,7 +9,7 @@ import time
 import jwt
 from twisted.internet.task import Clock
 
-from chloed.broker import Broker
+from chloed.backends.memory import MemoryBackend
 from chloed.config import Config
 from chloed.hub import Hub
 from tests.fakes import RecordingSink
@@ -25,7 +25,7 @@ def token(uid: str, name: str, channel: str = "presence-room") -> str:
 def setup(grace: float = 30.0):
     clock = Clock()
     config = Config(secret=(SECRET,), session_grace=grace)
-    hub = Hub(config, Broker(clock, 100, 300), clock, relay=None)
+    hub = Hub(config, MemoryBackend(clock, 100, 300), clock, relay=None)
     return clock, hub
 
 

@@ -12,7 +12,7 @@ import pytest
 from twisted.web.test.requesthelper import DummyRequest
 
 from chloed import tokens
-from chloed.broker import Broker
+from chloed.backends.memory import Broker
 from chloed.frames import STATUS_CHANNEL
 from chloed.web import IndexPage
 from tests.fakes import RecordingSubscriber

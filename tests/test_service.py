@@ -12,6 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent
 
 from chloed.config import Config
+from chloed.relay import MAX_LANES_IN_FLIGHT
 from chloed.service import (
     API_FDS,
     PROCESS_FDS,
@@ -22,7 +23,6 @@ from chloed.service import (
     open_file_limit,
     reserved_fds,
 )
-from chloed.upstream import MAX_LANES_IN_FLIGHT
 from tests.fakes import captured_log
 
 LOOPBACK = ("tcp:0:interface=127.0.0.1",)

@@ -1,6 +1,7 @@
 """What every browser-facing HTTP endpoint does alike: check ``Origin``
 against ``allowed_origins``, answer CORS, forbid caching, validate JSONP
-callbacks, and write JSON errors."""
+callbacks, and answer a method or path it does not serve with a JSON error
+(written as every endpoint writes them: :mod:`chloed.http`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from twisted.web.error import UnsupportedMethod
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from chloed import frames
+from chloed.http import error, json_error_body
 
 CALLBACK_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}(?:\.[A-Za-z_$][A-Za-z0-9_$]{0,63})*")
 MAX_CALLBACK_CHARS = 255
@@ -57,22 +58,7 @@ def preflight(request: IRequest, allowed: tuple[str, ...]) -> bytes:
         request.setHeader(b"access-control-allow-headers", b"Content-Type, Last-Event-ID")
         request.setHeader(b"access-control-max-age", b"600")
         return b""
-    return json_error_body(403, "forbidden_origin", "origin not allowed")
-
-
-def json_body(request: IRequest, status: int, value: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    return frames.dumps(value)
-
-
-def json_error_body(status: int, code: str, message: str) -> bytes:
-    return frames.dumps({"error": code, "message": message})
-
-
-def error(request: IRequest, status: int, code: str, message: str) -> bytes:
-    """Set ``status`` and return the JSON error body ``{error, message}``."""
-    return json_body(request, status, {"error": code, "message": message})
+    return json_error_body("forbidden_origin", "origin not allowed")
 
 
 def method_not_allowed(request: IRequest, allowed: list[bytes]) -> bytes:

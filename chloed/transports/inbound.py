@@ -13,15 +13,16 @@ it through Redis (``204`` once it took them).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.iweb import IRequest
 
 from chloed import frames
 from chloed.errors import ProtocolError
+from chloed.http import error
 from chloed.hub import Hub
-from chloed.transports._http import BrowserResource, browser_headers, error, preflight
-from chloed.transports.longpoll import batch_limit
+from chloed.transports._http import BrowserResource, browser_headers, preflight
+from chloed.transports._reply import BrowserReply, batch_limit, forward_frames
 
 
 class SessionPostResource(BrowserResource):
@@ -36,7 +37,7 @@ class SessionPostResource(BrowserResource):
     def render_OPTIONS(self, request: Any) -> bytes:
         return preflight(request, self.hub.config.allowed_origins)
 
-    def render_POST(self, request: Any) -> bytes:
+    def render_POST(self, request: Any) -> Any:
         hub = self.hub
         if not browser_headers(request, hub.config.allowed_origins):
             return error(request, 403, "forbidden_origin", "this origin is not allowed")
@@ -47,13 +48,9 @@ class SessionPostResource(BrowserResource):
         limit = batch_limit(hub)
         if session is None:
             # With several nodes, the session may live on another one.
-            body = request.content.read(limit + 1)
-            if len(body) <= limit:
-                forwarded = hub.forward(session_id, body)
-                if forwarded is not None:
-                    forwarded.addCallbacks(self._forwarded, self._not_forwarded, callbackArgs=(request,),
-                                           errbackArgs=(request,))
-                    return NOT_DONE_YET
+            reply = BrowserReply(request, _json(request))
+            if forward_frames(hub, session_id, request.content.read(limit + 1), reply, taken=(204, b"")):
+                return reply.rendered()
         if session is None or session.transport not in ("sse", "longpoll"):
             return error(request, 404, "unknown_session", "no such session: start a new one")
         body = request.content.read(limit + 1)
@@ -65,19 +62,15 @@ class SessionPostResource(BrowserResource):
         request.setResponseCode(204)
         return b""
 
-    @staticmethod
-    def _forwarded(taken: bool, request: Any) -> None:
-        if getattr(request, "_disconnected", False):  # the browser went away
-            return
-        if taken:
-            request.setResponseCode(204)
-        else:
-            request.write(error(request, 404, "unknown_session", "no such session: start a new one"))
-        request.finish()
 
-    @staticmethod
-    def _not_forwarded(failure: Any, request: Any) -> None:
-        if getattr(request, "_disconnected", False):  # the browser went away
-            return
-        request.write(error(request, 503, "backend_unavailable", "cannot reach the node holding this session"))
-        request.finish()
+def _json(request: IRequest) -> Callable[[int, bytes], bytes]:
+    """How a forwarded POST is answered: JSON with its status, or a 204
+    with no body."""
+
+    def render(status: int, body: bytes) -> bytes:
+        request.setResponseCode(status)
+        if body:
+            request.setHeader(b"content-type", b"application/json")
+        return body
+
+    return render

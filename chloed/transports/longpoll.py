@@ -32,17 +32,24 @@ name that is not a plain JavaScript identifier path answers 400.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from twisted.web.server import NOT_DONE_YET
 
 from chloed import frames
 from chloed.errors import ProtocolError
-from chloed.hub import SESSION_ID_RE, Hub
+from chloed.backends.base import Reply
+from chloed.hub import Hub
 from chloed.session import Session
 from chloed.transports._http import BrowserResource, arg, args, browser_headers, preflight, valid_callback
+from chloed.transports._reply import (
+    BACKEND_UNAVAILABLE,
+    UNKNOWN_SESSION,
+    BrowserReply,
+    batch_limit,
+    forward_frames,
+)
 
 log = Logger()
 
@@ -114,7 +121,7 @@ class _HeldPoll:
     through ``reply(status, JSON body)``: a browser's request here, or a
     poll another node took for one of this node's sessions."""
 
-    def __init__(self, hub: Hub, session: Session, reply: Callable[[int, bytes], None]) -> None:
+    def __init__(self, hub: Hub, session: Session, reply: Reply) -> None:
         self.hub = hub
         self.session = session
         self.reply = reply
@@ -152,44 +159,94 @@ class _HeldPoll:
         self._end()
         self.reply(200, frames_body(self.session, with_session=False))
 
-    def gone(self, _: Any) -> None:
-        """The browser went away before the answer."""
+    def cancel(self) -> None:
+        """The browser went away before the answer: hold no more."""
         if not self.done:
             self._end()
 
 
-def _hold_request(hub: Hub, request: Any, answer: _Answer, session: Session) -> None:
-    """Hold a browser's poll: answered on ``request`` (plain or JSONP)."""
+POLLING = ("longpoll", "jsonp")
+"""The transports whose sessions are read by polls."""
 
-    def reply(status: int, body: bytes) -> None:
-        request.write(answer.body(status, body))
-        request.finish()
-
-    request.notifyFinish().addErrback(_HeldPoll(hub, session, reply).gone)
+BAD_CURSOR = frames.dumps({"error": "bad_request", "message": "cursor must be the cursor of an earlier answer"})
+OK = b'{"ok":true}'
+"""What ``/jsonp/send`` answers frames it (or the node holding the session) took."""
 
 
-def remote_poll(hub: Hub, session_id: str, cursor: int, reply: Any) -> None:
-    """Answer, through ``reply(status, JSON body)``, a poll of one of this
-    node's sessions that reached another node."""
+def answer_poll(
+    hub: Hub,
+    session_id: str,
+    cursor: int | None,
+    transports: Collection[str],
+    reply: Reply,
+    elsewhere: Callable[[], None] | None = None,
+) -> _HeldPoll | None:
+    """Answer a poll of ``session_id`` after ``cursor``, through
+    ``reply(status, JSON body)``: a browser's poll here, or one another node
+    handed over. Every poll takes this one way.
+
+    Frames pending after the cursor are answered at once; with none, the
+    poll is held (a newer poll answers the older one empty). A session
+    that ended with no poll open answers its last words, once.
+
+    :param transports: the transports whose sessions this poll may read
+        (and whose last words it may hear), in that order.
+    :param elsewhere: what to do with a session that is not here and has
+        no last words here (ask another node); by default, 404.
+    :return: the held poll, for a caller to cancel when its asker goes
+        away; None once answered (or passed ``elsewhere``).
+    """
     session = hub.find(session_id)
-    if session is None or session.transport not in ("longpoll", "jsonp"):
-        ended = hub.last_words(session_id, "longpoll") or hub.last_words(session_id, "jsonp")
-        if ended is not None:
-            reply(200, frames_body(ended, with_session=False))
-            return
-        reply(404, frames.dumps({"error": "unknown_session", "message": "no such session: start a new one"}))
-        return
-    if cursor > session.seq:
-        reply(400, frames.dumps({"error": "bad_request", "message": "cursor must be the cursor of an earlier answer"}))
-        return
+    if session is None or session.transport not in transports:
+        for transport in transports:
+            ended = hub.last_words(session_id, transport)
+            if ended is not None:
+                reply(200, frames_body(ended, with_session=False))
+                return None
+        if elsewhere is None:
+            reply(404, UNKNOWN_SESSION)
+        else:
+            elsewhere()
+        return None
+    if cursor is None or cursor > session.seq:
+        reply(400, BAD_CURSOR)
+        return None
     session.acknowledge(cursor)
     if session.pending:
         reply(200, frames_body(session, with_session=False))
-        return
+        return None
     if session.waiter is not None:
+        # A newer poll replaces the older one, which answers empty now.
         waiter, session.waiter = session.waiter, None
         waiter()
-    _HeldPoll(hub, session, reply)
+    return _HeldPoll(hub, session, reply)
+
+
+def remote_poll(hub: Hub, session_id: str, cursor: int, reply: Reply) -> None:
+    """Answer, through ``reply(status, JSON body)``, a poll of one of this
+    node's sessions that reached another node: of either polling
+    transport, since the browser's node cannot know which it is."""
+    answer_poll(hub, session_id, cursor, POLLING, reply)
+
+
+def _poll_elsewhere(hub: Hub, session_id: str, cursor: int | None, reply: Reply) -> None:
+    """A poll of a session another node may hold: ask it through the
+    shared backend, or answer 404 when there is no other node to ask."""
+    asked = hub.forward_poll(session_id, cursor) if cursor is not None else None
+    if asked is None:
+        reply(404, UNKNOWN_SESSION)
+        return
+
+    def answered(result: tuple[int, bytes] | None) -> None:
+        if result is None:
+            reply(404, UNKNOWN_SESSION)
+        else:
+            reply(*result)
+
+    def failed(_: Any) -> None:
+        reply(503, BACKEND_UNAVAILABLE)
+
+    asked.addCallbacks(answered, failed)
 
 
 class PollResource(BrowserResource):
@@ -213,56 +270,15 @@ class PollResource(BrowserResource):
             return refusal
         if b"session" not in request.args:
             return self._open(request, answer)
-        session = _session(self.hub, request, self.transport)
-        if session is None:
-            ended = self.hub.last_words(arg(request, b"session") or "", self.transport)
-            if ended is not None:
-                return answer.body(200, frames_body(ended, with_session=False))
-            forwarded = self._forward(request, answer)
-            if forwarded is not None:
-                return forwarded
-            return answer.error(404, "unknown_session", "no such session: start a new one")
-        cursor = parse_cursor(arg(request, b"cursor"))
-        if cursor is None or cursor > session.seq:
-            return answer.error(400, "bad_request", "cursor must be the cursor of an earlier answer")
-        session.acknowledge(cursor)
-        if session.pending:
-            return answer.body(200, frames_body(session, with_session=False))
-        if session.waiter is not None:
-            # A newer poll replaces the older one, which answers empty now.
-            waiter, session.waiter = session.waiter, None
-            waiter()
-        _hold_request(self.hub, request, answer, session)
-        return NOT_DONE_YET
-
-    def _forward(self, request: Any, answer: _Answer) -> Any:
-        """A poll of a session another node may hold: ask it through the
-        shared backend; None when there is no other node to ask."""
         hub = self.hub
         session_id = arg(request, b"session") or ""
-        forward = getattr(hub.broker, "forward_poll", None)
         cursor = parse_cursor(arg(request, b"cursor"))
-        if forward is None or cursor is None or hub.find(session_id) is not None:
-            return None
-        if not SESSION_ID_RE.fullmatch(session_id):
-            return None
-
-        def answered(result: Any) -> None:
-            if getattr(request, "_disconnected", False):
-                return
-            if result is None:
-                request.write(answer.error(404, "unknown_session", "no such session: start a new one"))
-            else:
-                request.write(answer.body(*result))
-            request.finish()
-
-        def failed(failure: Any) -> None:
-            if not getattr(request, "_disconnected", False):
-                request.write(answer.error(503, "backend_unavailable", "cannot reach the node holding this session"))
-                request.finish()
-
-        forward(session_id, cursor, hub.config.longpoll_timeout + 10).addCallbacks(answered, failed)
-        return NOT_DONE_YET
+        reply = BrowserReply(request, answer.body)
+        held = answer_poll(
+            hub, session_id, cursor, (self.transport,), reply,
+            elsewhere=lambda: _poll_elsewhere(hub, session_id, cursor, reply),
+        )
+        return reply.rendered(held.cancel if held is not None else None)
 
     def _open(self, request: Any, answer: _Answer) -> Any:
         hub = self.hub
@@ -279,16 +295,9 @@ class PollResource(BrowserResource):
             return answer.body(200, frames_body(session, with_session=True))
         # With several nodes: answered (``connected`` and all) once every
         # node's receipts count the session.
-        gone: list[Any] = []
-        request.notifyFinish().addErrback(gone.append)
-
-        def reply(_: Any) -> None:
-            if not gone:
-                request.write(answer.body(200, frames_body(session, with_session=True)))
-                request.finish()
-
-        counted.addCallback(reply)
-        return NOT_DONE_YET
+        reply = BrowserReply(request, answer.body)
+        counted.addCallback(lambda _: reply(200, frames_body(session, with_session=True)))
+        return reply.rendered()
 
 
 class JsonpSendResource(BrowserResource):
@@ -300,42 +309,23 @@ class JsonpSendResource(BrowserResource):
         super().__init__()
         self.hub = hub
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Any) -> Any:
         answer, refusal = _begin(request, self.hub, jsonp=True)
         if answer is None:
-            return refusal  # type: ignore[return-value]
+            return refusal
         session = _session(self.hub, request, "jsonp")
         body = (arg(request, b"frames") or "").encode("utf-8")
         if session is None:
-            session_id = arg(request, b"session") or ""
-            forwarded = None
-            if self.hub.find(session_id) is None and len(body) <= batch_limit(self.hub):
-                # With several nodes, the session may live on another one.
-                forwarded = self.hub.forward(session_id, body)
-            if forwarded is None:
-                return answer.error(404, "unknown_session", "no such session: start a new one")
-
-            def done(taken: bool) -> None:
-                if getattr(request, "_disconnected", False):
-                    return
-                if taken:
-                    request.write(answer.body(200, b'{"ok":true}'))
-                else:
-                    request.write(answer.error(404, "unknown_session", "no such session: start a new one"))
-                request.finish()
-
-            def failed(failure: Any) -> None:
-                if not getattr(request, "_disconnected", False):
-                    request.write(answer.error(503, "backend_unavailable", "cannot reach the node holding this session"))
-                    request.finish()
-
-            forwarded.addCallbacks(done, failed)
-            return NOT_DONE_YET  # type: ignore[return-value]
+            # With several nodes, the session may live on another one.
+            reply = BrowserReply(request, answer.body)
+            if forward_frames(self.hub, arg(request, b"session") or "", body, reply, taken=(200, OK)):
+                return reply.rendered()
+            return answer.body(404, UNKNOWN_SESSION)
         try:
             self.hub.receive_batch(session, body, batch_limit(self.hub))
         except ProtocolError as exc:
             return answer.error(413 if exc.code == frames.TOO_LARGE else 400, exc.code, exc.message)
-        return answer.body(200, b'{"ok":true}')
+        return answer.body(200, OK)
 
 
 MAX_CURSOR_DIGITS = 20
@@ -347,8 +337,3 @@ def parse_cursor(text: str | None) -> int | None:
     if not text or len(text) > MAX_CURSOR_DIGITS or not (text.isascii() and text.isdigit()):
         return None
     return int(text)
-
-
-def batch_limit(hub: Hub) -> int:
-    """The largest body of browser frames sent at once: a few frames' worth."""
-    return hub.config.max_message_bytes * 4

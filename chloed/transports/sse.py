@@ -24,10 +24,11 @@ from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
 from chloed.frames import Encoded
+from chloed.http import error
 from chloed.hub import Hub
 from chloed.session import Session
 from chloed.transports._flow import OutboundFlow
-from chloed.transports._http import BrowserResource, arg, args, browser_headers, error, preflight
+from chloed.transports._http import BrowserResource, arg, args, browser_headers, preflight
 
 log = Logger()
 

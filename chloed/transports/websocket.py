@@ -36,15 +36,17 @@ goes to the transport as before, so order and back-pressure are unchanged.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
-import txaio
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import tcp
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from txaio.tx import make_logger
 
 from chloed import frames, lograte
 from chloed.frames import Encoded
@@ -103,14 +105,19 @@ class ChloeWebSocket(WebSocketServerProtocol):
     # Autobahn's own lines are per connection and the peer's to trigger
     # (a warning for each failed connection, each unsolicited pong, each
     # refused upgrade): only its errors, which are bugs, stay. What the
-    # peer got wrong is reported through ClientErrors instead.
-    log = txaio.make_logger(level="error")
+    # peer got wrong is reported through ClientErrors instead. (This is
+    # txaio.make_logger, which txaio only sets at run time.)
+    log = make_logger(level="error")
+    # A TCP or TLS connection, set before Autobahn calls anything here: an
+    # ITCPTransport, IConsumer and IPushProducer at once, which no one
+    # Twisted interface names (Protocol declares ITransport | None).
+    transport: Any
     session: Session | None = None
     flow: OutboundFlow | None = None
     # The socket, when the transport is plain TCP (not TLS): see send_now.
-    _sock: Any = None
+    _sock: socket.socket | None = None
     # Aborts a connection closing gracefully after a failure: see dropConnection.
-    _close_guard: Any = None
+    _close_guard: IDelayedCall | None = None
 
     def onConnect(self, request: Any) -> None:
         hub: Hub = self.factory.hub
@@ -202,12 +209,13 @@ class ChloeWebSocket(WebSocketServerProtocol):
             return
         data = frame.framed(ws_framing)
         flow = self.flow
-        if not flow.admit(len(data)):  # type: ignore[union-attr]
+        assert flow is not None  # set in onOpen, before the hub has this sink
+        if not flow.admit(len(data)):
             session = self.session
             if session is not None:
                 self.factory.hub.slow(session)
             return
-        if self._sock is not None and not flow.paused:  # type: ignore[union-attr]
+        if self._sock is not None and not flow.paused:
             data = send_now(self.transport, self._sock, data)
             if not data:
                 return
@@ -226,6 +234,13 @@ class ChloeWebSocket(WebSocketServerProtocol):
             self.dropConnection(abort=True)
         else:
             self.sendClose(CLOSE_NORMAL)
+
+
+class _ChloeFactory(WebSocketServerFactory):
+    """Autobahn's factory with what :class:`ChloeWebSocket` reads from it."""
+
+    hub: Hub
+    client_errors: ClientErrors
 
 
 class _WebSocketResource(WebSocketResource):
@@ -247,7 +262,7 @@ def websocket_resource(hub: Hub, url: str = "ws://localhost/ws",
     :param client_errors: where failed connections are counted and logged;
         the hub's when None.
     """
-    factory = WebSocketServerFactory(url)
+    factory = _ChloeFactory(url)
     factory.protocol = ChloeWebSocket
     factory.hub = hub
     factory.client_errors = client_errors if client_errors is not None else hub.client_errors

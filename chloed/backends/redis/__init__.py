@@ -29,8 +29,10 @@ pub/sub ``chloe:<db>:c:<channel>``, ``chloe:<db>:all``, ``chloe:<db>:n:<node>``
     live messages: ``"<id> <excluded session> <data>"`` (the data is the JSON
     ``/send`` was given, spliced into frames unparsed); presence
     announcements on the channel's, ``"p …"``; on a node's own, messages to
-    one session and forwarded frames ``"f …"``. Pub/sub ignores the database
-    number, so the channels carry it.
+    one session (``"<session> <id> <excluded session> <data>"``) and the
+    frames and polls other nodes hand over, ``"f …"``, ``"q …"``, ``"r …"``
+    (see :mod:`.handover`). Pub/sub ignores the database number, so the
+    channels carry it.
 
 A publish is one round trip, one script (``EVALSHA``): it takes ``TIME``,
 the next id (``HGET``/``HSET``/``HINCRBY``), ``XADD``s the message, trims
@@ -55,12 +57,20 @@ browser then gets the history, then what came live
 after the floor, and from the first live message past the floor on, every
 live one. The same happens for a node's own subscribers after Redis comes
 back: each channel is read again after the last id the node delivered.
+
+The modules, each importing only those after it: :mod:`.broker` (the
+node's channels and sessions, publishing, live delivery), :mod:`.joins`
+(subscribers on their way in), :mod:`.handover` (other nodes' requests for
+this node's sessions), :mod:`.presence`, :mod:`.channel` (per-channel and
+per-join state), :mod:`.census` (subscriber counts), :mod:`.link` (the two
+connections), :mod:`.keys` and :mod:`.scripts` (key names, Lua).
 """
 
 from __future__ import annotations
 
-from chloed.backends.redis.broker import LOOKUP_AGAIN, REPLY_TIMEOUT, RETRY_DELAY, RedisBroker
+from chloed.backends.redis.broker import RedisBroker
 from chloed.backends.redis.channel import RedisChannel
+from chloed.backends.redis.handover import LOOKUP_AGAIN
 from chloed.backends.redis.keys import (
     HISTORY_PREFIX,
     IDS_KEY,
@@ -72,6 +82,7 @@ from chloed.backends.redis.keys import (
     parse_key,
     parse_url,
 )
+from chloed.backends.redis.link import REPLY_TIMEOUT, RETRY_DELAY, RedisLink
 from chloed.backends.redis.presence import RedisPresence
 from chloed.backends.redis.scripts import (
     DIRECT_SCRIPT,
@@ -96,6 +107,7 @@ __all__ = [
     "RETRY_DELAY",
     "RedisBroker",
     "RedisChannel",
+    "RedisLink",
     "RedisPresence",
     "SESSION_PREFIX",
     "SESSION_TTL",

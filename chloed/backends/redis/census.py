@@ -31,7 +31,7 @@ whether a poll is waiting, a node tells apart by transport.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Mapping, Protocol
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -39,10 +39,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from chloed.backends.redis.keys import COUNTS_PREFIX, NODES_KEY, SESSION_PREFIX, SESSION_TTL
+from chloed.backends.redis.link import Call, Ignore
 from chloed.backends.redis.scripts import NODE_SCRIPT, SESSION_SCRIPT
-
-if TYPE_CHECKING:
-    from chloed.backends.redis.broker import RedisBroker
 
 log = Logger()
 
@@ -61,15 +59,40 @@ def polling(subscriber: Any) -> bool:
     return getattr(subscriber, "transport", None) in POLLING
 
 
+class Counted(Protocol):
+    """A channel as the census counts it."""
+
+    def counts(self) -> tuple[int, int]:
+        """``(streaming, polling)`` subscribers of the channel here."""
+
+
 class Census:
     """This node's share of the cluster's subscriber counts.
 
-    :param broker: whose channels and sessions are counted.
+    :param call: sends a command to Redis.
+    :param ignore: the errback of commands sent without waiting.
+    :param node: this node's name.
+    :param channels: this node's channels now (their counts are written).
+    :param connected: whether the command connection is up now.
     :param node_ttl_ms: how long after its last beat a node stops counting.
     """
 
-    def __init__(self, broker: "RedisBroker", clock: IReactorTime, node_ttl_ms: int = NODE_TTL_MS) -> None:
-        self._broker = broker
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        call: Call,
+        ignore: Ignore,
+        node: str,
+        channels: Callable[[], Mapping[str, Counted]],
+        connected: Callable[[], bool],
+        node_ttl_ms: int = NODE_TTL_MS,
+    ) -> None:
+        self._call = call
+        self._ignore = ignore
+        self._node = node
+        self._channels = channels
+        self._connected = connected
         self._clock = clock
         self.node_ttl_ms = node_ttl_ms
         self.streaming_sessions = 0
@@ -104,9 +127,7 @@ class Census:
         if self._report is not None and self._report.active():
             self._report.cancel()
         self._report = None
-        return self._broker._call("eval", NODE_SCRIPT, [NODES_KEY], [self._broker.node, "", "", ""]).addErrback(
-            self._broker._ignore
-        )
+        return self._call("eval", NODE_SCRIPT, [NODES_KEY], [self._node, "", "", ""]).addErrback(self._ignore)
 
     # -- what changed -----------------------------------------------------
 
@@ -140,7 +161,7 @@ class Census:
 
     def everything_changed(self) -> None:
         """Report every channel again (an hour passed)."""
-        for name in self._broker.channels:
+        for name in self._channels():
             self.changed(name)
 
     # -- telling Redis ----------------------------------------------------
@@ -148,11 +169,11 @@ class Census:
     def entry(self) -> list[Any]:
         """This node's entry for a script that enlists it: node, ttl ms,
         streaming and polling sessions."""
-        return [self._broker.node, self.node_ttl_ms, self.streaming_sessions, self.polling_sessions]
+        return [self._node, self.node_ttl_ms, self.streaming_sessions, self.polling_sessions]
 
     def count(self, name: str) -> str:
         """Channel ``name``'s count here as Redis keeps it (``""``: none)."""
-        channel = self._broker.channels.get(name)
+        channel = self._channels().get(name)
         if channel is None:
             return ""
         streaming, polling = channel.counts()
@@ -162,14 +183,14 @@ class Census:
         """Register a new session and the node's sessions with it, in one
         script sent now, on the connection every later command of this node
         follows; returns its Deferred, which the hub waits on before the
-        browser is answered ``connected`` (None while Redis is away: the
-        node recounts, and registers it, once back, and /send answers 503
-        meanwhile)."""
-        if self._stopped or self._broker._commands is None:
-            self._broker._register(session_id)
+        browser is answered ``connected``. None, sending nothing, once the
+        node has left the census or while Redis is away: the caller then
+        registers the session by itself (once Redis is back the node
+        recounts; /send answers 503 meanwhile)."""
+        if self._stopped or not self._connected():
             return None
         keys = [NODES_KEY, SESSION_PREFIX + session_id]
-        d = self._broker._call("eval", SESSION_SCRIPT, keys, self.entry() + [SESSION_TTL])
+        d = self._call("eval", SESSION_SCRIPT, keys, self.entry() + [SESSION_TTL])
         return d.addCallbacks(self.told, self._lost_count)
 
     def told(self, fresh: Any) -> None:
@@ -182,7 +203,7 @@ class Census:
         """A write that may have added to a count failed: recount at the
         next beat (or when Redis is back)."""
         self._recount_due = True
-        self._broker._ignore(failure)
+        self._ignore(failure)
         return False
 
     def report(self) -> Deferred[Any]:
@@ -193,34 +214,34 @@ class Census:
             self._report.cancel()
         self._report = None
         dirty, self._dirty = self._dirty, set()
-        writes = [self._write(name) for name in dirty]
+        writes: list[Deferred[Any]] = [self._write(name) for name in dirty]
         if self._sessions_dirty and not self._stopped:
             self._sessions_dirty = False
-            writes.append(self._enlist("").addCallbacks(self.told, self._broker._ignore))
+            writes.append(self._enlist("").addCallbacks(self.told, self._ignore))
         return gatherResults(writes)
 
     def _write(self, name: str) -> Deferred[bool]:
         """Write one channel's count; fires with whether Redis took it."""
-        broker = self._broker
+        call = self._call
         key = COUNTS_PREFIX + name
         value = self.count(name)
         if not value:
-            d = broker._call("hdel", key, broker.node)
+            d = call("hdel", key, self._node)
         else:
-            d = broker._call("hset", key, broker.node, value)
-            d.addCallback(lambda _: broker._call("expire", key, COUNTS_TTL))
+            d = call("hset", key, self._node, value)
+            d.addCallback(lambda _: call("expire", key, COUNTS_TTL))
 
         def failed(failure: Any) -> bool:
             # Redis away: everything is reported again when it is back.
             self._dirty.add(name)
-            broker._ignore(failure)
+            self._ignore(failure)
             return False
 
         return d.addCallbacks(lambda _: True, failed)
 
     def _enlist(self, state: str) -> Deferred[Any]:
         args = self.entry() + ([state] if state else [])
-        return self._broker._call("eval", NODE_SCRIPT, [NODES_KEY], args)
+        return self._call("eval", NODE_SCRIPT, [NODES_KEY], args)
 
     def beat(self) -> Deferred[Any]:
         """Say this node is alive, with its session counts; write every
@@ -231,7 +252,7 @@ class Census:
             return self.recount()
         if self._beats % FULL_REPORT_BEATS == 0:
             self.everything_changed()
-        return self._enlist("").addCallbacks(self.told, self._broker._ignore)
+        return self._enlist("").addCallbacks(self.told, self._ignore)
 
     def recount(self) -> Deferred[Any]:
         """Write this node's entry and every channel's count again (the node
@@ -246,7 +267,7 @@ class Census:
         self._recounts += 1
         self._recount_due = False
         recount = self._recounts
-        names = set(self._broker.channels) | self._dirty
+        names = set(self._channels()) | self._dirty
         self._dirty = set()
         self._sessions_dirty = False
         begun = self._enlist("again" if self._counted else "begin").addCallbacks(lambda _: True, self._lost_count)
@@ -260,7 +281,7 @@ class Census:
             if not all(results):
                 self._recount_due = True
                 return None
-            return self._enlist("done").addCallbacks(self._done, self._broker._ignore)
+            return self._enlist("done").addCallbacks(self._done, self._ignore)
 
         return gatherResults(writes).addCallback(written)
 

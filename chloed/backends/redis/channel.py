@@ -7,9 +7,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from chloed.backends.base import Subscriber
+from chloed.backends.memory import Channel
 from chloed.backends.redis.census import polling
 from chloed.backends.redis.keys import ZERO, Key, parse_key
-from chloed.broker import Channel, Subscriber
 from chloed.frames import Encoded
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -11,12 +11,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chloed import frames
+from chloed.backends.memory import presence_frame
 from chloed.backends.redis.keys import IDS_KEY
+from chloed.backends.redis.link import Call, Ignore
 from chloed.backends.redis.scripts import MEMBERS_SCRIPT, PRESENCE_SCRIPT
-from chloed.presence import presence_frame
-
-if TYPE_CHECKING:
-    from chloed.backends.redis.broker import RedisBroker
+from chloed.frames import Encoded
 
 log = Logger(namespace="chloed.backends.redis")  # as before redis.py became a package
 
@@ -24,17 +23,38 @@ log = Logger(namespace="chloed.backends.redis")  # as before redis.py became a p
 class RedisPresence:
     """Who is in each ``presence-`` channel, across every node.
 
-    The hub's interface of :class:`chloed.presence.Presence`. A user is a
+    The hub's interface of :class:`chloed.backends.memory.Presence`. A user is a
     member while some node holds a session of it there: that node pushes the
     user's expiry in Redis ``session_grace`` ahead, every ``interval``
     seconds; once no node does (its last tab left, or its node died) it
     expires, and the first node to sweep announces the leave. ``members``
     answers from this node's copy, loaded when the channel gets its first
     local subscriber and kept up by the join and leave announcements.
+
+    :param call: sends a command to Redis.
+    :param ignore: the errback of commands sent without waiting.
+    :param pubsub: the prefix of the pub/sub channels (``chloe:<db>:``).
+    :param channels: the names of this node's channels now.
+    :param announce: ``announce(channel, frame, exclude)`` tells this
+        node's subscribers of ``channel``.
     """
 
-    def __init__(self, broker: RedisBroker, clock: IReactorTime, grace: float) -> None:
-        self._broker = broker
+    def __init__(
+        self,
+        clock: IReactorTime,
+        grace: float,
+        *,
+        call: Call,
+        ignore: Ignore,
+        pubsub: str,
+        channels: Callable[[], Iterable[str]],
+        announce: Callable[[str, Encoded, str | None], object],
+    ) -> None:
+        self._call = call
+        self._ignore = ignore
+        self._pubsub = pubsub
+        self._channels = channels
+        self._announce = announce
         self._clock = clock
         self._hold_ms = max(1, int(grace * 1000))
         self.interval = max(0.2, min(grace / 3.0, 10.0))
@@ -97,7 +117,7 @@ class RedisPresence:
         """Hold this node's members, and sweep those nobody holds, in every
         presence channel this node has members or subscribers in."""
         names = set(self._local)
-        names.update(name for name in self._broker.channels if name.startswith("presence-"))
+        names.update(name for name in self._channels() if name.startswith("presence-"))
         idle = self.idle
         for channel in names:
             held = [
@@ -108,10 +128,10 @@ class RedisPresence:
 
     def _hold(self, channel: str, held: list[tuple[str, bytes]], exclude: str) -> None:
         keys = [IDS_KEY, "chloe:p:" + channel, "chloe:pi:" + channel]
-        args: list[Any] = [self._hold_ms, self._broker.pubsub + "c:" + channel, exclude]
+        args: list[Any] = [self._hold_ms, self._pubsub + "c:" + channel, exclude]
         for uid, member in held:
             args += [uid, member]
-        self._broker._call("eval", PRESENCE_SCRIPT, keys, args).addErrback(self._broker._ignore)
+        self._call("eval", PRESENCE_SCRIPT, keys, args).addErrback(self._ignore)
 
     def load(self, channel: str) -> Deferred[None]:
         """Read the members of ``channel`` (when this node starts listening
@@ -134,7 +154,7 @@ class RedisPresence:
             self._loading.pop(channel, None)
             return failure
 
-        return self._broker._call("eval", MEMBERS_SCRIPT, keys, []).addCallbacks(loaded, failed)
+        return self._call("eval", MEMBERS_SCRIPT, keys, []).addCallbacks(loaded, failed)
 
     def event(self, channel: str, payload: bytes) -> None:
         """A join or leave announced through Redis: update the copy, tell
@@ -154,7 +174,7 @@ class RedisPresence:
         else:
             mirror.pop(uid, None)
         frame = presence_frame(channel, event.decode("ascii"), value)
-        self._broker.announce(channel, frame, exclude.decode("ascii") or None)
+        self._announce(channel, frame, exclude.decode("ascii") or None)
 
     def forget(self, channel: str) -> None:
         """This node no longer listens to ``channel``."""

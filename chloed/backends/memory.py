@@ -1,4 +1,10 @@
-"""Channels, subscribers, publishing and history, in memory.
+"""The memory backend: channels, subscribers, publishing, history and
+presence, in this process (``backend = "memory"``).
+
+:class:`Broker` is the engine, plain calls, also what a shared backend fans
+out to this process's subscribers with; :class:`MemoryBackend` is it behind
+the backend contract (:mod:`chloed.backends.base`), answering with fired
+Deferreds; :class:`Presence` is who is in each presence channel.
 
 The broker knows nothing of sockets or HTTP. A subscriber is anything with
 ``deliver(frame)`` and an ``id`` (in practice a :class:`chloed.session.Session`);
@@ -23,28 +29,22 @@ import heapq
 import re
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from chloed import frames
+from chloed.backends.base import ChannelInfo, ChannelListing, PublishResult, Replay, ReplayMany, Reply, Subscriber
 from chloed.frames import Encoded
 from chloed.redact import session_tag
 
 log = Logger()
 
 _ID_RE = re.compile(r"([0-9]{1,16})-([0-9]{1,20})", re.ASCII)
-
-
-class Subscriber(Protocol):
-    """What the broker delivers to."""
-
-    id: str
-
-    def deliver(self, frame: Encoded) -> bool | None:
-        """Take ``frame``; true when it is held for later, not written now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,19 +99,6 @@ class Channel:
         self.last_id: str | None = None
 
 
-@dataclass(slots=True)
-class PublishResult:
-    """What a publish did: the id per channel, how many sessions got it now
-    and how many hold it for their next poll (``lower_bound``: with several
-    nodes, some may be missing from those counts)."""
-
-    ids: dict[str, str] = field(default_factory=dict)
-    id: str | None = None
-    delivered: int = 0
-    queued: int = 0
-    lower_bound: bool = False
-
-
 class Broker:
     """Channels and sessions of one process.
 
@@ -151,9 +138,6 @@ class Broker:
         self.published = 0
         self.delivered = 0
         self.observe_fanout: Callable[[float], None] | None = None
-
-    def serve_handover(self, frames: Callable[[str, bytes], None], poll: Callable[..., None]) -> None:
-        """Where other nodes' hand-overs would go: one process has none."""
 
     # -- sessions ---------------------------------------------------------
 
@@ -394,3 +378,227 @@ class Broker:
 
     def channel_names(self) -> Iterator[str]:
         return iter(self.channels)
+
+
+# -- presence ----------------------------------------------------------------
+#
+# Who is in a ``presence-`` channel.
+# 
+# A member is a user (the ``user`` of the session's token), not a session: a
+# user with three tabs open joins once, when the first tab subscribes, and
+# leaves once, ``session_grace`` seconds after the last tab went away (a page
+# reload does not make everyone see a leave and a join). A long-poll tab is
+# away from its last poll on: its session ends ``session_grace`` later, and
+# its member leaves then, not a second grace after. ``join`` and
+# ``leave`` frames go to the channel's other subscribers.
+
+
+def presence_frame(channel: str, event: str, member: dict[str, Any]) -> Encoded:
+    return frames.encode({"type": "presence", "channel": channel, "event": event, "member": member})
+
+
+class _Member:
+    __slots__ = ("info", "sessions", "leaving")
+
+    def __init__(self, info: Any) -> None:
+        self.info = info
+        self.sessions: set[str] = set()
+        self.leaving: IDelayedCall | None = None
+
+
+class Presence:
+    """Members of every presence channel of this process.
+
+    :param announce: ``announce(channel, frame, exclude_session)`` sends a
+        frame to the channel's subscribers.
+    :param grace: ``session_grace``: how long a member stays after its last
+        session left.
+    """
+
+    def __init__(self, clock: IReactorTime, grace: float, announce: Callable[[str, Encoded, str | None], object]) -> None:
+        self._clock = clock
+        self._grace = grace
+        self._announce = announce
+        self._channels: dict[str, dict[str, _Member]] = {}
+        # Whether a session is between two polls: the hub sets it; here a
+        # member leaves when its session ends, which already waited that.
+        self.idle: Callable[[str], bool] = lambda session: False
+
+    def members(self, channel: str) -> list[dict[str, Any]]:
+        """The members of ``channel``, as ``{"id", "info"}``."""
+        return [{"id": uid, "info": m.info} for uid, m in self._channels.get(channel, {}).items()]
+
+    def join(self, channel: str, session: str, user: dict[str, Any]) -> None:
+        """``session`` of ``user`` subscribed to ``channel``."""
+        uid = str(user["id"])
+        members = self._channels.setdefault(channel, {})
+        member = members.get(uid)
+        if member is None:
+            member = members[uid] = _Member(user.get("info"))
+            member.sessions.add(session)
+            self._announce(channel, presence_frame(channel, "join", {"id": uid, "info": member.info}), session)
+            return
+        member.sessions.add(session)
+        if member.leaving is not None:
+            member.leaving.cancel()
+            member.leaving = None
+
+    def part(self, channel: str, session: str, user: dict[str, Any], away: bool = False) -> None:
+        """``session`` left ``channel``; the member leaves after the grace
+        if it was its last session there, or at once when ``away`` (the
+        session had already been gone for the grace: a long-poll session
+        that expired)."""
+        uid = str(user["id"])
+        member = self._channels.get(channel, {}).get(uid)
+        if member is None or session not in member.sessions:
+            return
+        member.sessions.discard(session)
+        if member.sessions:
+            return
+        if away:
+            if member.leaving is not None:
+                member.leaving.cancel()
+                member.leaving = None
+            self._leave(channel, uid)
+        elif member.leaving is None:
+            member.leaving = self._clock.callLater(self._grace, self._leave, channel, uid)
+
+    def _leave(self, channel: str, uid: str) -> None:
+        members = self._channels.get(channel, {})
+        member = members.pop(uid, None)
+        if not members:
+            self._channels.pop(channel, None)
+        if member is not None:
+            self._announce(channel, presence_frame(channel, "leave", {"id": uid, "info": member.info}), None)
+
+
+# -- the backend ---------------------------------------------------------------
+
+
+class MemoryBackend:
+    """The backend contract (:class:`chloed.backends.base.Backend`) on one
+    :class:`Broker` and one :class:`Presence`, for one process: every
+    answer is a Deferred that has fired already, so the hub's callbacks run
+    at once, in the order plain calls would."""
+
+    backend = "memory"
+    backend_state = "up"
+
+    def __init__(
+        self, clock: IReactorTime, history_size: int, history_ttl: float, history_memory: int = HISTORY_MEMORY
+    ) -> None:
+        self._use(Broker(clock, history_size, history_ttl, history_memory))
+
+    @classmethod
+    def over(cls, local: Broker) -> "MemoryBackend":
+        """The contract over an engine made elsewhere (tests drive both)."""
+        backend = cls.__new__(cls)
+        backend._use(local)
+        return backend
+
+    def _use(self, local: Broker) -> None:
+        self.local = local
+        self.channels = local.channels
+        self.sessions = local.sessions
+
+    # The counters and the fan-out timer are the engine's.
+    @property
+    def published(self) -> int:
+        return self.local.published
+
+    @property
+    def delivered(self) -> int:
+        return self.local.delivered
+
+    @property
+    def observe_fanout(self) -> Callable[[float], None] | None:
+        return self.local.observe_fanout
+
+    @observe_fanout.setter
+    def observe_fanout(self, observe: Callable[[float], None] | None) -> None:
+        self.local.observe_fanout = observe
+
+    # -- life -------------------------------------------------------------
+
+    def service(self) -> IService | None:
+        return None
+
+    def sweep(self) -> int:
+        return self.local.sweep()
+
+    # -- the session registry -------------------------------------------
+
+    def add_session(self, session: Subscriber) -> Deferred[None]:
+        self.local.add_session(session)
+        return succeed(None)
+
+    def remove_session(self, session: Subscriber, channels: Iterable[str]) -> None:
+        self.local.remove_session(session, channels)
+
+    # -- subscriptions -----------------------------------------------------
+
+    def subscribe(self, name: str, subscriber: Subscriber, since: str | None = None) -> Deferred[Replay | None]:
+        return succeed(self.local.subscribe(name, subscriber, since))
+
+    def subscribe_many(
+        self, names: list[str], subscriber: Subscriber, since: str | None = None
+    ) -> Deferred[ReplayMany | None]:
+        local = self.local
+        recovered: dict[str, bool] = {}
+        for name in names:
+            local.subscribe(name, subscriber, None)
+            if since is not None:
+                recovered[name] = local.replay(name, since)[0]
+        missed = local.replay_many(names, since)[1] if since is not None else []
+        return succeed((recovered, missed))
+
+    def unsubscribe(self, name: str, subscriber: Subscriber) -> bool:
+        return self.local.unsubscribe(name, subscriber)
+
+    # -- publishing --------------------------------------------------------
+
+    def publish(self, names: Iterable[str], data: bytes, exclude: str | None = None) -> Deferred[PublishResult]:
+        return succeed(self.local.publish(names, data, exclude))
+
+    def broadcast(self, data: bytes, exclude: str | None = None) -> Deferred[PublishResult]:
+        return succeed(self.local.broadcast(data, exclude))
+
+    def to_session(self, session_id: str, data: bytes) -> Deferred[PublishResult | None]:
+        return succeed(self.local.to_session(session_id, data))
+
+    def announce(self, name: str, frame: Encoded, exclude: str | None) -> int:
+        return self.local.announce(name, frame, exclude)
+
+    # -- what channels hold ------------------------------------------------
+
+    def history(self, name: str, since: str) -> Deferred[Replay]:
+        return succeed(self.local.replay(name, since))
+
+    def channel_info(self, name: str) -> Deferred[ChannelInfo]:
+        channel = self.channels.get(name)
+        if channel is None:
+            return succeed(ChannelInfo(name, 0, None, None))
+        return succeed(ChannelInfo(name, len(channel.subscribers), channel.last_id, len(channel.history)))
+
+    def channel_list(self) -> Deferred[ChannelListing]:
+        listing = {
+            name: ChannelInfo(name, len(channel.subscribers), channel.last_id, len(channel.history))
+            for name, channel in self.channels.items()
+        }
+        return succeed(ChannelListing(listing, "cluster"))
+
+    def make_presence(self, clock: IReactorTime, grace: float) -> Presence:
+        return Presence(clock, grace, self.local.announce)
+
+    # -- sessions held by other nodes: one process has none ----------------
+
+    def serve_handover(
+        self, frames: Callable[[str, bytes], None], poll: Callable[[str, int, Reply], None]
+    ) -> None:
+        pass
+
+    def forward(self, session_id: str, body: bytes) -> Deferred[bool] | None:
+        return None
+
+    def forward_poll(self, session_id: str, cursor: int, timeout: float) -> Deferred[tuple[int, bytes] | None] | None:
+        return None

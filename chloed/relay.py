@@ -38,10 +38,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chloed import frames
-from chloed.errors import UpstreamRejected, UpstreamUnavailable
+from chloed.errors import RelayRejected, RelayUnavailable
 from chloed.redact import session_tag
 
-log = Logger()
+log = Logger(namespace="chloed.upstream")  # as before upstream.py became relay.py
 
 MAX_LANES_IN_FLIGHT = 64
 BACKOFF_BASE = 0.5
@@ -167,12 +167,12 @@ class Relay:
         """Queue ``body`` for the app behind everything else of ``lane``.
 
         :returns: a Deferred that fires when the app took it, or fails with
-            :class:`UpstreamRejected` or :class:`UpstreamUnavailable`.
+            :class:`RelayRejected` or :class:`RelayUnavailable`.
         """
         if self.queued >= self.queue_size:
             self.stats.overflows += 1
             self.stats.failures += 1
-            return defer.fail(UpstreamUnavailable("the relay queue is full"))
+            return defer.fail(RelayUnavailable("the relay queue is full"))
         job = _Job(body, delivery or uuid.uuid4().hex)
         self.queued += 1
         jobs = self._lanes.get(lane)
@@ -241,7 +241,7 @@ class Relay:
                         "relay gave up on {delivery} after {attempts} attempts: {reason}",
                         delivery=job.delivery, attempts=attempt + 1, reason=exc.reason,
                     )
-                    raise UpstreamUnavailable(exc.reason) from None
+                    raise RelayUnavailable(exc.reason) from None
                 delay = self._backoff(attempt, exc.retry_after)
                 attempt += 1
                 self.stats.retries += 1
@@ -250,7 +250,7 @@ class Relay:
                     attempt=attempt, delivery=job.delivery, delay=delay, reason=exc.reason,
                 )
                 await deferLater(self._clock, delay)
-            except UpstreamRejected:
+            except RelayRejected:
                 self.stats.rejections += 1
                 raise
             else:
@@ -288,7 +288,7 @@ class Relay:
             code, retry_after = await exchange
         except defer.TimeoutError:
             raise _Transient(f"no answer within {self._timeout}s") from None
-        except (UpstreamRejected, _Transient):
+        except (RelayRejected, _Transient):
             raise
         except Exception as exc:
             raise _Transient(f"{type(exc).__name__}: {exc}") from None
@@ -297,7 +297,7 @@ class Relay:
         if 200 <= code < 300:
             return
         if 400 <= code < 500 and code not in (408, 429):
-            raise UpstreamRejected(code)
+            raise RelayRejected(code)
         raise _Transient(f"the application answered {code}", _retry_after(retry_after, self._clock.seconds()))
 
     async def _exchange(self, headers: dict[bytes, list[bytes]], body: bytes) -> tuple[int, bytes | None]:

@@ -7,7 +7,7 @@ import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.web.test.requesthelper import DummyRequest
 
-from chloed.api import _authorized, is_loopback
+from chloed.http import _authorized, is_loopback
 
 
 def request(address, authorization: bytes | None = None) -> DummyRequest:

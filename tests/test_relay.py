@@ -1,4 +1,4 @@
-"""Unit tests of chloed.upstream: the relay to the app, over StubTreq and a Clock."""
+"""Unit tests of chloed.relay: the relay to the app, over StubTreq and a Clock."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from chloed import upstream
-from chloed.errors import UpstreamRejected, UpstreamUnavailable
-from chloed.upstream import Relay
+from chloed import relay
+from chloed.errors import RelayRejected, RelayUnavailable
+from chloed.relay import Relay
 from tests.fakes import HOLD, FakeApp
 
 URL = "http://app.example/chloe"
@@ -66,7 +66,7 @@ def failed_with(results: list, kind: type) -> Exception:
 def test_sign_is_hmac_sha256_of_timestamp_dot_body():
     """The signature is sha256= and the hex HMAC-SHA256 of "timestamp.body" under the secret."""
     expected = hmac.new(b"k", b"1732320000.{\"a\":1}", hashlib.sha256).hexdigest()
-    assert upstream.sign("k", 1732320000, b'{"a":1}') == "sha256=" + expected
+    assert relay.sign("k", 1732320000, b'{"a":1}') == "sha256=" + expected
 
 
 def test_post_is_signed_json():
@@ -79,7 +79,7 @@ def test_post_is_signed_json():
     assert request.body == b'{"type":"message","data":1}'
     assert request.header(b"content-type") == b"application/json"
     assert request.header(b"x-chloe-timestamp") == b"1732320000"
-    assert request.header(b"x-chloe-signature").decode() == upstream.sign(SECRET, 1732320000, request.body)
+    assert request.header(b"x-chloe-signature").decode() == relay.sign(SECRET, 1732320000, request.body)
 
 
 def test_first_secret_signs():
@@ -87,7 +87,7 @@ def test_first_secret_signs():
     h = Harness(secrets=("new", "old"))
     h.submit()
     [request] = h.app.requests
-    assert request.header(b"x-chloe-signature").decode() == upstream.sign("new", 0, request.body)
+    assert request.header(b"x-chloe-signature").decode() == relay.sign("new", 0, request.body)
 
 
 def test_no_secret_no_signature():
@@ -125,7 +125,7 @@ def test_delivery_constant_across_retries_and_resigned():
     assert [r.header(b"x-chloe-timestamp") for r in h.app.requests] == [b"0", b"0", b"0"]
     for r in h.app.requests:
         ts = int(r.header(b"x-chloe-timestamp"))
-        assert r.header(b"x-chloe-signature").decode() == upstream.sign(SECRET, ts, r.body)
+        assert r.header(b"x-chloe-signature").decode() == relay.sign(SECRET, ts, r.body)
 
 
 def test_retry_timestamp_is_the_retry_time():
@@ -139,24 +139,24 @@ def test_retry_timestamp_is_the_retry_time():
 def test_delivery_id_derived_from_long_ref():
     """A long string ref (as chloe.js makes) gives the same delivery id every time it is sent."""
     ref = "x" * 22
-    assert upstream.delivery_id(ref) == upstream.delivery_id(ref)
-    assert upstream.delivery_id(ref) != upstream.delivery_id("y" * 22)
-    assert len(upstream.delivery_id(ref)) == 32
+    assert relay.delivery_id(ref) == relay.delivery_id(ref)
+    assert relay.delivery_id(ref) != relay.delivery_id("y" * 22)
+    assert len(relay.delivery_id(ref)) == 32
 
 
 @pytest.mark.parametrize("ref", [None, 1, "short", "x" * 21])
 def test_delivery_id_random_for_short_refs(ref):
     """Short or missing refs, not unique across browsers, get a random delivery id."""
-    assert upstream.delivery_id(ref) != upstream.delivery_id(ref)
+    assert relay.delivery_id(ref) != relay.delivery_id(ref)
 
 
 def test_event_body():
     """A relayed event is the SPEC's JSON object with data spliced in unparsed."""
-    body = upstream.event_body("message", "S", "room", b'{"x":[1]}', "r1", {"id": 7})
+    body = relay.event_body("message", "S", "room", b'{"x":[1]}', "r1", {"id": 7})
     assert json.loads(body) == {
         "type": "message", "session": "S", "channel": "room", "ref": "r1", "user": {"id": 7}, "data": {"x": [1]},
     }
-    assert json.loads(upstream.event_body("connect", "S")) == {
+    assert json.loads(relay.event_body("connect", "S")) == {
         "type": "connect", "session": "S", "channel": None, "ref": None, "user": None,
     }
 
@@ -178,7 +178,7 @@ def test_4xx_rejected_without_retry(code):
     """A 4xx other than 408 and 429 is refused at once and never retried."""
     h = Harness(code)
     results = h.submit()
-    assert failed_with(results, UpstreamRejected).status == code
+    assert failed_with(results, RelayRejected).status == code
     h.advance(120)
     assert len(h.app.requests) == 1
     assert h.relay.stats.rejections == 1
@@ -290,13 +290,13 @@ def test_retry_after_with_superscript_digit_ignored():
 
 
 def test_gives_up_after_retries():
-    """After upstream_retries retries the message fails with UpstreamUnavailable."""
+    """After upstream_retries retries the message fails with RelayUnavailable."""
     h = Harness(default=503, retries=2)
     results = h.submit()
     h.advance(0.25)
     assert results == []
     h.advance(0.5)
-    assert "503" in str(failed_with(results, UpstreamUnavailable))
+    assert "503" in str(failed_with(results, RelayUnavailable))
     assert len(h.app.requests) == 3
     h.advance(100)
     assert len(h.app.requests) == 3
@@ -307,7 +307,7 @@ def test_gives_up_after_retries():
 def test_no_retries_fails_at_once():
     """With upstream_retries 0 a transient failure is final."""
     h = Harness(500, retries=0)
-    failed_with(h.submit(), UpstreamUnavailable)
+    failed_with(h.submit(), RelayUnavailable)
     assert len(h.app.requests) == 1
 
 
@@ -332,7 +332,7 @@ def test_timeouts_until_giving_up():
     h.advance(0.25)
     assert results == [] and len(h.app.requests) == 2
     h.advance(2)
-    failed_with(results, UpstreamUnavailable)
+    failed_with(results, RelayUnavailable)
     assert h.relay.stats.failures == 1
 
 
@@ -341,7 +341,7 @@ def test_timeout_reason_names_the_timeout():
     h = Harness(default=HOLD, retries=0, timeout=2)
     results = h.submit()
     h.advance(2)
-    assert "no answer within 2" in str(failed_with(results, UpstreamUnavailable))
+    assert "no answer within 2" in str(failed_with(results, RelayUnavailable))
 
 
 # -- queue and order -------------------------------------------------------
@@ -353,7 +353,7 @@ def test_queue_full_fails_at_once():
     first, second = h.submit(lane="a"), h.submit(lane="b")
     third = h.submit(lane="c")
     assert first == second == []
-    failed_with(third, UpstreamUnavailable)
+    failed_with(third, RelayUnavailable)
     assert len(h.app.requests) == 2
     assert (h.relay.stats.overflows, h.relay.stats.failures) == (1, 1)
     assert h.relay.queued == 2
@@ -384,7 +384,7 @@ def test_lane_order_kept_after_first_gives_up():
     """A lane's next message is sent after the one before it fails for good."""
     h = Harness(503, 200, retries=0)
     first = h.submit(b'"1"', lane="a")
-    assert failed_with(first, UpstreamUnavailable)
+    assert failed_with(first, RelayUnavailable)
     assert h.submit(b'"2"', lane="a") == [None]
     assert h.app.bodies == [b'"1"', b'"2"']
 
@@ -414,7 +414,7 @@ def test_other_lanes_not_held_up():
 
 def test_lanes_in_flight_are_bounded():
     """At most 64 lanes are in flight; the next waits for one to finish."""
-    limit = upstream.MAX_LANES_IN_FLIGHT
+    limit = relay.MAX_LANES_IN_FLIGHT
     h = Harness(*[HOLD] * limit, queue=1000)
     for i in range(limit + 1):
         h.submit(json.dumps(i).encode(), lane=f"l{i}")

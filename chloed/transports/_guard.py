@@ -28,12 +28,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from chloed.lograte import HTTP_REFUSED
 
-log = Logger()
+log = Logger(namespace="chloed.transports._channel")  # as before _channel.py became _guard.py
 
 REQUEST_DEADLINE = 30.0
 # Chunked bodies are counted with their chunk framing: allow for it.
@@ -122,7 +124,7 @@ class GuardedHTTPChannel(HTTPChannel):
         # The next request on this connection starts its own clock.
         self._receiving = False
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_deadline()
         super().connectionLost(reason)
 
@@ -144,7 +146,11 @@ class GuardedHTTPChannel(HTTPChannel):
             return
         self._refused = True
         self._stop_deadline()
-        peer = self.transport.getPeer()
+        transport = self.transport
+        # Only received bytes, or the deadline they start, which a lost
+        # connection stops, get here.
+        assert transport is not None
+        peer = transport.getPeer()
         host = getattr(peer, "host", peer)
         errors = getattr(self.factory, "client_errors", None)
         if errors is not None:
@@ -152,5 +158,5 @@ class GuardedHTTPChannel(HTTPChannel):
             errors.report(str(host), HTTP_REFUSED, why.format(**fields) + "; closed")
         else:
             log.info("client {host} " + why + "; closed", host=host, **fields)
-        self.transport.write(response)
-        self.transport.loseConnection()
+        transport.write(response)
+        transport.loseConnection()

@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
 
-from chloed.transports import _channel
+from chloed.transports import _guard
 from chloed.web import ChloeSite
 
 
@@ -145,7 +145,7 @@ def test_a_body_framed_twice_gets_one_json_400_and_the_rest_is_not_served(monkey
     and Chloe could read differently) is refused with a JSON 400 and the
     connection closes: a request hidden after its body is never served."""
     events = []
-    monkeypatch.setattr(_channel, "log", Logger(observer=events.append))
+    monkeypatch.setattr(_guard, "log", Logger(observer=events.append))
     clock, channel, transport = connect()
     channel.dataReceived(b"POST /hello HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n0\r\n\r\n" + SMUGGLED)
     channel.dataReceived(SMUGGLED)

@@ -1,0 +1,232 @@
+"""The backend contract: what the hub, the API and the transports may ask of
+where channels live, whichever backend that is.
+
+Two backends implement it: :class:`chloed.backends.memory.MemoryBackend`
+(one process) and :class:`chloed.backends.redis.RedisBroker` (several nodes
+sharing Redis). The contract is asynchronous everywhere a shared backend
+has to ask someone: those methods return Deferreds. The memory backend
+answers with Deferreds that have already fired (``succeed(...)``), so its
+callbacks run at once, in the same order as plain calls would, as Klein's
+memory session store does. Fan-out to this process's subscribers stays a
+plain call (``announce``, and the local delivery behind ``publish``):
+nothing about the contract is paid per delivery.
+
+Written as :class:`typing.Protocol`\\ s: a backend conforms by having the
+methods, mypy checks that it does where one is used as a :class:`Backend`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from chloed.frames import Encoded
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot take a publish now (Redis is down or answered an
+    error); ``/send`` answers 503 ``backend_unavailable``."""
+
+
+class Subscriber(Protocol):
+    """What a channel delivers to: a session (or a test's recorder)."""
+
+    id: str
+
+    def deliver(self, frame: Encoded) -> bool | None:
+        """Take ``frame``; True when it is held for a later poll."""
+
+
+@dataclass(slots=True)
+class PublishResult:
+    """What a publish did: the id per channel (``id`` for a message to
+    everyone or to one session), how many sessions got it now
+    (``delivered``) and how many hold it for their next poll (``queued``);
+    ``lower_bound`` when the counts may miss some (several nodes)."""
+
+    ids: dict[str, str] = field(default_factory=dict)
+    id: str | None = None
+    delivered: int = 0
+    queued: int = 0
+    lower_bound: bool = False
+
+
+#: A join's answer: whether the replay after ``since`` is complete
+#: (``recovered``), and the messages missed, in publish order.
+Replay = tuple[bool, list[Encoded]]
+#: A join of several channels: ``recovered`` per channel, and the missed
+#: messages of all of them merged in publish order.
+ReplayMany = tuple[dict[str, bool], list[Encoded]]
+#: ``reply(status, JSON body)``: how a handed-over poll is answered.
+Reply = Callable[[int, bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    """One channel as ``GET /channels/NAME`` reports it: its subscribers
+    (on every node), its last message id, and how many messages its
+    history holds where the backend keeps it in this process (else None)."""
+
+    name: str
+    subscribers: int
+    last_id: str | None
+    history: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelListing:
+    """``GET /channels``: the active channels with their subscribers and
+    last id; ``scope`` says whose: ``"node"`` (this process's subscribers
+    only, with several nodes) or ``"cluster"`` (everyone's)."""
+
+    channels: dict[str, ChannelInfo]
+    scope: str
+
+
+class LocalChannel(Protocol):
+    """A channel as this process holds it: its local subscribers."""
+
+    name: str
+    last_id: str | None
+
+    @property
+    def subscribers(self) -> Mapping[Subscriber, None]:
+        """This process's subscribers (a dict used as an ordered set)."""
+
+
+class Presence(Protocol):
+    """Who is in each ``presence-`` channel (a member is a user, however
+    many sessions it has there). ``idle(session_id)``, set by the hub, says
+    whether a session is between two polls."""
+
+    idle: Callable[[str], bool]
+
+    def members(self, channel: str) -> list[dict[str, Any]]:
+        """The members of ``channel`` as ``{"id", "info"}``."""
+
+    def join(self, channel: str, session: str, user: dict[str, Any]) -> None:
+        """``session`` of ``user`` subscribed to ``channel``."""
+
+    def part(self, channel: str, session: str, user: dict[str, Any], away: bool = False) -> None:
+        """``session`` left ``channel``; ``away``: it had been gone for the
+        grace already (its member leaves at once)."""
+
+
+class Backend(Protocol):
+    """Where channels live: subscriptions, publishing, history, the session
+    registry, presence and the handover of sessions between nodes.
+
+    ``channels`` and ``sessions`` are this process's own (its subscribers
+    and sessions); ``published`` and ``delivered`` count this process's
+    publishes and deliveries; ``observe_fanout``, when set, is called with
+    the seconds each fan-out took.
+    """
+
+    #: ``"memory"`` or ``"redis"``.
+    backend: str
+    sessions: dict[str, Subscriber]
+    observe_fanout: Callable[[float], None] | None
+
+    @property
+    def channels(self) -> Mapping[str, LocalChannel]:
+        """This process's channels."""
+
+    @property
+    def published(self) -> int:
+        """Messages this process published."""
+
+    @property
+    def delivered(self) -> int:
+        """Messages this process handed to sessions."""
+
+    # -- life -------------------------------------------------------------
+
+    @property
+    def backend_state(self) -> str:
+        """``"up"``, or why not (``/health`` answers 503 unless up)."""
+
+    def service(self) -> IService | None:
+        """What to start with the server and stop last (a connection to
+        keep), or None when there is nothing to run."""
+
+    def sweep(self) -> int:
+        """Forget what expired (history nobody listens to); periodic."""
+
+    # -- the session registry -------------------------------------------
+
+    def add_session(self, session: Subscriber) -> Deferred[None]:
+        """Register ``session``; fires once every later ``/send`` on any
+        node counts it (the hub answers ``connected`` then)."""
+
+    def remove_session(self, session: Subscriber, channels: Iterable[str]) -> None:
+        """Forget ``session``, and its subscriptions to ``channels``."""
+
+    # -- subscriptions -----------------------------------------------------
+
+    def subscribe(self, name: str, subscriber: Subscriber, since: str | None = None) -> Deferred[Replay | None]:
+        """Join ``name``; fires once the subscriber is in (and counted by
+        every later publish's receipt), with the replay after ``since``
+        (``(True, [])`` without it), or None when it left meanwhile."""
+
+    def subscribe_many(
+        self, names: list[str], subscriber: Subscriber, since: str | None = None
+    ) -> Deferred[ReplayMany | None]:
+        """Join every channel of ``names`` at once, the replay after one
+        cursor merged across them."""
+
+    def unsubscribe(self, name: str, subscriber: Subscriber) -> bool:
+        """Leave ``name``; whether the subscriber was in."""
+
+    # -- publishing --------------------------------------------------------
+
+    def publish(self, names: Iterable[str], data: bytes, exclude: str | None = None) -> Deferred[PublishResult]:
+        """Publish ``data`` (JSON bytes) to each channel of ``names``, kept
+        in their history; fails with :class:`BackendUnavailable` when it
+        cannot be taken now."""
+
+    def broadcast(self, data: bytes, exclude: str | None = None) -> Deferred[PublishResult]:
+        """Send ``data`` to every session, kept in no history."""
+
+    def to_session(self, session_id: str, data: bytes) -> Deferred[PublishResult | None]:
+        """Send ``data`` to one session (on any node); None when there is
+        no such session."""
+
+    def announce(self, name: str, frame: Encoded, exclude: str | None) -> int:
+        """Deliver ``frame`` (not a message: presence, the status feed) to
+        this process's subscribers of ``name``; how many took it."""
+
+    # -- what channels hold ------------------------------------------------
+
+    def history(self, name: str, since: str) -> Deferred[Replay]:
+        """What ``name`` retains after ``since``, and whether that is all
+        that was published after it."""
+
+    def channel_info(self, name: str) -> Deferred[ChannelInfo]:
+        """``name``'s subscribers on every node and its last id."""
+
+    def channel_list(self) -> Deferred[ChannelListing]:
+        """The active channels (see :class:`ChannelListing` for whose)."""
+
+    def make_presence(self, clock: IReactorTime, grace: float) -> Presence:
+        """The presence of this backend (in this process, or shared)."""
+
+    # -- sessions held by other nodes ----------------------------------------
+
+    def serve_handover(
+        self, frames: Callable[[str, bytes], None], poll: Callable[[str, int, Reply], None]
+    ) -> None:
+        """Where frames and polls other nodes take for this node's sessions
+        go: ``frames(session_id, body)``, ``poll(session_id, cursor, reply)``."""
+
+    def forward(self, session_id: str, body: bytes) -> Deferred[bool] | None:
+        """Hand browser frames to the node holding ``session_id``: fires
+        with whether it took them; None when there is no other node."""
+
+    def forward_poll(self, session_id: str, cursor: int, timeout: float) -> Deferred[tuple[int, bytes] | None] | None:
+        """Have the node holding ``session_id`` answer a poll: fires with
+        ``(status, JSON body)``, or None when no node holds it; None when
+        there is no other node."""
