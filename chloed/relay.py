@@ -41,7 +41,7 @@ from chloed import frames
 from chloed.errors import RelayRejected, RelayUnavailable
 from chloed.redact import session_tag
 
-log = Logger(namespace="chloed.upstream")  # as before upstream.py became relay.py
+log = Logger()
 
 MAX_LANES_IN_FLIGHT = 64
 BACKOFF_BASE = 0.5

@@ -35,7 +35,7 @@ from twisted.web.http import HTTPChannel
 
 from chloed.lograte import HTTP_REFUSED
 
-log = Logger(namespace="chloed.transports._channel")  # as before _channel.py became _guard.py
+log = Logger()
 
 REQUEST_DEADLINE = 30.0
 # Chunked bodies are counted with their chunk framing: allow for it.

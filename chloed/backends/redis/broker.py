@@ -1,35 +1,35 @@
 """The broker of one node of several sharing Redis (:class:`RedisBroker`):
 the node's channels and sessions, publishing, and delivering live messages.
 
-Its connections are a :class:`~.link.RedisLink`; joins, the census,
-presence and the handover of other nodes' requests have modules of their
-own, each given what it needs of the broker, never the broker itself.
+Its connections are a :class:`~.link.RedisLink`; the channels' pub/sub
+subscriptions, the delivery of live messages, joins, the census, presence
+and the handover of other nodes' requests have modules of their own, each
+given what it needs of the broker, never the broker itself.
 """
 
 from __future__ import annotations
 
 import secrets
-import time
 from typing import Any, Callable, Iterable
 
-import txredisapi
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from chloed import frames
-from chloed.backends.base import BackendUnavailable, ChannelInfo, ChannelListing, PublishResult, Replay, Subscriber
+from chloed.backends.base import ChannelInfo, ChannelListing, PublishResult, Replay, Subscriber
 from chloed.backends.memory import Broker, Channel
 from chloed.backends.redis.census import COUNTS_TTL, Census, polling
 from chloed.backends.redis.channel import RedisChannel, _Join, _Snapshot
+from chloed.backends.redis.channels import ChannelSubscriptions
+from chloed.backends.redis.delivery import Delivery
 from chloed.backends.redis.handover import Handover
 from chloed.backends.redis.joins import Joins
 from chloed.backends.redis.keys import (
-    COUNTS_PREFIX, HISTORY_PREFIX, IDS_KEY, NODES_KEY, SESSION_PREFIX, SESSION_TTL, ZERO, format_key, parse_key, parse_url,
+    COUNTS_PREFIX, HISTORY_PREFIX, IDS_KEY, NODES_KEY, SESSION_PREFIX, SESSION_TTL, format_key, parse_key, parse_url,
 )
 from chloed.backends.redis.link import ConnectedWhileRunning, RedisLink, ignore
 from chloed.backends.redis.presence import RedisPresence
@@ -65,19 +65,17 @@ class RedisBroker(Broker):
         self._reactor = reactor if reactor is not None else clock
         self.node = node or secrets.token_hex(8)
         self.pubsub = f"chloe:{self.db}:"
-        self._channel_prefix = (self.pubsub + "c:").encode("ascii")
-        self._all = (self.pubsub + "all").encode("ascii")
-        self._mine = (self.pubsub + "n:" + self.node).encode("ascii")
         self._ttl_ms = int(history_ttl * 1000)
         self._keeps = history_size > 0 and self._ttl_ms > 0
         self.channels: dict[str, RedisChannel] = {}  # type: ignore[assignment]  # invariant dict, RedisChannels only
+        # Lambdas: the delivery and the channels' subscriptions are made below.
         self._link = RedisLink(
             self._reactor, self.host, self.port, self.db,
-            channels=[self._all.decode("ascii"), self._mine.decode("ascii")],
-            on_message=self._on_message,
+            channels=[self.pubsub + "all", self.pubsub + "n:" + self.node],
+            on_message=lambda channel, payload: self._delivery.on_message(channel, payload),
             on_commands_up=self._commands_ready,
-            on_pubsub_up=self._subscriptions_ready,
-            on_pubsub_down=self._subscriptions_lost,
+            on_pubsub_up=lambda: self._channel_subscriptions.subscribed_again(),
+            on_pubsub_down=lambda: self._channel_subscriptions.lost(),
         )
         call = self._link.call
         self.presence: RedisPresence | None = None
@@ -92,11 +90,15 @@ class RedisBroker(Broker):
         )
         # Frames and polls of sessions held by another node, or by this one.
         self._handover = Handover(self._reactor, call=call, ignore=ignore, pubsub=self.pubsub, node=self.node)
-        # What takes a pub/sub message, by its pub/sub channel (else: one of
-        # this node's channels) and, on those, by its first two bytes.
-        self._routes: dict[bytes, Callable[[bytes], None]] = {self._mine: self._on_node, self._all: self._to_everyone}
-        self._node_kinds = self._handover.kinds()
-        self._channel_kinds = {b"p ": self._presence_event}
+        self._delivery = Delivery(
+            self.channels, self.sessions, pubsub=self.pubsub, node=self.node, node_kinds=self._handover.kinds(),
+            offer=self._joins.offer, fan_out=self._fan_out, count=self._count, presence=lambda: self.presence,
+        )
+        self._channel_subscriptions = ChannelSubscriptions(
+            self.channels, link=self._link, pubsub=self.pubsub, connected=self._connected, snapshot=self._snapshot,
+            deliver=self._delivery.deliver_live, try_join=self._joins.try_join, presence=lambda: self.presence,
+            ttl_ms=self._ttl_ms, keeps=self._keeps,
+        )
 
     # -- connections ------------------------------------------------------
 
@@ -175,19 +177,9 @@ class RedisBroker(Broker):
         self.census.recount()
         self._register_all()
         for channel in list(self.channels.values()):
-            self._check(channel)
+            self._channel_subscriptions.check(channel)
             for join in list(channel.joining):
                 self._joins.try_join(join)
-
-    def _subscriptions_ready(self) -> None:
-        for channel in list(self.channels.values()):
-            self._subscribe_channel(channel)
-
-    def _subscriptions_lost(self) -> None:
-        for channel in self.channels.values():
-            # Read again, once subscribed again, after the last id delivered
-            # live; joins still dropping repeats go on dropping them.
-            channel.confirmed = channel.ready = channel.subscribing = False
 
     # -- sessions ---------------------------------------------------------
 
@@ -224,96 +216,6 @@ class RedisBroker(Broker):
 
     # -- subscriptions ----------------------------------------------------
 
-    def _channel(self, name: str) -> RedisChannel:
-        channel = self.channels.get(name)
-        if channel is None:
-            channel = self.channels[name] = RedisChannel(name)
-            self._subscribe_channel(channel)
-        return channel
-
-    def _subscribe_channel(self, channel: RedisChannel) -> None:
-        proto = self._link.subscriptions
-        if proto is None or channel.subscribing or channel.confirmed:
-            return
-        if self.channels.get(channel.name) is not channel:
-            return  # forgotten meanwhile
-        channel.subscribing = True
-        self._link.subscribe([self.pubsub + "c:" + channel.name]).addCallbacks(
-            self._confirmed, self._subscribe_failed, callbackArgs=(channel, proto), errbackArgs=(channel,)
-        )
-
-    def _confirmed(self, _: Any, channel: RedisChannel, proto: Any) -> None:
-        if self.channels.get(channel.name) is not channel or self._link.subscriptions is not proto:
-            return
-        channel.subscribing = False
-        channel.confirmed = True
-        if channel.delivering():
-            channel.buffer = []
-        self._check(channel)
-
-    def _subscribe_failed(self, failure: Failure, channel: RedisChannel) -> None:
-        channel.subscribing = False
-        if self._link.subscriptions is not None:
-            self._link.later(self._subscribe_channel, channel)
-        if not failure.check(BackendUnavailable, txredisapi.ConnectionError):
-            log.failure("redis: subscribing to {channel} failed", failure, channel=channel.name)
-
-    def _check(self, channel: RedisChannel) -> None:
-        """Once subscribed: learn the channel's position (and, after Redis
-        came back, deliver what its subscribers missed), then let joins in."""
-        if not channel.confirmed or channel.ready or channel.checking or not self._connected():
-            return
-        if self.channels.get(channel.name) is not channel:
-            return
-        channel.checking = True
-        position = channel.position()
-        since = format_key(position) if position is not None and channel.delivering() else ""
-        self._snapshot([channel.name], [since]).addCallbacks(
-            self._checked, self._check_failed, callbackArgs=(channel, since), errbackArgs=(channel,)
-        )
-
-    def _checked(self, snapshot: _Snapshot, channel: RedisChannel, since: str) -> None:
-        channel.checking = False
-        if self.channels.get(channel.name) is not channel or not channel.confirmed:
-            return
-        floor = snapshot.head
-        position = channel.position()
-        buffered, channel.buffer = channel.buffer or [], None
-        if since:
-            after = parse_key(since) or ZERO
-            if not snapshot.recovered(0, after, self._ttl_ms, self._keeps):
-                log.warn("redis: some messages of {channel} were lost while Redis was away", channel=channel.name)
-            for key, id, data in snapshot.entries(0):
-                self._deliver_live(channel, id, data, None)
-            for key, id, data, exclude in buffered:
-                if key > floor:
-                    self._deliver_live(channel, id, data, exclude)
-        channel.cursor = floor if position is None else max(floor, position)
-        if self.presence is not None and channel.name.startswith("presence-"):
-            channel.checking = True
-            self.presence.load(channel.name).addCallbacks(
-                self._loaded, self._check_failed, callbackArgs=(channel,), errbackArgs=(channel,)
-            )
-            return
-        self._now_ready(channel)
-
-    def _loaded(self, _: Any, channel: RedisChannel) -> None:
-        channel.checking = False
-        if self.channels.get(channel.name) is channel and channel.confirmed:
-            self._now_ready(channel)
-
-    def _now_ready(self, channel: RedisChannel) -> None:
-        channel.ready = True
-        for join in list(channel.joining):
-            self._joins.try_join(join)
-
-    def _check_failed(self, failure: Failure, channel: RedisChannel) -> None:
-        channel.checking = False
-        if self._connected():
-            self._link.later(self._check, channel)
-        if not failure.check(BackendUnavailable):
-            log.failure("redis: reading {channel} failed", failure, channel=channel.name)
-
     def subscribe(  # type: ignore[override]  # answers with a Deferred: Redis answers later
         self, name: str, subscriber: Subscriber, since: str | None = None
     ) -> Deferred[tuple[bool, list[Encoded]] | None]:
@@ -340,7 +242,7 @@ class RedisBroker(Broker):
         """
         join = _Join(subscriber, list(dict.fromkeys(names)), since)
         for name in join.names:
-            channel = self._channel(name)
+            channel = self._channel_subscriptions.channel(name)
             channel.joining.append(join)
         self._joins.try_join(join)
         return join.deferred
@@ -373,8 +275,7 @@ class RedisBroker(Broker):
             del self.channels[channel.name]
             if self.presence is not None:
                 self.presence.forget(channel.name)
-            if channel.confirmed or channel.subscribing:
-                self._link.unsubscribe([self.pubsub + "c:" + channel.name]).addErrback(ignore)
+            self._channel_subscriptions.unsubscribe(channel)
 
     def replay(self, name: str, since: str) -> tuple[bool, list[Encoded]]:  # pragma: no cover
         raise NotImplementedError("with Redis, subscribe and subscribe_many replay")
@@ -501,81 +402,6 @@ class RedisBroker(Broker):
     def answer_poll(self, node: str, request_id: str, status: int, body: bytes) -> None:
         """Send a poll's answer back to the node that forwarded it."""
         self._handover.answer_poll(node, request_id, status, body)
-
-    # -- live messages ----------------------------------------------------
-
-    def _on_message(self, channel_name: bytes, payload: bytes) -> None:
-        """A pub/sub message (formats in the package's docstring): to every
-        session, to this node, or on one of its channels."""
-        route = self._routes.get(channel_name)
-        if route is not None:
-            route(payload)
-        elif channel_name.startswith(self._channel_prefix):
-            self._on_channel(channel_name[len(self._channel_prefix):].decode("ascii"), payload)
-
-    def _on_channel(self, name: str, payload: bytes) -> None:
-        channel = self.channels.get(name)
-        if channel is not None:
-            self._channel_kinds.get(payload[:2], self._live)(channel, payload)
-
-    def _on_node(self, payload: bytes) -> None:
-        self._node_kinds.get(payload[:2], self._to_one_session)(payload)
-
-    def _presence_event(self, channel: RedisChannel, payload: bytes) -> None:
-        """``"p …"``: a presence announcement."""
-        if self.presence is not None:
-            self.presence.event(channel.name, payload)
-
-    def _live(self, channel: RedisChannel, payload: bytes) -> None:
-        """``"<id> <excluded session> <data>"``: a message of ``channel``,
-        held while it is read again after Redis came back."""
-        raw_id, raw_exclude, data = payload.split(b" ", 2)
-        id = raw_id.decode("ascii")
-        exclude = raw_exclude.decode("ascii") or None
-        if channel.buffer is not None:
-            key = parse_key(id)
-            if key is not None:
-                channel.buffer.append((key, id, data, exclude))
-            return
-        self._deliver_live(channel, id, data, exclude)
-
-    def _to_one_session(self, payload: bytes) -> None:
-        """``"<session> <id> <excluded session> <data>"`` on this node's
-        channel: a message to one of its sessions."""
-        session_id, rest = payload.split(b" ", 1)
-        session = self.sessions.get(session_id.decode("ascii"))
-        raw_id, _, data = rest.split(b" ", 2)
-        if session is not None:
-            self._deliver_direct((session,), raw_id, data, None)
-
-    def _to_everyone(self, payload: bytes) -> None:
-        """``"<id> <excluded session> <data>"`` on everyone's channel."""
-        raw_id, raw_exclude, data = payload.split(b" ", 2)
-        self._deliver_direct(self.sessions.values(), raw_id, data, raw_exclude.decode("ascii") or None)
-
-    def _deliver_direct(
-        self, sessions: Iterable[Subscriber], raw_id: bytes, data: bytes, exclude: str | None
-    ) -> None:
-        """A message to sessions rather than to a channel's subscribers."""
-        started = time.perf_counter()
-        result = PublishResult()
-        self._fan_out(sessions, frames.message(None, raw_id.decode("ascii"), data), exclude, result)
-        self._count(1, result, started)
-
-    def _deliver_live(self, channel: RedisChannel, id: str, data: bytes, exclude: str | None) -> None:
-        """One message of ``channel``: encoded once, to every subscriber,
-        and to the joins on their way in."""
-        started = time.perf_counter()
-        frame = frames.message(channel.name, id, data)
-        channel.last_id = id
-        result = PublishResult()
-        self._fan_out(channel.subscribers, frame, exclude, result)
-        if channel.joining:
-            key = parse_key(id)
-            if key is not None:
-                for join in tuple(channel.joining):
-                    self._joins.offer(join, channel, key, frame, exclude)
-        self._count(1, result, started)
 
     def sweep(self) -> int:
         """History lives in Redis, which expires it: nothing to sweep."""
