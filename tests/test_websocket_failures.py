@@ -89,8 +89,8 @@ def test_a_bad_close_frame_gets_our_close_frame_sent_then_tcp_closed(clock):
 def test_after_a_protocol_error_nothing_more_is_read(clock):
     """A control frame announcing a megabyte is a protocol error whose
     framing cannot be trusted: 1002, the socket is no longer read (Autobahn
-    would buffer the "control frame" as announced), and the close handshake
-    timeout ends the connection."""
+    would buffer the "control frame" as announced), TCP closes behind the
+    close frame, aborted CLOSE_TIMEOUT later if it could not be written."""
     server = Server(clock)
     protocol, transport = server.open()
     protocol.dataReceived(frame(0x9, b"x" * 10, length=1 << 20))
@@ -112,16 +112,16 @@ def test_after_invalid_utf8_the_close_answer_is_still_read(clock):
     assert transport.disconnecting
 
 
-def test_a_second_error_while_closing_leaves_the_end_to_the_timeout(clock):
+def test_a_failure_closes_tcp_behind_the_close_frame_and_a_second_changes_nothing(clock):
     """Invalid UTF-8 fails the message twice (the bad byte, then the
-    message ending off a character): one close frame, 1007, and the connection
-    is not left to a graceful close that would wait for ever on a peer that
-    does not read; the close handshake timeout aborts it."""
+    message ending off a character): one close frame, 1007, and the TCP
+    connection closes behind it (RFC 6455 7.1.7: the peer's answer is not
+    waited for); a peer that does not read is aborted CLOSE_TIMEOUT later."""
     server = Server(clock)
     protocol, transport = server.open()
     protocol.dataReceived(frame(OP_TEXT, b'"\xff'))
     assert closes(transport) == [1007]
-    assert not transport.disconnecting
+    assert transport.disconnecting and not transport.disconnected
     clock.advance(CLOSE_TIMEOUT)
     assert transport.disconnected
     assert server.metrics.client_errors.counts["websocket_invalid_payload"] == 1

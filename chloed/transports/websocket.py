@@ -12,9 +12,10 @@ connection goes (Autobahn's ``failByDrop`` off): 1002 for a protocol error
 (reserved opcode or bits, an unmasked frame, a bad close frame), 1007 for
 invalid UTF-8 in a text message, 1009 for a message over four times
 ``max_message_bytes``. The browser's ``CloseEvent`` then tells "too large"
-from a network cut. A peer that does not answer the close frame is dropped
-1 to 2 s later (``closeHandshakeTimeout``); after a 1002, whose framing
-cannot be trusted, nothing more is read and that is how it ends. These failures, and upgrades refused
+from a network cut. The TCP connection is closed behind the close frame
+(RFC 6455, 7.1.7), not after the peer's answer: one that does not read is
+aborted ``CLOSE_TIMEOUT`` seconds later; after a 1002, whose framing cannot
+be trusted, nothing more is read. These failures, and upgrades refused
 with a 4xx, are counted and logged through :class:`chloed.lograte.ClientErrors`
 (one line per client address per minute), not by Autobahn per connection.
 
@@ -136,28 +137,28 @@ class ChloeWebSocket(WebSocketServerProtocol):
     def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
         """Where Autobahn fails an open connection on the peer's protocol
         error, invalid payload or oversized message: counted once per
-        connection. After 1007 or 1009 the peer's answer to our close frame
-        is read and ends the connection at once; after 1002 nothing more is
-        read, and the close handshake timeout ends it.
+        connection, then, as RFC 6455 (7.1.7) has it, the close frame that
+        says why and the TCP connection closed behind it, once it is
+        written: a peer that broke the protocol is not waited for (its
+        answer may never come; a browser has the code either way). Should
+        the close frame not leave within ``CLOSE_TIMEOUT`` (a peer that does
+        not read), the connection is aborted.
 
-        Another error while our close frame awaits its answer changes
-        nothing: Autobahn would close gracefully then, which waits for ever
-        on a peer that does not read, while the close handshake timeout
-        drops it anyway.
+        After a 1002 nothing more is read: the framing is not to be trusted
+        any more (Autobahn would go on with the bad frame as announced,
+        buffering a "control frame" of any length).
         """
-        if self.state == self.STATE_CLOSING and self.closeHandshakeTimeoutCall is not None:
-            return
         first = self.state == self.STATE_OPEN and not self.failedByMe
         if first:
             kind = FAILURE_KINDS.get(code, lograte.WS_PROTOCOL_ERROR)
             self.factory.client_errors.report(self._peer_host(), kind, reason)
         super()._fail_connection(code, reason)
-        if first and code == self.CLOSE_STATUS_CODE_PROTOCOL_ERROR:
-            # The framing is not to be trusted any more (Autobahn would go on
-            # with the bad frame as announced, buffering a "control frame"
-            # of any length): read nothing more, and let the close handshake
-            # timeout end it.
-            self.transport.pauseProducing()
+        if first:
+            if code == self.CLOSE_STATUS_CODE_PROTOCOL_ERROR:
+                self.transport.pauseProducing()
+            transport = self.transport
+            self._close_guard = self.factory.hub.clock.callLater(CLOSE_TIMEOUT, transport.abortConnection)
+            self.dropConnection(abort=False)
 
     def dropConnection(self, abort: bool = False) -> None:
         """On the peer's close frame after ours Autobahn aborts TCP, which
