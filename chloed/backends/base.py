@@ -33,7 +33,13 @@ class BackendUnavailable(Exception):
 
 
 class Subscriber(Protocol):
-    """What a channel delivers to: a session (or a test's recorder)."""
+    """What a channel delivers to: a session (or a test's recorder).
+
+    Receipts count a subscriber as ``queued`` (held for its next poll)
+    rather than ``delivered``: the memory backend when ``deliver`` returns
+    True, the Redis census by its ``transport`` (``"longpoll"`` or
+    ``"jsonp"``), which a :class:`chloed.session.Session` has.
+    """
 
     id: str
 
@@ -212,7 +218,9 @@ class Backend(Protocol):
         """The active channels (see :class:`ChannelListing` for whose)."""
 
     def make_presence(self, clock: IReactorTime, grace: float) -> Presence:
-        """The presence of this backend (in this process, or shared)."""
+        """The presence of this backend (in this process, or shared); made
+        before the backend is started (the Redis one refreshes its members
+        from then on)."""
 
     # -- sessions held by other nodes ----------------------------------------
 
