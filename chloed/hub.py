@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from chloed import frames, lograte, tokens
-from chloed.backends.base import Backend, Presence
+from chloed.backends.base import Backend, Presence, Reply
 from chloed.config import Config
 from chloed.errors import ProtocolError, RelayRejected
 from chloed.frames import Frame
@@ -84,7 +84,7 @@ class Hub:
             # (a microsecond more: the sums of intervals are not exact)
             self._tolerance = (self._burst - 1) * self._interval + 1e-6
         broker.serve_handover(self._forwarded, self._handed_over_poll)
-        self._answer_poll: Callable[[str, int, Callable[[int, bytes], None]], None] | None = None
+        self._answer_poll: Callable[[str, int, Reply], None] | None = None
         self.presence: Presence = broker.make_presence(clock, config.session_grace)
         self.presence.idle = self._idle
         self._handlers: dict[str, Callable[[Session, Frame], None]] = {
@@ -331,12 +331,12 @@ class Hub:
             return None
         return self.broker.forward_poll(session_id, cursor, self.config.longpoll_timeout + POLL_HANDOVER_SLACK)
 
-    def serve_polls(self, answer: Callable[[str, int, Callable[[int, bytes], None]], None]) -> None:
+    def serve_polls(self, answer: Callable[[str, int, Reply], None]) -> None:
         """The long-poll transport answers polls other nodes hand over:
         ``answer(session_id, cursor, reply)``, ``reply(status, JSON body)``."""
         self._answer_poll = answer
 
-    def _handed_over_poll(self, session_id: str, cursor: int, reply: Callable[[int, bytes], None]) -> None:
+    def _handed_over_poll(self, session_id: str, cursor: int, reply: Reply) -> None:
         if self._answer_poll is None:
             reply(404, frames.dumps({"error": "unknown_session", "message": "no such session: start a new one"}))
             return

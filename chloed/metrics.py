@@ -135,9 +135,6 @@ class Metrics:
         self.proc = proc
         self.fanout = Histogram(FANOUT_BUCKETS)
         self.relay_latency = Histogram(RELAY_BUCKETS)
-        # What clients got wrong, counted and logged sparingly by the
-        # transports that see it (the WebSocket one).
-        self.client_errors = ClientErrors(clock)
         self.hub: Hub | None = None
         self.registry = CollectorRegistry()
 
@@ -145,12 +142,17 @@ class Metrics:
         """Watch ``hub`` (its broker and relay): time the broker's fan-outs,
         and register the collectors."""
         self.hub = hub
-        # The hub's count of client mistakes (its own, and the transports').
-        self.client_errors = hub.client_errors
         hub.broker.observe_fanout = self.fanout.observe
         self.registry.register(ChloeCollector(self))
         ProcessCollector(registry=self.registry)
         return self
+
+    @property
+    def client_errors(self) -> ClientErrors:
+        """What clients got wrong: the hub counts it (its own, and its
+        transports')."""
+        assert self.hub is not None, "Metrics.attach(hub) first"
+        return self.hub.client_errors
 
     def exposition(self) -> bytes:
         """The Prometheus text exposition of everything."""

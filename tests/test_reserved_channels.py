@@ -144,3 +144,17 @@ def test_a_message_larger_than_the_budget_is_not_kept():
     broker = Broker(world.clock, 100, 300, history_memory=100)
     broker.publish(["a"], b'"' + b"x" * 200 + b'"')
     assert broker.history_bytes == 0 and broker.replay("a", "0-0")[0] is False
+
+
+def test_history_memory_0_keeps_no_history():
+    """history_memory = 0, as conf/chloe.toml says, keeps nothing: a resume
+    says recovered: false, and live delivery is unaffected."""
+    world = World()
+    broker = Broker(world.clock, 100, 300, history_memory=0)
+    subscriber = RecordingSubscriber("s")
+    broker.subscribe("a", subscriber)
+    first = broker.publish(["a"], b"1").ids["a"]
+    broker.publish(["a"], b"2")
+    assert broker.history_bytes == 0 and not broker.channels["a"].history
+    assert broker.replay("a", first) == (False, [])
+    assert [f.id for f in subscriber.frames] == [first, broker.channels["a"].last_id]

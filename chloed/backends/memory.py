@@ -595,7 +595,7 @@ class MemoryBackend:
     def serve_handover(
         self, frames: Callable[[str, bytes], None], poll: Callable[[str, int, Reply], None]
     ) -> None:
-        pass
+        """Nothing is ever handed over: there is no other node to do it."""
 
     def forward(self, session_id: str, body: bytes) -> Deferred[bool] | None:
         return None

@@ -117,7 +117,7 @@ class ChloeWebSocket(WebSocketServerProtocol):
     flow: OutboundFlow | None = None
     # The socket, when the transport is plain TCP (not TLS): see send_now.
     _sock: socket.socket | None = None
-    # Aborts a connection closing gracefully after a failure: see dropConnection.
+    # Aborts a failed connection whose close frame could not be written: see _fail_connection.
     _close_guard: IDelayedCall | None = None
 
     def onConnect(self, request: Any) -> None:
@@ -159,18 +159,6 @@ class ChloeWebSocket(WebSocketServerProtocol):
             transport = self.transport
             self._close_guard = self.factory.hub.clock.callLater(CLOSE_TIMEOUT, transport.abortConnection)
             self.dropConnection(abort=False)
-
-    def dropConnection(self, abort: bool = False) -> None:
-        """On the peer's close frame after ours Autobahn aborts TCP, which
-        throws away what is still unsent. After a failure that may be our
-        close frame itself, when the peer's close frame was the bad one (a
-        1-byte or invalid code, a reason not UTF-8) and came in the same
-        read. Then close gracefully, and abort only if that has not happened
-        ``CLOSE_TIMEOUT`` later (a peer that does not read)."""
-        if abort and self.failedByMe and self.wasClean and self.state == self.STATE_CLOSING:
-            abort = False
-            self._close_guard = self.factory.hub.clock.callLater(CLOSE_TIMEOUT, self.transport.abortConnection)
-        super().dropConnection(abort)
 
     def _peer_host(self) -> str:
         peer = self.transport.getPeer()
