@@ -17,6 +17,11 @@ from chloed.errors import ConfigError
 
 TRANSPORTS = ("websocket", "sse", "longpoll", "jsonp")
 EVENTS = ("message", "connect", "disconnect", "subscribe", "unsubscribe")
+#: Upper bounds of the batch options: past them one POST or one body is
+#: more than a server should parse in one go.
+RELAY_BATCH_MAX = 1000
+SEND_BATCH_ITEMS_MAX = 100000
+SEND_BATCH_BYTES_MAX = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,9 @@ class Config:
     upstream_timeout: float = 10.0
     upstream_retries: int = 5
     upstream_queue: int = 10000
+    relay_batch: int = 1
+    send_batch_items: int = 1000
+    send_batch_bytes: int = 1048576
     events: tuple[str, ...] = ("message",)
     client_publish: bool = False
     history_memory: int = 67108864
@@ -61,6 +69,14 @@ def _number(name: str, value: Any, minimum: float, integer: bool) -> Any:
     if value < minimum:
         raise ConfigError(name, f"must be at least {minimum}, not {value!r}")
     return value if integer else float(value)
+
+
+def _bounded(name: str, value: Any, minimum: int, maximum: int) -> int:
+    """A whole number from ``minimum`` to ``maximum``."""
+    number = _number(name, value, minimum, True)
+    if number > maximum:
+        raise ConfigError(name, f"must be at most {maximum}, not {value!r}")
+    return int(number)
 
 
 def _strings(name: str, value: Any, allowed: tuple[str, ...] | None = None, nonempty: bool = True) -> tuple[str, ...]:
@@ -145,6 +161,9 @@ _CHECKS: dict[str, Any] = {
     "upstream_timeout": lambda n, v: _number(n, v, 0.01, False),
     "upstream_retries": lambda n, v: _number(n, v, 0, True),
     "upstream_queue": lambda n, v: _number(n, v, 1, True),
+    "relay_batch": lambda n, v: _bounded(n, v, 1, RELAY_BATCH_MAX),
+    "send_batch_items": lambda n, v: _bounded(n, v, 1, SEND_BATCH_ITEMS_MAX),
+    "send_batch_bytes": lambda n, v: _bounded(n, v, 1024, SEND_BATCH_BYTES_MAX),
     "events": lambda n, v: _strings(n, v, EVENTS, nonempty=False),
     "client_publish": _bool,
     "history_memory": lambda n, v: _number(n, v, 0, True),

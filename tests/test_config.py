@@ -28,7 +28,8 @@ def refused(values: dict) -> ConfigError:
 def test_defaults_are_the_spec_table():
     """With no options, every option has the default SPEC section 1 documents
     (and rate_limit, which issue 7 added, history_memory and public_status,
-    which issue 14 added; conf/chloe.toml documents them)."""
+    which issue 14 added, relay_batch and the send_batch limits, which issue
+    16 added; conf/chloe.toml documents them)."""
     assert dataclasses.asdict(Config()) == {
         "listen": ("tcp:8901",),
         "application_server_url": None,
@@ -49,6 +50,9 @@ def test_defaults_are_the_spec_table():
         "upstream_timeout": 10.0,
         "upstream_retries": 5,
         "upstream_queue": 10000,
+        "relay_batch": 1,
+        "send_batch_items": 1000,
+        "send_batch_bytes": 1048576,
         "events": ("message",),
         "client_publish": False,
         "history_memory": 67108864,
@@ -315,3 +319,18 @@ def test_file_not_utf8(tmp_path):
     with pytest.raises(ConfigError) as info:
         config.load(path)
     assert info.value.option == "config"
+
+
+@pytest.mark.parametrize("name, value, why", [
+    ("relay_batch", 0, "at least 1"),
+    ("relay_batch", 1001, "at most 1000"),
+    ("relay_batch", 2.5, "whole number"),
+    ("send_batch_items", 0, "at least 1"),
+    ("send_batch_items", 100001, "at most 100000"),
+    ("send_batch_bytes", 1023, "at least 1024"),
+    ("send_batch_bytes", 64 * 1024 * 1024 + 1, "at most 67108864"),
+])
+def test_batch_options_are_bounded(name, value, why):
+    """The batch sizes refuse what is not a whole number in their range, by name."""
+    error = refused({name: value})
+    assert error.option == name and why in str(error)
