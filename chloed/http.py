@@ -97,6 +97,22 @@ def error(request: IRequest, status: int, code: str, message: str) -> bytes:
     return json_error_body(code, message)
 
 
+def method_not_allowed(request: IRequest, allowed: list[bytes]) -> bytes:
+    """A JSON ``405 {"error": "method_not_allowed"}`` naming ``allowed`` in
+    ``Allow``. To ``HEAD`` it is the status and headers alone, so
+    twisted.web has no body to eat (and log that it ate)."""
+    request.setHeader(b"allow", b", ".join(allowed))
+    method = request.method.decode("latin-1")
+    body = error(
+        request, 405, "method_not_allowed",
+        f"{method} is not allowed here; use {', '.join(m.decode('latin-1') for m in allowed)}",
+    )
+    if request.method == b"HEAD":
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return b""
+    return body
+
+
 def answer_request_error(request: IRequest, exc: RequestError) -> bytes:
     """Log a refused request in one line and answer its JSON error."""
     log.info(

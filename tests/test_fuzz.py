@@ -921,8 +921,14 @@ def test_generated_send_bodies(fuzz: Harness, body: bytes, ctype: str | None) ->
     headers = {"Content-Type": ctype} if ctype else {}
     status, got, answer = fuzz.server.request("POST", "/send", body, headers)
     if status == 202:
-        assert isinstance(json.loads(answer)["ids"], dict)
-        assert WATCH not in json.loads(answer)["ids"]
+        receipt = json.loads(answer)
+        # A batch (an array, or NDJSON) has a receipt or an error per item.
+        for item in receipt["results"] if "results" in receipt else [receipt]:
+            if "error" in item:
+                assert item["status"] in (400, 404, 413), item
+            else:
+                assert isinstance(item["ids"], dict)
+                assert WATCH not in item["ids"]
     else:
         assert_json_error(status, got, answer, status, None)
         assert status in (400, 404, 413), answer

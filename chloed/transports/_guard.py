@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from chloed.lograte import HTTP_REFUSED
+from chloed.transports._lean import LeanSend
 
 log = Logger()
 
@@ -69,6 +70,7 @@ class GuardedHTTPChannel(HTTPChannel):
     _receiving = True
     _refused = False
     _body_seen = 0
+    _lean: LeanSend | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -77,6 +79,22 @@ class GuardedHTTPChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
+        lean = self._lean
+        if lean is not None and lean.waiting is not None:
+            lean.hold(data)
+            return
+        if not self._receiving and data[:10] == b"POST /send" and self._idle():
+            # See chloed.transports._lean: the app's publishes, whole in the
+            # buffer, answered without twisted.web's Request.
+            if lean is None:
+                lean = self._lean = self._lean_send()
+            if lean is not None:
+                self.resetTimeout()
+                data = lean.serve(data)
+                if lean.waiting is not None:
+                    self._pause_reading()
+                if not data:
+                    return
         if not self._receiving:
             self._receiving = True
             seconds = getattr(self.factory, "request_deadline", REQUEST_DEADLINE)
@@ -126,7 +144,40 @@ class GuardedHTTPChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_deadline()
+        if self._lean is not None:
+            self._lean.lost()
         super().connectionLost(reason)
+
+    # -- the lean path of POST /send ---------------------------------------
+
+    def _idle(self) -> bool:
+        """Whether twisted.web is between requests, holding no byte of one."""
+        return (
+            not self.requests and not self._handlingRequest and bool(self.line_mode)
+            and not self._buffer and bool(self.persistent)
+        )
+
+    def _lean_send(self) -> LeanSend | None:
+        render = getattr(self.factory, "send_render", None)
+        transport = self.transport
+        if render is None or transport is None:
+            return None
+        return LeanSend(render, transport.write, transport.getPeer(),
+                        getattr(self.factory, "max_body_bytes", None), self._resume_reading)
+
+    def _pause_reading(self) -> None:
+        assert self.transport is not None
+        self.transport.pauseProducing()  # type: ignore[attr-defined]  # a TCP transport is its own producer
+
+    def _resume_reading(self, held: bytes) -> None:
+        """An answer the backend kept waiting is written: read again, from
+        what arrived meanwhile."""
+        transport = self.transport
+        if transport is None or self._refused:
+            return
+        transport.resumeProducing()  # type: ignore[attr-defined]
+        if held:
+            self.dataReceived(held)
 
     def _stop_deadline(self) -> None:
         deadline, self._deadline = self._deadline, None

@@ -12,7 +12,7 @@ from twisted.web.error import UnsupportedMethod
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from chloed.http import error, json_error_body
+from chloed.http import error, json_error_body, method_not_allowed
 
 CALLBACK_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}(?:\.[A-Za-z_$][A-Za-z0-9_$]{0,63})*")
 MAX_CALLBACK_CHARS = 255
@@ -59,22 +59,6 @@ def preflight(request: IRequest, allowed: tuple[str, ...]) -> bytes:
         request.setHeader(b"access-control-max-age", b"600")
         return b""
     return json_error_body("forbidden_origin", "origin not allowed")
-
-
-def method_not_allowed(request: IRequest, allowed: list[bytes]) -> bytes:
-    """A JSON ``405 {"error": "method_not_allowed"}`` naming ``allowed`` in
-    ``Allow``. To ``HEAD`` it is the status and headers alone, so
-    twisted.web has no body to eat (and log that it ate)."""
-    request.setHeader(b"allow", b", ".join(allowed))
-    method = request.method.decode("latin-1")
-    body = error(
-        request, 405, "method_not_allowed",
-        f"{method} is not allowed here; use {', '.join(m.decode('latin-1') for m in allowed)}",
-    )
-    if request.method == b"HEAD":
-        request.setHeader(b"content-length", b"%d" % len(body))
-        return b""
-    return body
 
 
 class JsonMethodsResource(Resource):

@@ -55,7 +55,8 @@ from chloed.hub import Hub
 from chloed.lograte import ClientErrors
 from chloed.session import Session
 from chloed.transports._flow import OutboundFlow
-from chloed.transports._http import method_not_allowed, origin_allowed
+from chloed.http import method_not_allowed
+from chloed.transports._http import origin_allowed
 
 # Autobahn lets an application close only with 1000 or 3000-4999; the
 # error frame written just before says why.

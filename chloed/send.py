@@ -1,0 +1,330 @@
+"""``POST /send``: the app publishes one message, or a batch of them.
+
+It is the hot route of the app's API, so it is a plain ``twisted.web``
+resource of its own, not a Klein route: werkzeug's routing and Klein's
+Deferred plumbing cost more than the rest of a publish (bench/profiles).
+
+One message is a form (``data``, ``channel`` given once per channel,
+``session``, ``exclude``) or a JSON object of those fields, answered ``202``
+with its receipt. A batch is a JSON array of such objects, or NDJSON
+(``application/x-ndjson``, one object a line): each item is validated and
+published on its own, in order, and the ``202`` answer holds one entry per
+item in ``results``: the item's receipt, or, for an item that could not go,
+``{"index", "status", "error", "message"}`` with the status and error a
+single ``/send`` of it would have had. The others still go. A batch holds
+at most ``send_batch_items`` messages in at most ``send_batch_bytes``; each
+item's ``data`` is held to ``max_message_bytes``.
+
+Everything else ``/send`` answers is the API's JSON error (:mod:`chloed.http`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from chloed import frames
+from chloed.backends.base import BackendUnavailable, PublishResult
+from chloed.errors import RequestError
+from chloed.http import answer_request_error, authorize, error, method_not_allowed
+from chloed.hub import Hub
+
+log = Logger(namespace="chloed.api")
+
+_FIELDS = frozenset(("data", "channel", "session", "exclude"))
+_FORM_FIELDS = frozenset(f.encode("ascii") for f in _FIELDS)
+_NDJSON = b"application/x-ndjson"
+_BAD_CHANNEL = "channel names are 1 to 128 of A-Z a-z 0-9 _ . : @ = -"
+_RESERVED = f"{frames.RESERVED_PREFIX}* channels are Chloe's own: only it publishes there"
+
+
+def _text(value: bytes, field: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(400, "bad_request", f"{field} is not UTF-8") from None
+
+
+class SendRequest:
+    """One validated message: JSON ``data`` bytes and its targets."""
+
+    __slots__ = ("data", "channels", "session", "exclude")
+
+    def __init__(self, data: bytes, channels: list[str], session: str | None, exclude: str | None) -> None:
+        self.data = data
+        self.channels = channels
+        self.session = session
+        self.exclude = exclude
+
+    @classmethod
+    def from_object(cls, obj: Any, max_bytes: int) -> "SendRequest":
+        """A message given as JSON (an object, or one item of a batch).
+
+        :param max_bytes: the largest ``data`` may be, encoded.
+        """
+        if not isinstance(obj, dict):
+            raise RequestError(400, "bad_request", "a message must be a JSON object")
+        if not _FIELDS.issuperset(obj):
+            raise RequestError(400, "bad_request", f"unknown field {sorted(set(obj) - _FIELDS)[0]!r}")
+        if "data" not in obj:
+            raise RequestError(400, "bad_request", "data is required")
+        channels = obj.get("channel")
+        if channels is None:
+            channels = []
+        elif type(channels) is str:
+            channels = [channels]
+        elif not isinstance(channels, list):
+            raise RequestError(400, frames.INVALID_CHANNEL, "channel must be a string or a list of strings")
+        elif not channels:
+            raise RequestError(400, frames.INVALID_CHANNEL, "the channel list is empty (leave channel out to send to everyone)")
+        session = obj.get("session")
+        exclude = obj.get("exclude")
+        for key, value in (("session", session), ("exclude", exclude)):
+            if value is not None and not isinstance(value, str):
+                raise RequestError(400, "bad_request", f"{key} must be a string")
+        try:
+            data = frames.dumps(obj["data"])
+        except UnicodeEncodeError:
+            raise RequestError(400, "bad_request", "data is not valid Unicode") from None
+        if len(data) > max_bytes:
+            raise RequestError(413, frames.TOO_LARGE, f"data is limited to {max_bytes} bytes")
+        return cls.checked(data, channels, session, exclude)
+
+    @classmethod
+    def from_form(cls, args: dict[bytes, list[bytes]]) -> "SendRequest":
+        """A message given as a form (``request.args``)."""
+        # An unknown field is a mistake (a typo of channel or session), and
+        # without it the request would read as "everyone": refuse it by name.
+        if not _FORM_FIELDS.issuperset(args):
+            name = sorted(set(args) - _FORM_FIELDS)[0].decode("utf-8", "replace")
+            raise RequestError(400, "bad_request", f"unknown field {name!r}")
+        data = args.get(b"data")
+        if not data:
+            raise RequestError(400, "bad_request", "data is required")
+        if len(data) > 1:
+            raise RequestError(400, "bad_request", "give data once")
+        channels = [_text(c, "channel") for c in args.get(b"channel", ())]
+        single = {}
+        for key in (b"session", b"exclude"):
+            values = args.get(key, ())
+            if len(values) > 1:
+                raise RequestError(400, "bad_request", f"give {key.decode()} once")
+            single[key] = _text(values[0], key.decode()) if values else None
+        return cls.checked(
+            frames.dumps(_text(data[0], "data")), channels, single[b"session"], single[b"exclude"]
+        )
+
+    @classmethod
+    def checked(cls, data: bytes, channels: list[Any], session: str | None, exclude: str | None) -> "SendRequest":
+        valid, reserved = frames.valid_channel, frames.reserved
+        for channel in channels:
+            if not valid(channel):
+                raise RequestError(400, frames.INVALID_CHANNEL, _BAD_CHANNEL)
+            if reserved(channel):
+                raise RequestError(400, frames.INVALID_CHANNEL, _RESERVED)
+        if session is not None and channels:
+            raise RequestError(400, "bad_request", "give channel or session, not both")
+        # An empty session or channel list is a mistake, not "everyone".
+        if session == "":
+            raise RequestError(400, "bad_request", "session is empty")
+        # One delivery per channel, however often it was named.
+        if len(channels) > 1:
+            channels = list(dict.fromkeys(channels))
+        return cls(data, channels, session, exclude or None)
+
+
+def receipt(result: PublishResult) -> dict[str, Any]:
+    """The id per channel (or ``id`` for a broadcast or a session), how
+    many sessions got it now and how many hold it for their next poll."""
+    body: dict[str, Any] = {"ids": result.ids, "delivered": result.delivered, "queued": result.queued}
+    if result.id is not None:
+        body["id"] = result.id
+    if result.lower_bound:
+        body["lower_bound"] = True
+    return body
+
+
+def _refusal(failure: Failure) -> RequestError:
+    """What a publish that failed answers: its refusal, a 503 when the
+    backend cannot take it, else a 500, logged (a bug of Chloe's)."""
+    if isinstance(failure.value, RequestError):
+        return failure.value
+    if failure.check(BackendUnavailable):
+        return RequestError(
+            503, "backend_unavailable", f"the backend cannot take messages now ({failure.getErrorMessage()}); retry"
+        )
+    log.failure("POST /send failed", failure)
+    return RequestError(500, "internal_error", "the message could not be published")
+
+
+def _known(result: PublishResult | None) -> PublishResult:
+    if result is None:
+        raise RequestError(404, "unknown_session", "no such session on this server")
+    return result
+
+
+class SendResource(Resource):
+    """``/send``, bound to one hub."""
+
+    isLeaf = True
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self.hub = hub
+        self.broker = hub.broker
+        self.config = hub.config
+
+    def render(self, request: Any) -> bytes | int:
+        if request.postpath:  # /send/… names nothing
+            return error(request, 404, "not_found", "no such endpoint")
+        if request.method != b"POST":
+            return method_not_allowed(request, [b"POST"])
+        try:
+            authorize(request, self.config.secret)
+            return self._send(request)
+        except RequestError as refusal:
+            return answer_request_error(request, refusal)
+
+    def _send(self, request: Any) -> bytes | int:
+        ctype = (request.getHeader(b"content-type") or b"").partition(b";")[0].strip().lower()
+        if ctype == b"application/json":
+            body = request.content.read()
+            start = body.lstrip()[:1]
+            if start == b"[":
+                return self._batch(request, self._json_items(body))
+            self._within(body, self.config.max_message_bytes, "bodies")
+            try:
+                obj = frames.loads(body)
+            except (ValueError, RecursionError):
+                raise RequestError(400, "bad_request", "the body is not valid JSON") from None
+            if not isinstance(obj, dict):
+                raise RequestError(400, "bad_request", "the body must be a JSON object or an array of them")
+            req = SendRequest.from_object(obj, self.config.max_message_bytes)
+        elif ctype == _NDJSON:
+            return self._batch(request, self._ndjson_items(request.content.read()))
+        else:
+            self._within(request.content.read(), self.config.max_message_bytes, "bodies")
+            req = SendRequest.from_form(request.args)
+        return self._answer(request, self._publish(req), self._receipt_body)
+
+    @staticmethod
+    def _within(body: bytes, limit: int, what: str) -> None:
+        if len(body) > limit:
+            raise RequestError(413, frames.TOO_LARGE, f"{what} are limited to {limit} bytes")
+
+    def _publish(self, req: SendRequest) -> Deferred[PublishResult | None]:
+        if req.session is not None:
+            return self.broker.to_session(req.session, req.data)
+        if req.channels:
+            return self.broker.publish(req.channels, req.data, exclude=req.exclude)  # type: ignore[return-value]
+        return self.broker.broadcast(req.data, exclude=req.exclude)  # type: ignore[return-value]
+
+    @staticmethod
+    def _receipt_body(result: PublishResult | None) -> bytes:
+        return frames.dumps(receipt(_known(result)))
+
+    # -- batches ----------------------------------------------------------
+
+    def _json_items(self, body: bytes) -> list[Any]:
+        self._within(body, self.config.send_batch_bytes, "batches")
+        try:
+            items = frames.loads(body)
+        except (ValueError, RecursionError):
+            raise RequestError(400, "bad_request", "the body is not valid JSON") from None
+        return self._counted(items)
+
+    def _ndjson_items(self, body: bytes) -> list[Any]:
+        """Each line parsed on its own: a line that is not JSON is that
+        item's error, not the batch's."""
+        self._within(body, self.config.send_batch_bytes, "batches")
+        items: list[Any] = []
+        for line in body.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                items.append(frames.loads(line))
+            except (ValueError, RecursionError):
+                items.append(_NOT_JSON)
+        return self._counted(items)
+
+    def _counted(self, items: list[Any]) -> list[Any]:
+        if not items:
+            raise RequestError(400, "bad_request", "the batch is empty")
+        limit = self.config.send_batch_items
+        if len(items) > limit:
+            raise RequestError(413, frames.TOO_LARGE, f"a batch holds at most {limit} messages, not {len(items)}")
+        return items
+
+    def _batch(self, request: Any, items: list[Any]) -> bytes | int:
+        """Publish each item in order; one result per item."""
+        max_bytes = self.config.max_message_bytes
+        outcomes: list[Deferred[Any]] = []
+        for index, item in enumerate(items):
+            try:
+                if item is _NOT_JSON:
+                    raise RequestError(400, "bad_request", "the line is not valid JSON")
+                req = SendRequest.from_object(item, max_bytes)
+            except RequestError as refusal:
+                outcomes.append(Deferred())
+                outcomes[-1].errback(Failure(refusal))
+            else:
+                outcomes.append(self._publish(req).addCallback(_known))
+            outcomes[-1].addCallbacks(receipt, self._item_error, errbackArgs=(index,))
+        return self._answer(request, DeferredList(outcomes), self._batch_body)
+
+    @staticmethod
+    def _item_error(failure: Failure, index: int) -> dict[str, Any]:
+        refusal = _refusal(failure)
+        return {"index": index, "status": refusal.status, "error": refusal.code, "message": refusal.message}
+
+    @staticmethod
+    def _batch_body(outcomes: list[tuple[bool, Any]]) -> bytes:
+        results = [value for _, value in outcomes]
+        failed = sum(1 for value in results if "error" in value)
+        return frames.dumps({"results": results, "sent": len(results) - failed, "failed": failed})
+
+    # -- the answer -------------------------------------------------------
+
+    def _answer(self, request: Any, outcome: Deferred[Any], body: Callable[[Any], bytes]) -> bytes | int:
+        """``202`` with the ``body`` of the backend's ``outcome``: at once
+        when the backend has answered already (the memory backend), else
+        when it does."""
+        now: list[bytes] = []
+        outcome.addCallbacks(self._accepted, self._refused, callbackArgs=(request, body), errbackArgs=(request,))
+        outcome.addCallback(now.append)
+        if now:
+            return now[0]
+        outcome.addCallback(lambda _: self._finish(now[0], request))
+        return NOT_DONE_YET
+
+    @staticmethod
+    def _accepted(outcome: Any, request: Any, body: Callable[[Any], bytes]) -> bytes:
+        try:
+            payload = body(outcome)
+        except RequestError as refusal:
+            return answer_request_error(request, refusal)
+        request.setResponseCode(202)
+        request.setHeader(b"content-type", b"application/json")
+        return payload
+
+    @staticmethod
+    def _refused(failure: Failure, request: Any) -> bytes:
+        return answer_request_error(request, _refusal(failure))
+
+    @staticmethod
+    def _finish(payload: bytes, request: Any) -> None:
+        """Answer a request the backend kept waiting."""
+        if request.finished or getattr(request, "_disconnected", False):
+            return  # the app went away before the backend answered
+        request.setHeader(b"content-length", b"%d" % len(payload))
+        request.write(payload)
+        request.finish()
+
+
+#: An NDJSON line that did not parse.
+_NOT_JSON = object()
