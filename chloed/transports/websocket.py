@@ -33,6 +33,9 @@ the next reactor turn, two ``epoll_ctl`` calls and a reactor dispatch per
 subscriber per message, which was the largest cost of fan-out after the
 ``send`` itself (see bench/RESULTS.md). Whatever the kernel does not take
 goes to the transport as before, so order and back-pressure are unchanged.
+A connection's frames after the first of a reactor turn are held and
+written together when the turn ends (:mod:`chloed.transports._turn`): one
+``send`` per subscriber for all the messages published in that turn.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from chloed.hub import Hub
 from chloed.lograte import ClientErrors
 from chloed.session import Session
 from chloed.transports._flow import OutboundFlow
+from chloed.transports._turn import HOLD_BYTES, Turn, joined
 from chloed.http import method_not_allowed
 from chloed.transports._http import origin_allowed
 
@@ -120,6 +124,11 @@ class ChloeWebSocket(WebSocketServerProtocol):
     _sock: socket.socket | None = None
     # Aborts a failed connection whose close frame could not be written: see _fail_connection.
     _close_guard: IDelayedCall | None = None
+    # Frames after the first of a reactor turn, and the turn of that first
+    # one (see chloed.transports._turn).
+    _held: list[bytes] | None = None
+    _held_bytes = 0
+    _turn_seen = -1
 
     def onConnect(self, request: Any) -> None:
         hub: Hub = self.factory.hub
@@ -188,6 +197,7 @@ class ChloeWebSocket(WebSocketServerProtocol):
         guard, self._close_guard = self._close_guard, None
         if guard is not None and guard.active():
             guard.cancel()
+        self._held = None
         session, self.session = self.session, None
         if session is not None:
             self.factory.hub.connection_lost(session)
@@ -205,7 +215,35 @@ class ChloeWebSocket(WebSocketServerProtocol):
             if session is not None:
                 self.factory.hub.slow(session)
             return
+        held = self._held
+        if held is not None:
+            # Not the first frame of this turn (see chloed.transports._turn).
+            held.append(data)
+            self._held_bytes += len(data)
+            if self._held_bytes >= HOLD_BYTES:
+                self.flush_held()
+            return
         if self._sock is not None and not flow.paused:
+            turn = self.factory.turn
+            if self._turn_seen == turn.number:
+                self._held = [data]
+                self._held_bytes = len(data)
+                turn.hold(self)
+                return
+            self._turn_seen = turn.wrote()
+            data = send_now(self.transport, self._sock, data)
+            if not data:
+                return
+        self.transport.write(data)
+
+    def flush_held(self) -> None:
+        """Write the frames held since the first of this turn, in one go."""
+        held, self._held = self._held, None
+        if not held or self.state != self.STATE_OPEN:
+            return
+        data = joined(held)
+        flow = self.flow
+        if self._sock is not None and flow is not None and not flow.paused:
             data = send_now(self.transport, self._sock, data)
             if not data:
                 return
@@ -217,6 +255,7 @@ class ChloeWebSocket(WebSocketServerProtocol):
         self.session = None
         if self.state != self.STATE_OPEN:
             return
+        self.flush_held()
         stalled = self.flow is not None and self.flow.paused
         if last is not None and not stalled:
             self.transport.write(last.framed(ws_framing))
@@ -231,6 +270,7 @@ class _ChloeFactory(WebSocketServerFactory):
 
     hub: Hub
     client_errors: ClientErrors
+    turn: Turn
 
 
 class _WebSocketResource(WebSocketResource):
@@ -255,6 +295,7 @@ def websocket_resource(hub: Hub, url: str = "ws://localhost/ws",
     factory = _ChloeFactory(url)
     factory.protocol = ChloeWebSocket
     factory.hub = hub
+    factory.turn = Turn(hub.clock)
     factory.client_errors = client_errors if client_errors is not None else hub.client_errors
     heartbeat = hub.config.heartbeat
     factory.setProtocolOptions(

@@ -1,0 +1,74 @@
+"""Writes coalesced per reactor turn.
+
+Messages published in one turn of the reactor (several ``/send`` read in
+one epoll wake-up, or one batch) would otherwise cost one ``send`` system
+call per message per subscriber. A connection's first frame of a turn is
+written at once, so a message alone in its turn loses no time; the frames
+that follow it in the same turn are held, and written together in one call
+when the turn ends (a ``callLater(0)``, which runs once the reactor has
+handled everything that one wake-up returned), or as soon as a
+connection holds :data:`HOLD_BYTES`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+log = Logger()
+
+#: What one connection may hold before it is written without waiting for
+#: the end of the turn: a few dozen frames, far under outbound_buffer_bytes.
+HOLD_BYTES = 65536
+
+
+class Holder(Protocol):
+    def flush_held(self) -> None:
+        """Write what this connection held in the turn."""
+
+
+class Turn:
+    """The current reactor turn, shared by the connections of a resource.
+
+    ``number`` changes when a turn in which something was written ends: a
+    connection that wrote in turn ``number`` holds its next frames until
+    then.
+    """
+
+    __slots__ = ("_clock", "number", "_held", "_end_call")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.number = 0
+        self._held: list[Holder] = []
+        self._end_call: IDelayedCall | None = None
+
+    def wrote(self) -> int:
+        """A connection writes now; the number of this turn."""
+        if self._end_call is None:
+            self._end_call = self._clock.callLater(0, self._end)
+        return self.number
+
+    def hold(self, holder: Holder) -> None:
+        """``holder`` has frames to write when the turn ends."""
+        self._held.append(holder)
+
+    def _end(self) -> None:
+        self._end_call = None
+        self.number += 1
+        held, self._held = self._held, []
+        for holder in held:
+            try:
+                holder.flush_held()
+            except Exception:
+                log.failure("writing held frames failed")
+
+    def __repr__(self) -> str:
+        return f"<Turn {self.number}: {len(self._held)} held>"
+
+
+def joined(parts: list[bytes]) -> bytes:
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
