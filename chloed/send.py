@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -263,30 +263,23 @@ class SendResource(Resource):
     def _batch(self, request: Any, items: list[Any]) -> bytes | int:
         """Publish each item in order; one result per item."""
         max_bytes = self.config.max_message_bytes
-        outcomes: list[Deferred[Any]] = []
+        results: list[Any] = [None] * len(items)
+        waiting: list[Deferred[None]] = []
         for index, item in enumerate(items):
             try:
                 if item is _NOT_JSON:
                     raise RequestError(400, "bad_request", "the line is not valid JSON")
                 req = SendRequest.from_object(item, max_bytes)
             except RequestError as refusal:
-                outcomes.append(Deferred())
-                outcomes[-1].errback(Failure(refusal))
-            else:
-                outcomes.append(self._publish(req).addCallback(_known))
-            outcomes[-1].addCallbacks(receipt, self._item_error, errbackArgs=(index,))
-        return self._answer(request, DeferredList(outcomes), self._batch_body)
-
-    @staticmethod
-    def _item_error(failure: Failure, index: int) -> dict[str, Any]:
-        refusal = _refusal(failure)
-        return {"index": index, "status": refusal.status, "error": refusal.code, "message": refusal.message}
-
-    @staticmethod
-    def _batch_body(outcomes: list[tuple[bool, Any]]) -> bytes:
-        results = [value for _, value in outcomes]
-        failed = sum(1 for value in results if "error" in value)
-        return frames.dumps({"results": results, "sent": len(results) - failed, "failed": failed})
+                results[index] = _item_error(refusal, index)
+                continue
+            outcome = self._publish(req).addCallbacks(
+                _item_published, _item_failed, callbackArgs=(results, index), errbackArgs=(results, index)
+            )
+            if not outcome.called:
+                waiting.append(outcome)
+        done = DeferredList(waiting) if waiting else succeed(None)
+        return self._answer(request, done, lambda _: _batch_body(results))
 
     # -- the answer -------------------------------------------------------
 
@@ -328,3 +321,23 @@ class SendResource(Resource):
 
 #: An NDJSON line that did not parse.
 _NOT_JSON = object()
+
+
+def _item_error(refusal: RequestError, index: int) -> dict[str, Any]:
+    return {"index": index, "status": refusal.status, "error": refusal.code, "message": refusal.message}
+
+
+def _item_published(result: PublishResult | None, results: list[Any], index: int) -> None:
+    try:
+        results[index] = receipt(_known(result))
+    except RequestError as refusal:
+        results[index] = _item_error(refusal, index)
+
+
+def _item_failed(failure: Failure, results: list[Any], index: int) -> None:
+    results[index] = _item_error(_refusal(failure), index)
+
+
+def _batch_body(results: list[Any]) -> bytes:
+    failed = sum(1 for value in results if "error" in value)
+    return frames.dumps({"results": results, "sent": len(results) - failed, "failed": failed})

@@ -116,6 +116,32 @@ def test_a_publish_on_any_node_reaches_browsers_on_all(cluster):
             browser.close()
 
 
+def test_a_batch_send_on_one_node_reaches_browsers_on_all_in_order(cluster):
+    """A batch ``/send`` through Redis: every item published in order, one
+    result per item (a bad one reported by index), each node's browser
+    getting the items in that order with the ids the results name."""
+    a, b = cluster(2)
+    on_a, on_b = Browser(a), Browser(b)
+    try:
+        on_a.subscribe("batch")
+        on_b.subscribe("batch")
+        items = [{"channel": "batch", "data": n} for n in range(5)]
+        items.insert(2, {"channel": "no spaces", "data": "bad"})
+        status, _, body = a.request("POST", "/send", json.dumps(items).encode(), {"Content-Type": "application/json"})
+        assert status == 202, body
+        answer = json.loads(body)
+        assert answer["sent"] == 5 and answer["failed"] == 1
+        assert answer["results"][2]["index"] == 2 and answer["results"][2]["error"] == "invalid_channel"
+        ids = [r["ids"]["batch"] for r in answer["results"] if "ids" in r]
+        for browser in (on_a, on_b):
+            got = [browser.message() for _ in range(5)]
+            assert [m["data"] for m in got] == [0, 1, 2, 3, 4]
+            assert [m["id"] for m in got] == ids
+    finally:
+        on_a.close()
+        on_b.close()
+
+
 def subscribers(node: Chloed, channel: str) -> int:
     status, _, body = node.request("GET", "/channels/" + channel)
     assert status == 200, body

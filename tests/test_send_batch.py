@@ -144,3 +144,32 @@ def test_the_site_reads_a_batch_as_large_as_send_batch_bytes():
     items = [{"channel": "news", "data": "y" * 1000} for _ in range(3000)]
     [answer] = site.feed(batch(items))
     assert answer[0] == 202 and body_json(answer)["sent"] == 3000
+
+
+def test_a_batch_the_backend_answers_later_keeps_item_order():
+    """With a backend that answers later (Redis), the 202 waits for every
+    item, and the results are in item order whatever order they come in."""
+    from twisted.internet.defer import Deferred
+
+    from chloed.backends.base import BackendUnavailable, PublishResult
+
+    site = SiteHarness()
+    waiting: list[Deferred] = []
+
+    def publish(names, data, exclude=None):
+        d: Deferred = Deferred()
+        waiting.append(d)
+        return d
+
+    site.hub.broker.publish = publish  # type: ignore[method-assign]
+    got = site.feed(batch([{"channel": "a", "data": n} for n in range(3)]))
+    assert got == [] and len(waiting) == 3
+    waiting[2].callback(PublishResult(ids={"a": "1-3"}))
+    waiting[0].callback(PublishResult(ids={"a": "1-1"}))
+    assert site.take() == []
+    waiting[1].errback(BackendUnavailable("redis is away"))
+    [answer] = site.take()
+    results = body_json(answer)["results"]
+    assert results[0]["ids"] == {"a": "1-1"} and results[2]["ids"] == {"a": "1-3"}
+    assert results[1]["index"] == 1 and results[1]["status"] == 503
+    assert results[1]["error"] == "backend_unavailable"

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from chloed.transports.websocket import send_now
+from chloed.transports._turn import send_now
 
 
 def transport(**state):

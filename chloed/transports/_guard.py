@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -35,6 +36,7 @@ from twisted.web.http import HTTPChannel
 
 from chloed.lograte import HTTP_REFUSED
 from chloed.transports._lean import LeanSend
+from chloed.transports._turn import send_now
 
 log = Logger()
 
@@ -162,8 +164,19 @@ class GuardedHTTPChannel(HTTPChannel):
         transport = self.transport
         if render is None or transport is None:
             return None
-        return LeanSend(render, transport.write, transport.getPeer(),
+        return LeanSend(render, self._write_now, transport.getPeer(),
                         getattr(self.factory, "max_body_bytes", None), self._resume_reading)
+
+    def _write_now(self, data: bytes) -> None:
+        """An answer of the lean path, handed to the kernel at once when it
+        can be (see chloed.transports._turn.send_now)."""
+        transport = self.transport
+        assert transport is not None
+        if type(transport) is tcp.Server:
+            data = send_now(transport, transport.socket, data)
+            if not data:
+                return
+        transport.write(data)
 
     def _pause_reading(self) -> None:
         assert self.transport is not None

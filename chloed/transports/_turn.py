@@ -1,4 +1,8 @@
-"""Writes coalesced per reactor turn.
+"""How a connection writes: straight to the socket, coalesced per reactor turn.
+
+:func:`send_now` hands bytes to the kernel when the transport holds
+nothing unsent (``transport.write`` would buffer them, register the socket
+with epoll, and write and unregister it on the next reactor turn).
 
 Messages published in one turn of the reactor (several ``/send`` read in
 one epoll wake-up, or one batch) would otherwise cost one ``send`` system
@@ -12,7 +16,7 @@ connection holds :data:`HOLD_BYTES`.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -22,6 +26,28 @@ log = Logger()
 #: What one connection may hold before it is written without waiting for
 #: the end of the turn: a few dozen frames, far under outbound_buffer_bytes.
 HOLD_BYTES = 65536
+
+
+def send_now(transport: Any, sock: Any, data: bytes) -> bytes:
+    """Send ``data`` on ``sock`` now if ``transport`` has nothing unsent
+    (else the bytes would overtake it); returns what is left to write
+    through the transport (empty when the kernel took it all).
+
+    Errors are left for the transport to find on its own write, so a broken
+    connection ends the usual way.
+    """
+    if (
+        transport._tempDataLen
+        or transport.offset != len(transport.dataBuffer)
+        or transport.disconnecting
+        or not transport.connected
+    ):
+        return data
+    try:
+        sent = sock.send(data)
+    except OSError:
+        return data
+    return data[sent:] if sent < len(data) else b""
 
 
 class Holder(Protocol):

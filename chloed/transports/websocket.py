@@ -58,7 +58,7 @@ from chloed.hub import Hub
 from chloed.lograte import ClientErrors
 from chloed.session import Session
 from chloed.transports._flow import OutboundFlow
-from chloed.transports._turn import HOLD_BYTES, Turn, joined
+from chloed.transports._turn import HOLD_BYTES, Turn, joined, send_now
 from chloed.http import method_not_allowed
 from chloed.transports._http import origin_allowed
 
@@ -80,28 +80,6 @@ FAILURE_KINDS = {
 def ws_framing(frame: Encoded) -> bytes:
     """A server-to-client text frame around the frame's JSON."""
     return PreparedMessage(frame.payload, False, False, True).payloadHybi
-
-
-def send_now(transport: Any, sock: Any, data: bytes) -> bytes:
-    """Send ``data`` on ``sock`` now if ``transport`` has nothing unsent
-    (else the bytes would overtake it); returns what is left to write
-    through the transport (empty when the kernel took it all).
-
-    Errors are left for the transport to find on its own write, so a broken
-    connection ends the usual way.
-    """
-    if (
-        transport._tempDataLen
-        or transport.offset != len(transport.dataBuffer)
-        or transport.disconnecting
-        or not transport.connected
-    ):
-        return data
-    try:
-        sent = sock.send(data)
-    except OSError:
-        return data
-    return data[sent:] if sent < len(data) else b""
 
 
 class ChloeWebSocket(WebSocketServerProtocol):
