@@ -61,6 +61,8 @@ class Hub:
         self.clock = clock
         self.relay = relay
         self._new_id = new_id
+        # Every session's overflow callback: one bound method, not one each.
+        self._on_overflow = self.slow
         self.connections: Counter[str] = Counter()
         self.frames_received = 0
         self.sent_by_browsers = 0
@@ -110,7 +112,7 @@ class Hub:
 
         :param sink: a streaming connection, or None for a polling transport.
         """
-        session = Session(self._new_id(), transport, self.config.outbound_buffer_bytes, self.slow)
+        session = Session(self._new_id(), transport, self.config.outbound_buffer_bytes, self._on_overflow)
         counted = self.broker.add_session(session)
         if sink is None:
             self._start_grace(session)

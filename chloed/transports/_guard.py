@@ -77,6 +77,15 @@ class GuardedHTTPChannel(HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self._receiving = False
+        transport = self.transport
+        if type(transport) is tcp.Server:
+            # Twisted sets these on a transport at its first buffered write,
+            # so in a burst of connections they come too late for CPython's
+            # shared-key instance dicts, and every transport's dict is made
+            # a dict of its own: about 530 bytes more a connection
+            # (bench/conn_bytes.py). Set now, every transport has them alike.
+            transport.dataBuffer = b""
+            transport.offset = 0
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:

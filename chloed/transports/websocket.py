@@ -3,9 +3,10 @@
 The wire protocol: after the upgrade Chloe sends ``connected``; from then on
 every text message either way is one JSON frame of SPEC section 2. Binary
 messages are refused with ``bad_frame``. Keep-alive is WebSocket ping/pong
-every ``heartbeat`` seconds; a peer that does not answer within as long is
-dropped. A frame over ``max_message_bytes`` gets ``too_large`` and the
-connection stays; one over four times that is protocol abuse and closes it.
+every ``heartbeat`` seconds; a peer that sends nothing (no pong, no frame)
+within as long after a ping is dropped. A frame over ``max_message_bytes``
+gets ``too_large`` and the connection stays; one over four times that is
+protocol abuse and closes it.
 
 A peer that breaks RFC 6455 gets a close frame saying how before the TCP
 connection goes (Autobahn's ``failByDrop`` off): 1002 for a protocol error
@@ -36,6 +37,21 @@ goes to the transport as before, so order and back-pressure are unchanged.
 A connection's frames after the first of a reactor turn are held and
 written together when the turn ends (:mod:`chloed.transports._turn`): one
 ``send`` per subscriber for all the messages published in that turn.
+
+Memory: most connections are idle, so what one holds between messages is
+what tens of thousands cost: 4.1 KB of RSS an idle WebSocket at 19k
+(``loadgen --idle``), from 10.6 KB; bench/conn_bytes.py says which
+objects they are. Autobahn sets 67 attributes on every connection and
+copies 29 options onto it from the factory, which made an instance dict
+of 3.3 KB; :class:`ChloeWebSocket` keeps the attributes in slots and
+reads the options from its factory. It lets go of what the
+upgrade left (the request's bytes and headers, the answer's bytes: 1.8
+KB) once open, and of a frame's unmasker and the UTF-8 validator's
+answer once the frame is done; its send queue, which Chloe's frames
+bypass, is an empty list rather than a deque. One :class:`Heartbeat`
+pings all the connections of the resource, instead of Autobahn's
+auto-ping timer per connection (a batched call, a closure and a bound
+method, made again after every ping and pong).
 """
 
 from __future__ import annotations
@@ -48,7 +64,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from txaio.tx import make_logger
 
@@ -77,13 +93,101 @@ FAILURE_KINDS = {
 }
 
 
+#: Sets in the heartbeat wheel (:class:`Heartbeat`): one is visited every
+#: ``heartbeat / HEARTBEAT_SLOTS`` seconds, so the pings of many connections
+#: are spread over the interval.
+HEARTBEAT_SLOTS = 10
+
+#: What Autobahn (and Twisted's ``Protocol`` under it) keeps per connection,
+#: by who sets it: slots of :class:`ChloeWebSocket`, not an instance dict.
+#: A name missing here still works, from the instance dict, at a cost that
+#: tests/test_ws_memory.py catches.
+_AUTOBAHN_STATE = (
+    # Protocol, Autobahn's Twisted adapter
+    "factory", "connected", "transport", "peer",
+    # WebSocketProtocol.__init__
+    "is_closed", "is_open", "_valid_events", "_results", "_transport_details",
+    # WebSocketProtocol._connectionMade
+    "_perMessageCompress", "trackedTimings", "trafficStats", "state", "send_state", "data",
+    "send_queue", "triggered", "utf8validator", "wasMaxFramePayloadSizeExceeded",
+    "wasMaxMessagePayloadSizeExceeded", "closedByMe", "failedByMe", "droppedByMe", "wasClean",
+    "wasNotCleanReason", "wasServerConnectionDropTimeout", "wasOpenHandshakeTimeout",
+    "wasCloseHandshakeTimeout", "wasServingFlashSocketPolicyFile", "localCloseCode",
+    "localCloseReason", "remoteCloseCode", "remoteCloseReason", "openHandshakeTimeoutCall",
+    "closeHandshakeTimeoutCall", "autoPingTimeoutCall", "autoPingPending", "autoPingPendingCall",
+    "autoPingPendingSeq", "autoPingPendingSent",
+    # WebSocketServerProtocol.processHandshake
+    "http_request_data", "http_status_line", "http_headers", "http_request_uri",
+    "http_request_path", "http_request_params", "http_request_host", "websocket_version",
+    "websocket_protocols", "websocket_origin", "websocket_extensions", "_wskey",
+    "websocket_protocol_in_use", "websocket_extensions_in_use", "http_response_data",
+    "inside_message", "current_frame",
+    # each frame and message received
+    "current_frame_masker", "control_frame_data", "_isMessageCompressed",
+    "utf8validateIncomingCurrentMessage", "utf8validateLast", "message_is_binary",
+    "message_data", "message_data_total_length", "frame_length", "frame_data",
+)
+
+#: What the upgrade leaves that a server connection reads only during the
+#: upgrade (the request's bytes, line, headers and parts, the answer's
+#: bytes, the transport's details, the extensions offered and taken): let
+#: go of once the connection is open.
+_UPGRADE_LEFTOVERS = (
+    "http_request_data", "http_status_line", "http_headers", "http_request_uri",
+    "http_request_path", "http_request_params", "http_request_host", "websocket_protocols",
+    "websocket_origin", "websocket_extensions", "websocket_extensions_in_use", "_wskey",
+    "http_response_data", "_transport_details",
+)
+
+
 def ws_framing(frame: Encoded) -> bytes:
     """A server-to-client text frame around the frame's JSON."""
     return PreparedMessage(frame.payload, False, False, True).payloadHybi
 
 
+class _FactoryOption:
+    """One of Autobahn's protocol options (``CONFIG_ATTRS``: frame limits,
+    timeouts, ...), read from the connection's factory. Autobahn copies
+    each option onto every connection it makes, unless the connection has
+    it already: as a class attribute it has, so the values stay on the
+    factory alone. (Not a data descriptor: Autobahn may still set one on a
+    connection, as for any attribute not in the slots.)"""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, connection: Any, owner: Any = None) -> Any:
+        if connection is None:
+            return self
+        return getattr(connection.factory, self.name)
+
+
+class _SendQueue(list[Any]):
+    """Autobahn's send queue (it calls ``append``, ``len`` and ``popleft``)
+    as a list: 56 bytes while empty where a deque is 760, and it is empty
+    but while Autobahn writes a close frame behind queued bytes: Chloe's
+    frames do not go through it."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
 class ChloeWebSocket(WebSocketServerProtocol):
-    """One browser over WebSocket: a sink of its session."""
+    """One browser over WebSocket: a sink of its session.
+
+    All its state, Autobahn's included, is in slots (see the module's
+    paragraph on memory): an attribute set that is not one lands in an
+    instance dict, which every connection then pays for.
+    """
+
+    __slots__ = _AUTOBAHN_STATE + (
+        "session", "flow", "_sock", "_close_guard", "_held", "_held_bytes", "_turn_seen",
+        "_beat_slot", "_heard",
+    )
 
     _log = Logger()
     # Autobahn's own lines are per connection and the peer's to trigger
@@ -96,17 +200,43 @@ class ChloeWebSocket(WebSocketServerProtocol):
     # ITCPTransport, IConsumer and IPushProducer at once, which no one
     # Twisted interface names (Protocol declares ITransport | None).
     transport: Any
-    session: Session | None = None
-    flow: OutboundFlow | None = None
+    session: Session | None
+    flow: OutboundFlow | None
     # The socket, when the transport is plain TCP (not TLS): see send_now.
-    _sock: socket.socket | None = None
+    _sock: socket.socket | None
     # Aborts a failed connection whose close frame could not be written: see _fail_connection.
-    _close_guard: IDelayedCall | None = None
+    _close_guard: IDelayedCall | None
     # Frames after the first of a reactor turn, and the turn of that first
     # one (see chloed.transports._turn).
-    _held: list[bytes] | None = None
-    _held_bytes = 0
-    _turn_seen = -1
+    _held: list[bytes] | None
+    _held_bytes: int
+    _turn_seen: int
+    # The connection's set in the heartbeat wheel (-1: not in it), and
+    # whether a frame came since the last ping (see Heartbeat).
+    _beat_slot: int
+    _heard: bool
+
+    def __init__(self) -> None:
+        # The slots hide the class-level defaults of Protocol and Autobahn's adapter.
+        self.factory = None
+        self.connected = 0
+        self.transport = None
+        self.peer = None
+        self.session = None
+        self.flow = None
+        self._sock = None
+        self._close_guard = None
+        self._held = None
+        self._held_bytes = 0
+        self._turn_seen = -1
+        self._beat_slot = -1
+        self._heard = True
+        super().__init__()
+
+    def _connectionMade(self) -> None:
+        super()._connectionMade()
+        # Autobahn declares a deque; it uses only what a _SendQueue has.
+        self.send_queue = _SendQueue()  # type: ignore[assignment]
 
     def onConnect(self, request: Any) -> None:
         hub: Hub = self.factory.hub
@@ -160,7 +290,35 @@ class ChloeWebSocket(WebSocketServerProtocol):
         transport.registerProducer(self.flow, True)
         if type(transport) is tcp.Server:
             self._sock = transport.socket
+        for name in _UPGRADE_LEFTOVERS:
+            setattr(self, name, None)
         self.session = self.factory.hub.open_session("websocket", self)
+        self.factory.heartbeat.add(self)
+
+    def onFrameEnd(self) -> bool | None:
+        """A frame has come in whole: the peer is alive (see
+        :class:`Heartbeat`). What Autobahn keeps of a finished frame (its
+        unmasker) and of a finished message (the UTF-8 validator's last
+        answer) is let go of: an idle connection would hold them until its
+        next frame."""
+        result = super().onFrameEnd()
+        self._heard = True
+        if self.current_frame is None:
+            self.current_frame_masker = None
+            if not self.inside_message:
+                self.utf8validateLast = None
+        return result
+
+    def beat(self) -> None:
+        """The heartbeat's visit: ping a peer heard from since the last
+        ping; drop one that was not, as Autobahn's auto-ping does."""
+        if self.state != self.STATE_OPEN:
+            return
+        if self._heard:
+            self._heard = False
+            self.sendPing()
+        else:
+            self.onAutoPingTimeout()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self.session
@@ -172,6 +330,7 @@ class ChloeWebSocket(WebSocketServerProtocol):
         self.factory.hub.receive(session, payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.heartbeat.remove(self)
         guard, self._close_guard = self._close_guard, None
         if guard is not None and guard.active():
             guard.cancel()
@@ -243,12 +402,77 @@ class ChloeWebSocket(WebSocketServerProtocol):
             self.sendClose(CLOSE_NORMAL)
 
 
+for _option in WebSocketServerProtocol.CONFIG_ATTRS:
+    setattr(ChloeWebSocket, _option, _FactoryOption(_option))
+del _option
+
+
+class Heartbeat:
+    """WebSocket keep-alive for all the connections of a resource, on one
+    timer.
+
+    Each connection is in one of ``slots`` sets, and every ``interval /
+    slots`` seconds the next set is visited (:meth:`ChloeWebSocket.beat`):
+    a connection that has sent no frame since its last ping is dropped,
+    any other is pinged. A connection joins the set visited last, so its
+    first ping comes about ``interval`` seconds after it opened, and a
+    peer gone silent is dropped ``interval`` seconds after the ping it did
+    not answer: Autobahn's ``autoPingInterval`` and ``autoPingTimeout``
+    both ``interval``, without their two timers per connection. The timer
+    runs while the wheel holds a connection.
+
+    :param clock: the reactor's time.
+    :param interval: ``heartbeat``, in seconds.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime, interval: float, slots: int = HEARTBEAT_SLOTS) -> None:
+        self._clock = clock
+        self._step = interval / slots
+        self._slots: list[set[ChloeWebSocket]] = [set() for _ in range(slots)]
+        self._hand = 0
+        self._call: IDelayedCall | None = None
+        self.size = 0
+
+    def add(self, connection: ChloeWebSocket) -> None:
+        slot = (self._hand - 1) % len(self._slots)
+        self._slots[slot].add(connection)
+        connection._beat_slot = slot
+        self.size += 1
+        if self._call is None:
+            self._call = self._clock.callLater(self._step, self._tick)
+
+    def remove(self, connection: ChloeWebSocket) -> None:
+        slot, connection._beat_slot = connection._beat_slot, -1
+        if slot < 0:
+            return
+        self._slots[slot].discard(connection)
+        self.size -= 1
+        if not self.size and self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def _tick(self) -> None:
+        self._call = None
+        due = list(self._slots[self._hand])
+        self._hand = (self._hand + 1) % len(self._slots)
+        for connection in due:
+            try:
+                connection.beat()
+            except Exception:
+                self._log.failure("heartbeat of {connection} failed", connection=connection)
+        if self.size:
+            self._call = self._clock.callLater(self._step, self._tick)
+
+
 class _ChloeFactory(WebSocketServerFactory):
     """Autobahn's factory with what :class:`ChloeWebSocket` reads from it."""
 
     hub: Hub
     client_errors: ClientErrors
     turn: Turn
+    heartbeat: Heartbeat
 
 
 class _WebSocketResource(WebSocketResource):
@@ -275,10 +499,11 @@ def websocket_resource(hub: Hub, url: str = "ws://localhost/ws",
     factory.hub = hub
     factory.turn = Turn(hub.clock)
     factory.client_errors = client_errors if client_errors is not None else hub.client_errors
-    heartbeat = hub.config.heartbeat
+    factory.heartbeat = Heartbeat(hub.clock, hub.config.heartbeat)
     factory.setProtocolOptions(
-        autoPingInterval=heartbeat,
-        autoPingTimeout=heartbeat,
+        # Pings come from factory.heartbeat, not from timers of each connection.
+        autoPingInterval=0,
+        autoPingTimeout=0,
         maxMessagePayloadSize=hub.config.max_message_bytes * 4,
         maxFramePayloadSize=hub.config.max_message_bytes * 4,
         perMessageCompressionAccept=lambda offers: None,
