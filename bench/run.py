@@ -9,7 +9,8 @@
     python bench/run.py multinode  # (e) several nodes on one Redis (issue 9): 10k subscribers on 1 node
                                    #     vs 2 nodes, 2 x 15,000 idle WebSockets, Redis commands per publish
     options: --quick (a few hundred connections, 1-2 s windows), --no-write (leave
-             bench/RESULTS.md alone), --reps N (medians of N runs; default 3), --hold S (idle)
+             bench/RESULTS.md alone), --reps N (medians of N runs; default 3), --hold S (idle),
+             --relay-batch N (relay: chloed with relay_batch = N)
 
 Each scenario builds ``bench/loadgen.c`` with gcc into ``bench/.build/``,
 starts a fresh chloed for every server-side measurement, pinned to CPU 0
@@ -520,24 +521,27 @@ def scenario_channels(ctx: Context) -> dict:
 
 def scenario_relay(ctx: Context) -> dict:
     n = 50 if ctx.quick else 400
-    log(f"relay: {n} ws clients sending to a fast app server")
+    batch = ctx.args.relay_batch
+    log(f"relay: {n} ws clients sending to a fast app server, relay_batch = {batch}")
     app_port = free_port()
     timing = ["--warmup", "0.5", "--dur", "1.5", "--settle", "0.3"] if ctx.quick else \
              ["--warmup", "1", "--dur", "5", "--settle", "1"]
     runs = []
-    with Chloed(ctx, f"relay-{n}", app_url=f"http://127.0.0.1:{app_port}/updates") as server:
+    name = f"relay-{n}" if batch == 1 else f"relay-{n}-batch{batch}"
+    with Chloed(ctx, name, app_url=f"http://127.0.0.1:{app_port}/updates",
+                options={"relay_batch": batch}) as server:
         base = ["--proto", "ws", "--relay", "--app-port", str(app_port), "--n", str(n), "--conc", "50"]
         sats = []
         for rep in range(ctx.reps):
             r = ctx.loader(server, *base, "--saturate", "--window", "1", *timing,
-                           scenario="relay", kind="saturate", rep=rep)
+                           scenario="relay", kind="saturate", rep=rep, relay_batch=batch)
             sats.append(r)
         sat = pick_median(sats, "deliveries_per_s")
         half = round(max(sat.get("deliveries_per_s", 0), 2) / 2, 1)
         rates = []
         for rep in range(ctx.reps):
             r = ctx.loader(server, *base, "--rate", str(half), *timing,
-                           scenario="relay", kind="rate-half", rep=rep)
+                           scenario="relay", kind="rate-half", rep=rep, relay_batch=batch)
             rates.append(r)
         runs = sats + rates
     lat = pick_median(rates, "lat_p99_ms")
@@ -559,7 +563,11 @@ def scenario_relay(ctx: Context) -> dict:
         "server is part of the load generator (same process, CPU 1): it answers every POST `200` at once on "
         "keep-alive connections. Latency is send → ack, so it includes chloed's POST to the app and its answer.",
         "chloed relays with at most 64 sessions' messages in flight to the app at once "
-        "(`MAX_LANES_IN_FLIGHT`), the rest queue in chloed.",
+        "(`MAX_LANES_IN_FLIGHT`), the rest queue in chloed." if batch == 1 else
+        f"chloed ran with `relay_batch = {batch}`: one POST carries the ready messages of up to {batch} sessions "
+        "(a JSON array), at most 8 POSTs in flight (`BATCH_POSTS_IN_FLIGHT`). The app server answers each POST "
+        "200 with an empty body, which acks every item; it counts requests, not items, so app requests are fewer "
+        "than sends. Server CPU per 1M msgs is per acked message.",
     ])
 
 
@@ -1072,10 +1080,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--twistd", default=None, help="twistd to run chloed with (default .venv/bin/twistd)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin chloed and loadgen to CPUs 0 and 1")
     parser.add_argument("--redis-server", default=None, help="multinode: redis-server binary (default: from PATH)")
+    parser.add_argument("--relay-batch", type=int, default=1, metavar="N",
+                        help="relay: run chloed with relay_batch = N (1-1000; default 1, one POST per message)")
     args = parser.parse_args(argv)
     args.reps = max(1, min(args.reps if args.reps is not None else (1 if args.quick else 3), 9))
     if args.hold is not None:
         args.hold = max(0.0, min(args.hold, 600.0))
+    if not 1 <= args.relay_batch <= 1000:
+        parser.error("--relay-batch must be between 1 and 1000")
     ctx = Context(args)
     names = SCENARIOS if args.scenario == "all" else (args.scenario,)
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in argv)

@@ -130,14 +130,18 @@ def cap_connections(config: Config, open_files: Callable[[int], int]) -> Config:
 
 
 def make_http_client(reactor: Any) -> Any:
-    """A treq client whose pool keeps connections to the app open."""
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
+    """The relay's client (:class:`AppClient`, treq's ``post`` without
+    treq) and its pool, which keeps connections to the app open."""
+    from twisted.web.client import HTTPConnectionPool
+
+    from chloed.relay import AppClient
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = MAX_LANES_IN_FLIGHT
     pool.cachedConnectionTimeout = 120
-    return HTTPClient(Agent(reactor, pool=pool)), pool
+    # Only for idempotent requests without a body: never a relayed POST.
+    pool.retryAutomatically = False
+    return AppClient(reactor, pool), pool
 
 
 def _writing(reactor: Any) -> list[Any]:
@@ -305,6 +309,7 @@ def make_service(
             config.upstream_retries,
             config.upstream_queue,
             observe=metrics.relay_latency.observe,
+            batch=config.relay_batch,
         )
     hub = Hub(config, broker, reactor, relay)
     metrics.attach(hub)

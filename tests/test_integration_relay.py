@@ -204,3 +204,88 @@ def test_dead_app_with_full_queue_keeps_memory_flat(chloed_factory, tmp_path):
         assert rss_kib(server.process.pid) - before < 4096
     finally:
         browser.close()
+
+
+class BatchApp:
+    """A real app server for the batched relay: checks the signature, records
+    each POST's headers and items, and answers ``{"results": [...]}`` with
+    ``status(item)`` for each item."""
+
+    def __init__(self, status) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from chloed.client import verify
+
+        app = self
+        self.posts: list[tuple[dict[str, str], list]] = []
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                verify("test-secret", self.headers, body)
+                items = json.loads(body)
+                with app.lock:
+                    app.posts.append((dict(self.headers), items))
+                answer = json.dumps({"results": [status(item) for item in items]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/updates"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_batched_relay_with_per_item_results(chloed_factory, tmp_path):
+    """With relay_batch = 4, six browsers' messages reach the app as signed arrays of at most 4; the item the app
+    answers 400 in its results is upstream_rejected for its browser alone, every other message is acked in order."""
+    from chloed.relay import delivery_id
+
+    app = BatchApp(lambda item: 400 if item["data"] == "refuse" else 200)
+    server = chloed_factory("--app-url", app.url, config=relay_conf(tmp_path, relay_batch=4))
+    browsers = [Browser(server) for _ in range(6)]
+    try:
+        refs = {}
+        for n in range(3):
+            for b, browser in enumerate(browsers):
+                data = "refuse" if (b, n) == (2, 1) else [b, n]
+                refs[b, n] = f"{browser.session}-{n:04d}-xxxxxxxx"
+                browser.send({"type": "send", "data": data, "ref": refs[b, n]})
+        for b, browser in enumerate(browsers):
+            answers = [browser.recv() for _ in range(3)]
+            for n, answer in enumerate(answers):
+                if (b, n) == (2, 1):
+                    assert answer["type"] == "error" and answer["code"] == "upstream_rejected"
+                    assert answer["ref"] == refs[b, n]
+                else:
+                    assert answer == {"type": "ack", "ref": refs[b, n]}
+        with app.lock:
+            posts = list(app.posts)
+        items = [item for _, batch in posts for item in batch]
+        assert len(items) == 18
+        for headers, batch in posts:
+            assert 1 <= len(batch) <= 4 and headers["X-Chloe-Batch"] == str(len(batch))
+            assert "X-Chloe-Delivery" not in headers
+            assert len({item["session"] for item in batch}) == len(batch)  # one message per session per POST
+        for b, browser in enumerate(browsers):
+            mine = [item for item in items if item["session"] == browser.session]
+            assert [item["ref"] for item in mine] == [refs[b, n] for n in range(3)]
+            assert [item["delivery"] for item in mine] == [delivery_id(refs[b, n]) for n in range(3)]
+    finally:
+        for browser in browsers:
+            browser.close()
+        app.stop()

@@ -8,6 +8,7 @@ import json
 from email.utils import formatdate
 
 import pytest
+import treq
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -472,3 +473,84 @@ def test_observe_gets_latency():
     h.stub.flush()
     assert seen == [1.5]
     assert list(h.relay.stats.latency) == [1.5]
+
+
+# -- the HTTP client ------------------------------------------------------------
+
+
+class Wire:
+    """An AppClient on a memory reactor, each connection it opens joined
+    to a twisted.web server for ``app`` by iosim."""
+
+    def __init__(self, app):
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.web.client import HTTPConnectionPool
+
+        self.reactor = MemoryReactorClock()
+        self.pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self.client = relay.AppClient(self.reactor, self.pool)
+        self.app = app
+        self.pumps: list = []
+
+    def post(self, url, data, headers) -> list:
+        """POST; the returned list receives the response, or a Failure."""
+        from twisted.internet.address import IPv4Address
+        from twisted.test import iosim
+        from twisted.web.server import Site
+
+        got: list = []
+        self.client.post(url, data=data, headers=headers).addBoth(got.append)
+        self.reactor.advance(0)  # HostnameEndpoint's first connection attempt
+        while len(self.reactor.tcpClients) > len(self.pumps):
+            host, port, factory, _, _ = self.reactor.tcpClients[len(self.pumps)]
+            client = factory.buildProtocol(IPv4Address("TCP", host, port))
+            server = Site(self.app, reactor=self.reactor).buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+            self.pumps.append(iosim.connect(
+                server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client), greet=True,
+            ))
+        for pump in self.pumps:
+            pump.flush()
+        return got
+
+
+def test_app_client_sends_a_well_formed_post():
+    """The relay's HTTP client sends the POST a web server expects: path and query, Host, the headers, the body."""
+    wire = Wire(FakeApp(201))
+    [response] = wire.post(
+        "http://127.0.0.1:8080/chloe/in?x=1", b'{"a":1}',
+        {b"Content-Type": [b"application/json"], b"X-Chloe-Delivery": [b"d-1"]},
+    )
+    assert response.code == 201
+    [request] = wire.app.requests
+    assert request.request.method == b"POST"
+    assert request.request.uri == b"/chloe/in?x=1"
+    assert request.header(b"host") == b"127.0.0.1:8080"
+    assert request.header(b"content-type") == b"application/json"
+    assert request.header(b"x-chloe-delivery") == b"d-1"
+    assert request.header(b"content-length") == b"7"
+    assert request.body == b'{"a":1}'
+    assert wire.reactor.tcpClients[0][:2] == ("127.0.0.1", 8080)
+
+
+def test_app_client_reuses_its_connection():
+    """A second POST, once the first was answered and read, goes over the same connection."""
+    wire = Wire(FakeApp())
+    for n in range(3):
+        [response] = wire.post("http://127.0.0.1/chloe", b"%d" % n, {})
+        assert response.code == 200
+        body: list = []
+        treq.content(response).addCallback(body.append)
+        for pump in wire.pumps:
+            pump.flush()
+        assert body == [b"{}"]
+    assert len(wire.reactor.tcpClients) == 1
+    assert wire.app.bodies == [b"0", b"1", b"2"]
+    assert wire.app.requests[0].header(b"host") == b"127.0.0.1"
+
+
+def test_app_client_refuses_a_line_break_in_a_header():
+    """A header value with a line break is refused, not written (it would split the request)."""
+    wire = Wire(FakeApp())
+    [failure] = wire.post("http://127.0.0.1/chloe", b"{}", {b"X-Chloe-Delivery": [b"a\r\nEvil: 1"]})
+    assert failure.check(ValueError)
+    assert wire.app.requests == [] and wire.reactor.tcpClients == []
