@@ -33,6 +33,7 @@ from chloed.backends.base import BackendUnavailable, PublishResult
 from chloed.errors import RequestError
 from chloed.http import answer_request_error, authorize, error, method_not_allowed
 from chloed.hub import Hub
+from chloed.transports._turn import Turn
 
 log = Logger(namespace="chloed.api")
 
@@ -173,9 +174,12 @@ class SendResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, turn: Turn | None = None) -> None:
         super().__init__()
         self.hub = hub
+        # The WebSockets' turn (chloed.transports._turn): a batch is
+        # gathered, so each socket gets the batch in one write.
+        self._turn = turn
         self.broker = hub.broker
         self.config = hub.config
 
@@ -265,6 +269,19 @@ class SendResource(Resource):
         max_bytes = self.config.max_message_bytes
         results: list[Any] = [None] * len(items)
         waiting: list[Deferred[None]] = []
+        turn = self._turn
+        if turn is not None:
+            turn.gather()
+        try:
+            self._publish_items(items, max_bytes, results, waiting)
+        finally:
+            if turn is not None:
+                turn.release()
+        done = DeferredList(waiting) if waiting else succeed(None)
+        return self._answer(request, done, lambda _: _batch_body(results))
+
+    def _publish_items(self, items: list[Any], max_bytes: int, results: list[Any],
+                       waiting: list[Deferred[None]]) -> None:
         for index, item in enumerate(items):
             try:
                 if item is _NOT_JSON:
@@ -278,8 +295,6 @@ class SendResource(Resource):
             )
             if not outcome.called:
                 waiting.append(outcome)
-        done = DeferredList(waiting) if waiting else succeed(None)
-        return self._answer(request, done, lambda _: _batch_body(results))
 
     # -- the answer -------------------------------------------------------
 

@@ -24,6 +24,7 @@ from chloed.ops import PATHS as OPS_PATHS, Ops
 from chloed.send import SendResource
 from chloed.transports._guard import REQUEST_DEADLINE, GuardedHTTPChannel
 from chloed.transports._http import JsonMethodsResource
+from chloed.transports._turn import Turn
 from chloed.transports.inbound import SessionPostResource
 from chloed.transports.longpoll import PollResource, batch_limit
 from chloed.transports.sse import SSEResource
@@ -177,12 +178,15 @@ def make_site(hub: Hub, metrics: Metrics | None = None) -> Site:
     ops = Ops(hub, metrics).resource()
     root = Root(Api(hub).resource(), {path: ops for path in OPS_PATHS})
     root.putChild(b"", IndexPage(hub, metrics))
-    send = SendResource(hub)
+    # The reactor turn WebSocket writes are coalesced in, and /send's
+    # batches gathered in.
+    turn = Turn(hub.clock)
+    send = SendResource(hub, turn)
     root.putChild(b"send", send)
     root.putChild(b"chloe.js", StaticData(static_bytes("chloe.js"), "application/javascript; charset=utf-8"))
     transports = hub.config.transports
     if "websocket" in transports:
-        root.putChild(b"ws", websocket_resource(hub))
+        root.putChild(b"ws", websocket_resource(hub, turn=turn))
     if "sse" in transports:
         root.putChild(b"sse", SSEResource(hub))
     if "longpoll" in transports:

@@ -125,3 +125,26 @@ def test_while_the_kernel_takes_nothing_frames_keep_their_order():
     clock.advance(0)
     assert ws._sock.sends == [wire(1)]
     assert ws.transport.writes == [wire(2) + wire(3)]
+
+
+def test_a_gathered_batch_reaches_each_socket_in_one_write():
+    """Between gather and release even a connection's first frame is held;
+    release writes each connection's frames in one send, at once; frames
+    later in the same turn wait for its end."""
+    clock = Clock()
+    turn = Turn(clock)
+    a, b = connection(clock, turn), connection(clock, turn)
+    turn.gather()
+    for n in (1, 2, 3):
+        a.write(message(n))
+        b.write(message(n))
+    assert a._sock.sends == b._sock.sends == []
+    turn.release()
+    assert a._sock.sends == b._sock.sends == [wire(1) + wire(2) + wire(3)]
+    a.write(message(4))
+    assert a._sock.sends == [wire(1) + wire(2) + wire(3)]
+    clock.advance(0)
+    assert a._sock.sends == [wire(1) + wire(2) + wire(3), wire(4)]
+    # The next turn starts afresh.
+    a.write(message(5))
+    assert a._sock.sends[-1] == wire(5)

@@ -11,7 +11,9 @@ written at once, so a message alone in its turn loses no time; the frames
 that follow it in the same turn are held, and written together in one call
 when the turn ends (a ``callLater(0)``, which runs once the reactor has
 handled everything that one wake-up returned), or as soon as a
-connection holds :data:`HOLD_BYTES`.
+connection holds :data:`HOLD_BYTES`. A batch ``/send`` holds even the
+first frames (:meth:`Turn.gather`) and writes them all once its last
+message is published (:meth:`Turn.release`): one write per socket.
 """
 
 from __future__ import annotations
@@ -63,13 +65,26 @@ class Turn:
     then.
     """
 
-    __slots__ = ("_clock", "number", "_held", "_end_call")
+    __slots__ = ("_clock", "number", "_held", "_end_call", "gathering")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self.number = 0
         self._held: list[Holder] = []
         self._end_call: IDelayedCall | None = None
+        #: Between :meth:`gather` and :meth:`release`: every frame is held,
+        #: a connection's first of the turn too.
+        self.gathering = False
+
+    def gather(self) -> None:
+        """Hold every connection's frames until :meth:`release`: a batch
+        publish reaches each socket in one write."""
+        self.gathering = True
+
+    def release(self) -> None:
+        """Write what was held, now (not at the end of the turn)."""
+        self.gathering = False
+        self._flush()
 
     def wrote(self) -> int:
         """A connection writes now; the number of this turn."""
@@ -84,6 +99,9 @@ class Turn:
     def _end(self) -> None:
         self._end_call = None
         self.number += 1
+        self._flush()
+
+    def _flush(self) -> None:
         held, self._held = self._held, []
         for holder in held:
             try:

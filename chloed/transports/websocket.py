@@ -362,7 +362,8 @@ class ChloeWebSocket(WebSocketServerProtocol):
             return
         if self._sock is not None and not flow.paused:
             turn = self.factory.turn
-            if self._turn_seen == turn.number:
+            if self._turn_seen == turn.number or turn.gathering:
+                self._turn_seen = turn.wrote()
                 self._held = [data]
                 self._held_bytes = len(data)
                 turn.hold(self)
@@ -488,16 +489,18 @@ class _WebSocketResource(WebSocketResource):
 
 
 def websocket_resource(hub: Hub, url: str = "ws://localhost/ws",
-                       client_errors: ClientErrors | None = None) -> WebSocketResource:
+                       client_errors: ClientErrors | None = None, turn: Turn | None = None) -> WebSocketResource:
     """The ``/ws`` resource, bound to ``hub``.
 
     :param client_errors: where failed connections are counted and logged;
         the hub's when None.
+    :param turn: the reactor turn its writes are coalesced in, shared with
+        ``/send`` (which gathers a batch's); one of its own when None.
     """
     factory = _ChloeFactory(url)
     factory.protocol = ChloeWebSocket
     factory.hub = hub
-    factory.turn = Turn(hub.clock)
+    factory.turn = turn if turn is not None else Turn(hub.clock)
     factory.client_errors = client_errors if client_errors is not None else hub.client_errors
     factory.heartbeat = Heartbeat(hub.clock, hub.config.heartbeat)
     factory.setProtocolOptions(
