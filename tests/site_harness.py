@@ -28,6 +28,13 @@ def send_request(body: bytes, ctype: bytes = b"application/x-www-form-urlencoded
 
 def answers(wire: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
     """Each HTTP answer in ``wire``: status, headers (lower-case), body."""
+    return [(int(line.split(b" ")[1]), headers, body) for line, headers, body in raw_answers(wire)]
+
+
+def raw_answers(wire: bytes) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+    """Each HTTP answer in ``wire``, one after the other by its
+    Content-Length or chunks (a body need not end a line): status line,
+    headers (lower-case names), body."""
     found = []
     while wire.startswith(b"HTTP/1.1 "):
         head, _, wire = wire.partition(b"\r\n\r\n")
@@ -47,7 +54,7 @@ def answers(wire: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
         else:
             n = int(headers.get(b"content-length", b"0"))
             body, wire = wire[:n], wire[n:]
-        found.append((int(lines[0].split(b" ")[1]), headers, body))
+        found.append((lines[0], headers, body))
     assert wire == b"", wire
     return found
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.servers import Chloed
+from tests.site_harness import raw_answers
 
 HIDDEN = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 TIMEOUT = 10.0
@@ -38,23 +39,7 @@ def exchange(chloed: Chloed, data: bytes) -> tuple[bytes, bool]:
 
 
 def statuses(answer: bytes) -> list[bytes]:
-    """The status lines of the answers in ``answer``, read one after the
-    other by their Content-Length or chunks (a body need not end a line)."""
-    found = []
-    while answer.startswith(b"HTTP/1.1 "):
-        head, _, answer = answer.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        found.append(lines[0])
-        fields = dict(line.lower().split(b": ", 1) for line in lines[1:])
-        if fields.get(b"transfer-encoding") == b"chunked":
-            while True:
-                size, _, answer = answer.partition(b"\r\n")
-                answer = answer[int(size, 16) + 2:]
-                if int(size, 16) == 0:
-                    break
-        else:
-            answer = answer[int(fields.get(b"content-length", b"0")):]
-    return found
+    return [line for line, _, _ in raw_answers(answer)]
 
 
 @pytest.mark.parametrize(

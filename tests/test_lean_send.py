@@ -131,3 +131,15 @@ def test_a_connection_lost_while_the_backend_answers_is_not_written_to():
     site.protocol.connectionLost(None)
     slow.waiting[0].callback(PublishResult(ids={"a": "1-1"}))
     assert site.transport.value() == b""
+
+
+def test_a_malformed_head_after_a_lean_answer_is_twisted_webs_400():
+    """A /send whose head httptools will not parse goes to twisted.web,
+    which refuses it and closes; the whole /send before it was answered."""
+    site = SiteHarness()
+    got = site.feed(
+        send_request(b"channel=a&data=1")
+        + b"POST /send HTTP/1.1\r\nHost: x\r\nNo colon here\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert [status for status, _, _ in got] == [202, 400]
+    assert site.transport.disconnecting

@@ -173,3 +173,13 @@ def test_a_batch_the_backend_answers_later_keeps_item_order():
     assert results[0]["ids"] == {"a": "1-1"} and results[2]["ids"] == {"a": "1-3"}
     assert results[1]["index"] == 1 and results[1]["status"] == 503
     assert results[1]["error"] == "backend_unavailable"
+
+
+def test_a_batch_without_the_secret_is_refused_whole():
+    """No bearer: 401, and not one item of the batch is published."""
+    site = SiteHarness()
+    news = subscribed(site, "news")
+    body = json.dumps([{"channel": "news", "data": n} for n in range(3)]).encode()
+    [answer] = site.feed(send_request(body, JSON, auth=False))
+    assert answer[0] == 401 and body_json(answer)["error"] == "unauthorized"
+    assert news.frames == []

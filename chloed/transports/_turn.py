@@ -111,8 +111,3 @@ class Turn:
 
     def __repr__(self) -> str:
         return f"<Turn {self.number}: {len(self._held)} held>"
-
-
-def joined(parts: list[bytes]) -> bytes:
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-

@@ -74,7 +74,7 @@ from chloed.hub import Hub
 from chloed.lograte import ClientErrors
 from chloed.session import Session
 from chloed.transports._flow import OutboundFlow
-from chloed.transports._turn import HOLD_BYTES, Turn, joined, send_now
+from chloed.transports._turn import HOLD_BYTES, Turn, send_now
 from chloed.http import method_not_allowed
 from chloed.transports._http import origin_allowed
 
@@ -379,7 +379,7 @@ class ChloeWebSocket(WebSocketServerProtocol):
         held, self._held = self._held, None
         if not held or self.state != self.STATE_OPEN:
             return
-        data = joined(held)
+        data = b"".join(held)
         flow = self.flow
         if self._sock is not None and flow is not None and not flow.paused:
             data = send_now(self.transport, self._sock, data)
