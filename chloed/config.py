@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from chloed.errors import ConfigError
+from chloed.pusher.apps import PusherConfig, parse as parse_pusher
 
 TRANSPORTS = ("websocket", "sse", "longpoll", "jsonp")
 EVENTS = ("message", "connect", "disconnect", "subscribe", "unsubscribe")
@@ -54,6 +55,8 @@ class Config:
     client_publish: bool = False
     history_memory: int = 67108864
     public_status: bool = False
+    #: ``[pusher]``: the Pusher apps served; None serves none.
+    pusher: PusherConfig | None = None
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -168,6 +171,7 @@ _CHECKS: dict[str, Any] = {
     "client_publish": _bool,
     "history_memory": lambda n, v: _number(n, v, 0, True),
     "public_status": _bool,
+    "pusher": parse_pusher,
 }
 
 OPTIONS = tuple(_CHECKS)

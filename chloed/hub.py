@@ -80,6 +80,9 @@ class Hub:
         # Sessions whose rate limiting was logged: once each, not per frame.
         self._limited: set[str] = set()
         self.draining = False
+        #: The Pusher layer (:class:`chloed.pusher.protocol.PusherProtocol`)
+        #: when apps are configured, for /status and /metrics.
+        self.pusher: Any = None
         self._burst = max(2 * config.rate_limit, config.max_subscriptions + 10)
         if config.rate_limit:
             self._interval = 1.0 / config.rate_limit
@@ -106,13 +109,17 @@ class Hub:
         """Whether a new browser may connect (not draining, under the limit)."""
         return not self.draining and len(self.broker.sessions) < self.config.max_connections
 
-    def open_session(self, transport: str, sink: Sink | None = None) -> Session:
+    def open_session(self, transport: str, sink: Sink | None = None, id: str | None = None) -> Session:
         """A new session; its first frame, ``connected``, is delivered
         (written, or held until the backend has counted the session).
 
         :param sink: a streaming connection, or None for a polling transport.
+        :param id: its id, when the transport makes its own (a Pusher
+            socket id); else a new one of the hub's.
         """
-        session = Session(self._new_id(), transport, self.config.outbound_buffer_bytes, self._on_overflow)
+        session = Session(
+            id or self._new_id(), transport, self.config.outbound_buffer_bytes, self._on_overflow
+        )
         counted = self.broker.add_session(session)
         if sink is None:
             self._start_grace(session)
@@ -598,8 +605,9 @@ class Hub:
         session.deliver(frames.error(code, message, frame.ref, frame.channel))
 
     def _event(self, kind: str, session: Session, channel: str | None = None) -> None:
-        """POST a lifecycle event to the app, when ``events`` lists it."""
-        if self.relay is None or kind not in self.config.events:
+        """POST a lifecycle event to the app, when ``events`` lists it (a
+        Pusher socket's app hears of it by Pusher's webhooks instead)."""
+        if self.relay is None or kind not in self.config.events or session.transport == "pusher":
             return
         body = event_body(kind, session.id, channel, None, None, session.user)
         self.relay.submit(session.id, body).addErrback(

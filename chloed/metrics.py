@@ -36,6 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from chloed import __version__, frames, tokens
 from chloed.lograte import ClientErrors
+from chloed.pusher.names import is_pusher
 
 if TYPE_CHECKING:
     from chloed.hub import Hub
@@ -209,6 +210,8 @@ class Metrics:
                 "overflows": stats.overflows,
                 "latency_seconds": self.relay_latency.summary(),
             }
+        if hub.pusher is not None and not public:
+            state["pusher"] = hub.pusher.status()
         if not public:
             # The limit in force: max_connections, capped below the open-file limit.
             state["max_connections"] = hub.config.max_connections
@@ -234,7 +237,7 @@ class Metrics:
         assert hub is not None
         listed, hidden, hidden_subscribers = [], 0, 0
         for channel in hub.broker.channels.values():
-            if public and tokens.needs_token(channel.name):
+            if public and (tokens.needs_token(channel.name) or is_pusher(channel.name)):
                 hidden += 1
                 hidden_subscribers += len(channel.subscribers)
             else:
@@ -325,6 +328,8 @@ class ChloeCollector(Collector):
         yield client_errors
         yield _histogram("chloe_fanout_seconds", "Seconds spent fanning one publish out to its subscribers.",
                          metrics.fanout)
+        if hub.pusher is not None:
+            yield from _pusher_metrics(hub.pusher.status())
         relay = hub.relay
         if relay is None:
             return
@@ -342,3 +347,27 @@ class ChloeCollector(Collector):
                        stats.overflows)
         yield _histogram("chloe_relay_latency_seconds", "Seconds one accepted POST to the app took.",
                          metrics.relay_latency)
+
+
+def _pusher_metrics(status: dict[str, Any]) -> Iterator[Metric]:
+    """The Pusher layer's counters (see ``/status``'s ``pusher``)."""
+    sockets = GaugeMetricFamily("chloe_pusher_sockets", "Open Pusher sockets, per app.", labels=["app"])
+    for app, n in status["sockets"].items():
+        sockets.add_metric([app], n)
+    yield sockets
+    yield _counter("chloe_pusher_client_events_total", "Client events published.", status["client_events"])
+    yield _counter("chloe_pusher_refused_frames_total",
+                   "Frames of Pusher clients refused with pusher:error or pusher:subscription_error.",
+                   status["refused_frames"])
+    yield _counter("chloe_pusher_api_requests_total", "Requests to the Pusher HTTP API.", status["api_requests"])
+    yield _counter("chloe_pusher_api_refused_total", "Requests to the Pusher HTTP API refused (4xx, 5xx).",
+                   status["api_refused"])
+    for field, doc in (
+        ("delivered", "Webhook events the app accepted."),
+        ("failed", "Webhook events not delivered: retries exhausted, or the queue full."),
+        ("rejected", "Webhook events the app refused with a 4xx."),
+    ):
+        family = CounterMetricFamily(f"chloe_pusher_webhooks_{field}_total", doc, labels=["app"])
+        for app, counts in status["webhooks"].items():
+            family.add_metric([app], counts[field])
+        yield family

@@ -23,6 +23,8 @@ from chloed import __version__
 from chloed.backends import make_backend
 from chloed.config import Config
 from chloed.hub import Hub
+from chloed.pusher.protocol import PusherProtocol
+from chloed.pusher.webhooks import Webhooks
 from chloed.metrics import Metrics
 from chloed.relay import MAX_LANES_IN_FLIGHT, Relay
 from chloed.web import make_site
@@ -197,21 +199,29 @@ class _Sessions(Service):
 class _RelayDrain(Service):
     """Drains the relay within ``upstream_timeout``, then closes the pool."""
 
-    def __init__(self, relay: Relay | None, pool: Any, clock: Any, timeout: float) -> None:
+    def __init__(self, relay: Relay | None, pool: Any, clock: Any, timeout: float,
+                 webhooks: Webhooks | None = None) -> None:
         self.relay = relay
         self.pool = pool
         self.clock = clock
         self.timeout = timeout
+        self.webhooks = webhooks
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        d: defer.Deferred[Any] = defer.succeed(None)
+        waits: list[defer.Deferred[Any]] = []
         relay = self.relay
         if relay is not None and relay.queued:
             log.info("waiting for {queued} relayed messages", queued=relay.queued)
-            d = relay.when_idle()
+            waits.append(relay.when_idle().addErrback(lambda f: None))
+        if self.webhooks is not None:
+            waits.append(self.webhooks.when_idle().addErrback(lambda f: None))
+        d: defer.Deferred[Any] = defer.gatherResults(waits) if waits else defer.succeed(None)
+        if waits:
             d.addTimeout(self.timeout, self.clock)
-            d.addErrback(lambda f: log.warn("relay not drained in time: {n} left", n=relay.queued))
+            d.addErrback(lambda f: log.warn(
+                "relay not drained in time: {n} left", n=relay.queued if relay is not None else 0
+            ))
         if self.pool is not None:
             d.addBoth(lambda _: self.pool.closeCachedConnections())
         return d
@@ -313,7 +323,15 @@ def make_service(
         )
     hub = Hub(config, broker, reactor, relay)
     metrics.attach(hub)
-    site = make_site(hub, metrics)
+    pusher, webhooks = None, None
+    if config.pusher is not None:
+        if http is None:
+            http, pool = make_http_client(reactor)
+        webhooks = Webhooks(
+            config.pusher.apps, http, reactor, config.upstream_timeout, config.upstream_retries, config.upstream_queue
+        )
+        pusher = PusherProtocol(hub, config.pusher, webhooks)
+    site = make_site(hub, metrics, pusher)
     service.hub, service.site, service.metrics = hub, site, metrics
 
     connector = broker.service()
@@ -321,7 +339,7 @@ def make_service(
         # First in, last out: Redis stays connected while sessions end.
         connector.setServiceParent(service)
     _Drain(reactor, hub).setServiceParent(service)
-    _RelayDrain(relay, pool, reactor, config.upstream_timeout).setServiceParent(service)
+    _RelayDrain(relay, pool, reactor, config.upstream_timeout, webhooks).setServiceParent(service)
     _Sessions(hub, reactor).setServiceParent(service)
     sweeper = TimerService(min(SWEEP_INTERVAL, max(config.history_ttl, 1.0)), broker.sweep)
     sweeper.clock = reactor

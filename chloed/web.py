@@ -21,6 +21,9 @@ from chloed.http import answer_request_error, authorize, error
 from chloed.hub import Hub
 from chloed.metrics import Metrics
 from chloed.ops import PATHS as OPS_PATHS, Ops
+from chloed.pusher.api import PusherApi
+from chloed.pusher.protocol import PusherProtocol
+from chloed.pusher.socket import app_sockets
 from chloed.send import SendResource
 from chloed.transports._guard import REQUEST_DEADLINE, GuardedHTTPChannel
 from chloed.transports._http import JsonMethodsResource
@@ -167,11 +170,13 @@ class ChloeSite(Site):
         pass
 
 
-def make_site(hub: Hub, metrics: Metrics | None = None) -> Site:
+def make_site(hub: Hub, metrics: Metrics | None = None, pusher: PusherProtocol | None = None) -> Site:
     """The Site serving every endpoint of SPEC sections 3, 5 and 6.
 
     :param metrics: what ``/status``, ``/metrics`` and ``/`` report; one is
         made and attached to ``hub`` when None.
+    :param pusher: the Pusher layer, whose ``/app`` (sockets), ``/apps``
+        and ``/users`` (HTTP API) are served when given.
     """
     if metrics is None:
         metrics = Metrics(hub.clock).attach(hub)
@@ -195,6 +200,11 @@ def make_site(hub: Hub, metrics: Metrics | None = None) -> Site:
         root.putChild(b"jsonp", PollResource(hub, jsonp=True))
     if "sse" in transports or "longpoll" in transports:
         root.putChild(b"session", SessionPostResource(hub))
+    if pusher is not None:
+        hub.pusher = pusher
+        root.putChild(b"app", app_sockets(hub, pusher, turn))
+        root.putChild(b"apps", PusherApi(pusher))
+        root.putChild(b"users", PusherApi(pusher, by_key=True))
     site = ChloeSite(root, reactor=hub.clock)
     # The largest body any endpoint takes: a batch of browser frames, or
     # of messages to /send.

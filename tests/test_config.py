@@ -29,7 +29,8 @@ def test_defaults_are_the_spec_table():
     """With no options, every option has the default SPEC section 1 documents
     (and rate_limit, which issue 7 added, history_memory and public_status,
     which issue 14 added, relay_batch and the send_batch limits, which issue
-    16 added; conf/chloe.toml documents them)."""
+    16 added, and pusher, which issue 17 added; conf/chloe.toml documents
+    them)."""
     assert dataclasses.asdict(Config()) == {
         "listen": ("tcp:8901",),
         "application_server_url": None,
@@ -57,6 +58,7 @@ def test_defaults_are_the_spec_table():
         "client_publish": False,
         "history_memory": 67108864,
         "public_status": False,
+        "pusher": None,
     }
 
 

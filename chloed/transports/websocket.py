@@ -189,6 +189,12 @@ class ChloeWebSocket(WebSocketServerProtocol):
         "_beat_slot", "_heard",
     )
 
+    #: What a frame becomes on this connection's wire: a function of the
+    #: frame, its result cached on the frame for every connection with the
+    #: same framing. Fewer than 2 bytes is no frame but a sign to
+    #: :meth:`unframed`.
+    framing = staticmethod(ws_framing)
+
     _log = Logger()
     # Autobahn's own lines are per connection and the peer's to trigger
     # (a warning for each failed connection, each unsolicited pong, each
@@ -292,8 +298,13 @@ class ChloeWebSocket(WebSocketServerProtocol):
             self._sock = transport.socket
         for name in _UPGRADE_LEFTOVERS:
             setattr(self, name, None)
-        self.session = self.factory.hub.open_session("websocket", self)
+        self.session = self.open_session()
         self.factory.heartbeat.add(self)
+
+    def open_session(self) -> Session:
+        """The hub's session of this connection (its ``connected`` is
+        written)."""
+        return self.factory.hub.open_session("websocket", self)
 
     def onFrameEnd(self) -> bool | None:
         """A frame has come in whole: the peer is alive (see
@@ -337,14 +348,22 @@ class ChloeWebSocket(WebSocketServerProtocol):
         self._held = None
         session, self.session = self.session, None
         if session is not None:
-            self.factory.hub.connection_lost(session)
+            self.session_lost(session)
+
+    def session_lost(self, session: Session) -> None:
+        """The connection went: its session ends."""
+        self.factory.hub.connection_lost(session)
 
     # -- Sink -------------------------------------------------------------
 
     def write(self, frame: Encoded) -> None:
         if self.state != self.STATE_OPEN:
             return
-        data = frame.framed(ws_framing)
+        data = frame.framed(self.framing)
+        if len(data) < 2:
+            # No WebSocket frame is shorter: a sign from the framing.
+            self.unframed(data)
+            return
         flow = self.flow
         assert flow is not None  # set in onOpen, before the hub has this sink
         if not flow.admit(len(data)):
@@ -396,11 +415,21 @@ class ChloeWebSocket(WebSocketServerProtocol):
         self.flush_held()
         stalled = self.flow is not None and self.flow.paused
         if last is not None and not stalled:
-            self.transport.write(last.framed(ws_framing))
+            data = last.framed(self.framing)
+            if len(data) >= 2:
+                self.transport.write(data)
         if stalled:
             self.dropConnection(abort=True)
         else:
-            self.sendClose(CLOSE_NORMAL)
+            self.sendClose(self.close_code(last))
+
+    def close_code(self, last: Encoded | None) -> int:
+        """The close code after ``last``."""
+        return CLOSE_NORMAL
+
+    def unframed(self, sign: bytes) -> None:
+        """What the framing gave instead of a frame (see :attr:`framing`);
+        Chloe's own never does."""
 
 
 for _option in WebSocketServerProtocol.CONFIG_ATTRS:
@@ -488,15 +517,10 @@ class _WebSocketResource(WebSocketResource):
         return super().render(request)
 
 
-def websocket_resource(hub: Hub, url: str = "ws://localhost/ws",
-                       client_errors: ClientErrors | None = None, turn: Turn | None = None) -> WebSocketResource:
-    """The ``/ws`` resource, bound to ``hub``.
-
-    :param client_errors: where failed connections are counted and logged;
-        the hub's when None.
-    :param turn: the reactor turn its writes are coalesced in, shared with
-        ``/send`` (which gathers a batch's); one of its own when None.
-    """
+def websocket_factory(hub: Hub, url: str = "ws://localhost/ws",
+                      client_errors: ClientErrors | None = None, turn: Turn | None = None) -> _ChloeFactory:
+    """The factory of :class:`ChloeWebSocket` connections bound to ``hub``
+    (see :func:`websocket_resource`)."""
     factory = _ChloeFactory(url)
     factory.protocol = ChloeWebSocket
     factory.hub = hub
@@ -519,4 +543,16 @@ def websocket_resource(hub: Hub, url: str = "ws://localhost/ws",
         failByDrop=False,
         closeHandshakeTimeout=CLOSE_TIMEOUT,
     )
-    return _WebSocketResource(factory)
+    return factory
+
+
+def websocket_resource(hub: Hub, url: str = "ws://localhost/ws",
+                       client_errors: ClientErrors | None = None, turn: Turn | None = None) -> WebSocketResource:
+    """The ``/ws`` resource, bound to ``hub``.
+
+    :param client_errors: where failed connections are counted and logged;
+        the hub's when None.
+    :param turn: the reactor turn its writes are coalesced in, shared with
+        ``/send`` (which gathers a batch's); one of its own when None.
+    """
+    return _WebSocketResource(websocket_factory(hub, url, client_errors, turn))
