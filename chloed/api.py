@@ -20,6 +20,7 @@ from chloed.backends.base import BackendUnavailable, ChannelInfo, ChannelListing
 from chloed.errors import RequestError
 from chloed.hub import Hub
 from chloed.http import answer_request_error, authorize, json_body, routing_error
+from chloed.pusher.names import is_pusher
 
 
 class Api:
@@ -52,6 +53,8 @@ class Api:
     def _listing_body(self, listing: ChannelListing, request: IRequest) -> bytes:
         channels: dict[str, Any] = {}
         for name, info in listing.channels.items():
+            if is_pusher(name):
+                continue  # a Pusher app's: its own API lists it
             entry: dict[str, Any] = {"subscribers": info.subscribers, "last_id": info.last_id}
             if name.startswith("presence-"):
                 entry["members"] = self.hub.presence.members(name)

@@ -104,12 +104,22 @@ class LocalChannel(Protocol):
         """This process's subscribers (a dict used as an ordered set)."""
 
 
+def is_presence(name: str) -> bool:
+    """Whether ``name`` is a presence channel: ``presence-...``, or a
+    namespaced one whose own name is (a Pusher app's ``pusher~<id>~presence-...``;
+    ``~`` is in no channel name itself)."""
+    return name.rpartition("~")[2].startswith("presence-")
+
+
 class Presence(Protocol):
     """Who is in each ``presence-`` channel (a member is a user, however
     many sessions it has there). ``idle(session_id)``, set by the hub, says
-    whether a session is between two polls."""
+    whether a session is between two polls. ``changed(channel, joined,
+    user_id)``, when set, hears each member join and leave once, on one
+    node of all that share the backend (the one that decided it)."""
 
     idle: Callable[[str], bool]
+    changed: Callable[[str, bool, str], None] | None
 
     def members(self, channel: str) -> list[dict[str, Any]]:
         """The members of ``channel`` as ``{"id", "info"}``."""
@@ -200,6 +210,12 @@ class Backend(Protocol):
     def to_session(self, session_id: str, data: bytes) -> Deferred[PublishResult | None]:
         """Send ``data`` to one session (on any node); None when there is
         no such session."""
+
+    def occupy(self, name: str, occupied: bool) -> Deferred[bool]:
+        """This process's subscribers of ``name`` went from none to some
+        (``occupied``) or from some to none: fires with whether every
+        node's did too, the channel occupied or vacated as a whole (True on
+        one node only, for each such change)."""
 
     def announce(self, name: str, frame: Encoded, exclude: str | None) -> int:
         """Deliver ``frame`` (not a message: presence, the status feed) to

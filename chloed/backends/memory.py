@@ -423,6 +423,7 @@ class Presence:
         # Whether a session is between two polls: the hub sets it; here a
         # member leaves when its session ends, which already waited that.
         self.idle: Callable[[str], bool] = lambda session: False
+        self.changed: Callable[[str, bool, str], None] | None = None
 
     def members(self, channel: str) -> list[dict[str, Any]]:
         """The members of ``channel``, as ``{"id", "info"}``."""
@@ -437,6 +438,8 @@ class Presence:
             member = members[uid] = _Member(user.get("info"))
             member.sessions.add(session)
             self._announce(channel, presence_frame(channel, "join", {"id": uid, "info": member.info}), session)
+            if self.changed is not None:
+                self.changed(channel, True, uid)
             return
         member.sessions.add(session)
         if member.leaving is not None:
@@ -470,6 +473,8 @@ class Presence:
             self._channels.pop(channel, None)
         if member is not None:
             self._announce(channel, presence_frame(channel, "leave", {"id": uid, "info": member.info}), None)
+            if self.changed is not None:
+                self.changed(channel, False, uid)
 
 
 # -- the backend ---------------------------------------------------------------
@@ -568,6 +573,10 @@ class MemoryBackend:
 
     def announce(self, name: str, frame: Encoded, exclude: str | None) -> int:
         return self.local.announce(name, frame, exclude)
+
+    def occupy(self, name: str, occupied: bool) -> Deferred[bool]:
+        """One process is the whole cluster."""
+        return succeed(True)
 
     # -- what channels hold ------------------------------------------------
 

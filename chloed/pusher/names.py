@@ -39,6 +39,11 @@ def pusher_name(backend_name: str) -> str:
     return backend_name[backend_name.index("~", len(PREFIX)) + 1:]
 
 
+def app_id(backend_name: str) -> str:
+    """The app whose channel ``backend_name`` is."""
+    return backend_name[len(PREFIX):backend_name.index("~", len(PREFIX))]
+
+
 def is_pusher(backend_name: str) -> bool:
     """Whether a backend channel is some app's (native listings leave them out)."""
     return backend_name.startswith(PREFIX)

@@ -64,6 +64,9 @@ class PusherProtocol:
         self.broker = hub.broker
         # Sockets of each app now (app id -> count), for max_connections.
         self.sockets: Counter[str] = Counter()
+        # This node's sockets in each channel (backend name -> count), for
+        # occupied and vacated.
+        self._local: Counter[str] = Counter()
         self.client_events = 0
         self.refused_frames = 0
         # The HTTP API's requests, and those refused (chloed.pusher.api).
@@ -76,6 +79,7 @@ class PusherProtocol:
             "pusher:unsubscribe": self._unsubscribe,
             "pusher:signin": self._signin,
         }
+        hub.presence.changed = self._member_changed
 
     def status(self) -> dict[str, Any]:
         """``/status``'s ``pusher``: sockets per app, what clients sent and
@@ -118,13 +122,19 @@ class PusherProtocol:
         return self.hub.open_session("pusher", sink, id=new_socket_id())
 
     def closed(self, app: PusherApp, session: Session) -> None:
-        """The socket went: leave every channel (members at once), then the
-        hub forgets the session."""
+        """The socket went: it leaves every channel, then the hub forgets
+        the session."""
+        self.ending(app, session)
+        self.hub.connection_lost(session)
+
+    def ending(self, app: PusherApp, session: Session) -> None:
+        """The socket is going (gone, or closed by the hub, which forgets
+        the session next): it leaves every channel, its members at once,
+        as Pusher's do."""
         self.sockets[app.id] -= 1
         for channel in sorted(session.channels):
             self._leave(session, app, channel)
         session.channels.clear()
-        self.hub.connection_lost(session)
 
     # -- frames -----------------------------------------------------------------
 
@@ -203,6 +213,8 @@ class PusherProtocol:
             return
         fresh = backend not in session.channels
         session.channels.add(backend)
+        if fresh:
+            self._occupy(app, channel, backend, 1)
         since = _EVERYTHING if names.cached(channel) else None
         self.broker.subscribe(backend, session, since).addCallback(
             self._joined, session, app, channel, backend, member, fresh
@@ -266,8 +278,6 @@ class PusherProtocol:
     ) -> None:
         if answer is None or session.closed or backend not in session.channels:
             return
-        if fresh and self._local_subscribers(backend) == 1:
-            self.webhooks.occupied(app, channel)
         if member is not None:
             if session.presence is None:
                 session.presence = {}
@@ -288,9 +298,40 @@ class PusherProtocol:
                 session.deliver(wire.event("pusher:cache_miss", None, channel))
                 self.webhooks.cache_miss(app, channel)
 
-    def _local_subscribers(self, backend: str) -> int:
-        local = self.broker.channels.get(backend)
-        return 0 if local is None else len(local.subscribers)
+    def _occupy(self, app: PusherApp, channel: str, backend: str, change: int) -> None:
+        """One socket of this node more (1) or fewer (-1) in ``channel``:
+        when this node's first came or last went, the backend says whether
+        the cluster's did, and the app hears ``channel_occupied`` or
+        ``channel_vacated`` from the one node where it did."""
+        if channel.startswith(names.USER_PREFIX):
+            return
+        count = self._local[backend] + change
+        if count:
+            self._local[backend] = count
+            if count > 1 or change < 0:
+                return
+        else:
+            del self._local[backend]
+        occupied = change > 0
+        self.broker.occupy(backend, occupied).addCallback(self._occupied, app, channel, occupied).addErrback(
+            lambda f: log.failure("pusher: occupancy of {channel} unknown", f, channel=channel)
+        )
+
+    def _occupied(self, cluster: bool, app: PusherApp, channel: str, occupied: bool) -> None:
+        if not cluster:
+            return
+        if occupied:
+            self.webhooks.occupied(app, channel)
+        else:
+            self.webhooks.vacated(app, channel)
+
+    def _member_changed(self, backend: str, joined: bool, user_id: str) -> None:
+        """A member joined or left a presence channel (once in the cluster)."""
+        if not names.is_pusher(backend):
+            return
+        app = self.config.by_id(names.app_id(backend))
+        if app is not None:
+            self.webhooks.member(app, names.pusher_name(backend), joined, user_id)
 
     def _unsubscribe(self, session: Session, app: PusherApp, data: Any) -> None:
         channel = data.get("channel") if isinstance(data, dict) else None
@@ -311,8 +352,7 @@ class PusherProtocol:
             member = session.presence.pop(backend, None)
             if member is not None:
                 self.hub.presence.part(backend, session.id, member, away=True)
-        if not self._local_subscribers(backend):
-            self.webhooks.vacated(app, names.pusher_name(backend))
+        self._occupy(app, names.pusher_name(backend), backend, -1)
 
     # -- users ------------------------------------------------------------------
 

@@ -86,12 +86,25 @@ class PusherWebSocket(ChloeWebSocket):
             return
         self.factory.pusher.receive(session, self.app, payload)
 
+    def close(self, last: Encoded | None) -> None:
+        """The hub ends the session (``slow_consumer``, draining): it leaves
+        its channels the Pusher way first (see :meth:`PusherProtocol.ending`)."""
+        session = self.session
+        super().close(last)
+        if session is not None and self.app is not None:
+            self.factory.pusher.ending(self.app, session)
+
     def close_code(self, last: Encoded | None) -> int:
         return wire.close_code(last)
 
     def unframed(self, sign: bytes) -> None:
         if sign is wire.TERMINATED:
             self.terminate(wire.UNAUTHORIZED, "Connection terminated by the app")
+
+    def onAutoPingTimeout(self) -> None:
+        """Silent since the last ping (see :class:`Heartbeat`): Pusher's
+        4201, then the connection goes when the close handshake times out."""
+        self.terminate(wire.PONG_NOT_RECEIVED, "Pong reply not received")
 
     def terminate(self, code: int, reason: str) -> None:
         """Close with ``code``, after a ``pusher:error`` that says why; the

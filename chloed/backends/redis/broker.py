@@ -29,11 +29,14 @@ from chloed.backends.redis.delivery import Delivery
 from chloed.backends.redis.handover import Handover
 from chloed.backends.redis.joins import Joins
 from chloed.backends.redis.keys import (
-    COUNTS_PREFIX, HISTORY_PREFIX, IDS_KEY, NODES_KEY, SESSION_PREFIX, SESSION_TTL, format_key, parse_key, parse_url,
+    COUNTS_PREFIX, HISTORY_PREFIX, IDS_KEY, NODES_KEY, OCCUPANCY_PREFIX, SESSION_PREFIX, SESSION_TTL, format_key,
+    parse_key, parse_url,
 )
 from chloed.backends.redis.link import ConnectedWhileRunning, RedisLink, ignore
 from chloed.backends.redis.presence import RedisPresence
-from chloed.backends.redis.scripts import DIRECT_SCRIPT, PUBLISH_SCRIPT, SNAPSHOT_SCRIPT, SUBSCRIBERS_SCRIPT
+from chloed.backends.redis.scripts import (
+    DIRECT_SCRIPT, OCCUPANCY_SCRIPT, PUBLISH_SCRIPT, SNAPSHOT_SCRIPT, SUBSCRIBERS_SCRIPT,
+)
 from chloed.frames import Encoded
 
 log = Logger(namespace="chloed.backends.redis")  # as before redis.py became a package
@@ -369,6 +372,13 @@ class RedisBroker(Broker):
             return recovered, [frames.message(name, id, data) for _, id, data in snapshot.entries(0)]
 
         return self._snapshot([name], [read]).addCallback(answer)
+
+    def occupy(self, name: str, occupied: bool) -> Deferred[bool]:
+        """Whether the cluster's subscribers of ``name`` went with this
+        node's (``OCCUPANCY_SCRIPT``)."""
+        keys = [OCCUPANCY_PREFIX + name, NODES_KEY]
+        d = self._link.call("eval", OCCUPANCY_SCRIPT, keys, [self.node, "1" if occupied else "0"])
+        return d.addCallback(lambda answer: answer == 1)
 
     def channel_info(self, name: str) -> Deferred[ChannelInfo]:
         """The subscribers of every node alive; the last id this node

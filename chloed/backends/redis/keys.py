@@ -12,6 +12,7 @@ SESSION_TTL = 86400  # a dead node's sessions are forgotten after a day
 # node -> "<expires ms> <streaming sessions> <polling sessions> <partial>";
 # "" -> "<ms>" until which receipts are a lower bound (see census)
 NODES_KEY = "chloe:nodes"
+OCCUPANCY_PREFIX = "chloe:o:"  # channel -> {nodes with subscribers of it}, for occupied/vacated
 COUNTS_PREFIX = "chloe:r:"  # channel -> {node: "<streaming> <polling>"}, for receipts
 
 Key = tuple[int, int]

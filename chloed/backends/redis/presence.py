@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chloed import frames
+from chloed.backends.base import is_presence
 from chloed.backends.memory import presence_frame
 from chloed.backends.redis.keys import IDS_KEY
 from chloed.backends.redis.link import Call, Ignore
@@ -70,6 +71,9 @@ class RedisPresence:
         # not held any more, so it leaves session_grace after the last
         # poll, as its session ends, not a second grace after that.
         self.idle: Callable[[str], bool] = lambda session: False
+        # Hears each join and leave once in the cluster: on the node whose
+        # script made it (see PRESENCE_SCRIPT's answer).
+        self.changed: Callable[[str, bool, str], None] | None = None
 
     def start(self) -> None:
         self._ticker = LoopingCall(self.refresh)
@@ -112,12 +116,15 @@ class RedisPresence:
             del local[uid]
             if not local:
                 del self._local[channel]
+            # Once it has expired, someone sweeps it out, even if no node
+            # is left listening to the channel (a webhook is owed).
+            self._clock.callLater(self._hold_ms / 1000 + self.interval, self._hold, channel, [], "")
 
     def refresh(self) -> None:
         """Hold this node's members, and sweep those nobody holds, in every
         presence channel this node has members or subscribers in."""
         names = set(self._local)
-        names.update(name for name in self._channels() if name.startswith("presence-"))
+        names.update(name for name in self._channels() if is_presence(name))
         idle = self.idle
         for channel in names:
             held = [
@@ -131,7 +138,16 @@ class RedisPresence:
         args: list[Any] = [self._hold_ms, self._pubsub + "c:" + channel, exclude]
         for uid, member in held:
             args += [uid, member]
-        self._call("eval", PRESENCE_SCRIPT, keys, args).addErrback(self._ignore)
+        self._call("eval", PRESENCE_SCRIPT, keys, args).addCallback(self._changed, channel).addErrback(self._ignore)
+
+    def _changed(self, reply: Any, channel: str) -> None:
+        """The joins and leaves the script made: ``[event, uid, ...]``."""
+        changed = self.changed
+        if changed is None or not isinstance(reply, list):
+            return
+        for i in range(0, len(reply) - 1, 2):
+            event, uid = reply[i], reply[i + 1]
+            changed(channel, event == b"join", uid.decode("utf-8") if isinstance(uid, bytes) else str(uid))
 
     def load(self, channel: str) -> Deferred[None]:
         """Read the members of ``channel`` (when this node starts listening

@@ -279,12 +279,15 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local hold = tonumber(ARGV[1])
 local target = ARGV[2]
+local changed = {}
 for _, uid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   local member = redis.call('HGET', KEYS[3], uid) or '{}'
   redis.call('ZREM', KEYS[2], uid)
   redis.call('HDEL', KEYS[3], uid)
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('PUBLISH', target, 'p ' .. string.format('%.0f', seq) .. ' leave  ' .. member)
+  changed[#changed + 1] = 'leave'
+  changed[#changed + 1] = uid
 end
 for i = 4, #ARGV, 2 do
   local uid = ARGV[i]
@@ -294,13 +297,15 @@ for i = 4, #ARGV, 2 do
     redis.call('HSET', KEYS[3], uid, ARGV[i + 1])
     local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
     redis.call('PUBLISH', target, 'p ' .. string.format('%.0f', seq) .. ' join ' .. ARGV[3] .. ' ' .. ARGV[i + 1])
+    changed[#changed + 1] = 'join'
+    changed[#changed + 1] = uid
   end
 end
 if #ARGV >= 4 then
   redis.call('PEXPIRE', KEYS[2], 2 * hold)
   redis.call('PEXPIRE', KEYS[3], 2 * hold)
 end
-return 1
+return changed
 """
 
 # The members of a presence channel now, and the last seq given out (so
@@ -314,4 +319,32 @@ for _, uid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')) d
   out[#out + 1] = redis.call('HGET', KEYS[3], uid) or '{}'
 end
 return out
+"""
+
+# Which nodes have subscribers of a channel (KEYS[1], a set of nodes; KEYS[2]
+# the nodes hash, for who is alive): ARGV[1] the node, ARGV[2] "1" when it
+# now has some, "0" when none. Answers 1 when the cluster went with it: the
+# first node in, the last node out. A node that died is dropped from the set
+# by the next node to come or go.
+OCCUPANCY_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if node ~= ARGV[1] then
+    local entry = redis.call('HGET', KEYS[2], node)
+    local expires = entry and tonumber(string.match(entry, '^%d+'))
+    if not expires or expires < now then
+      redis.call('SREM', KEYS[1], node)
+    end
+  end
+end
+if ARGV[2] == '1' then
+  local added = redis.call('SADD', KEYS[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], 86400)
+  if added == 1 and redis.call('SCARD', KEYS[1]) == 1 then return 1 end
+  return 0
+end
+local removed = redis.call('SREM', KEYS[1], ARGV[1])
+if removed == 1 and redis.call('SCARD', KEYS[1]) == 0 then return 1 end
+return 0
 """
