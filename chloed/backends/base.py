@@ -122,7 +122,12 @@ class Presence(Protocol):
     changed: Callable[[str, bool, str], None] | None
 
     def members(self, channel: str) -> list[dict[str, Any]]:
-        """The members of ``channel`` as ``{"id", "info"}``."""
+        """The members of ``channel`` as ``{"id", "info"}``, as this
+        process knows them (up to date where it has subscribers)."""
+
+    def fetch(self, channel: str) -> Deferred[list[dict[str, Any]]]:
+        """The members of ``channel`` now, wherever they are held (for an
+        API call on a node that may have no subscriber there)."""
 
     def join(self, channel: str, session: str, user: dict[str, Any]) -> None:
         """``session`` of ``user`` subscribed to ``channel``."""

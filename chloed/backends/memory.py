@@ -429,6 +429,9 @@ class Presence:
         """The members of ``channel``, as ``{"id", "info"}``."""
         return [{"id": uid, "info": m.info} for uid, m in self._channels.get(channel, {}).items()]
 
+    def fetch(self, channel: str) -> Deferred[list[dict[str, Any]]]:
+        return succeed(self.members(channel))
+
     def join(self, channel: str, session: str, user: dict[str, Any]) -> None:
         """``session`` of ``user`` subscribed to ``channel``."""
         uid = str(user["id"])

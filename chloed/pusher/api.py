@@ -26,7 +26,7 @@ import re
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -251,7 +251,10 @@ class PusherApi(Resource):
             if not attributes:
                 return answer
             return self._infos(app, channels, attributes).addCallback(
-                lambda infos: {"channels": infos, **answer}
+                lambda infos: {
+                    "channels": {c: {k: v for k, v in i.items() if k != "occupied"} for c, i in infos.items()},
+                    **answer,
+                }
             )
 
         return d.addCallback(receipt)
@@ -294,18 +297,24 @@ class PusherApi(Resource):
     # -- what channels hold ------------------------------------------------------
 
     def _infos(self, app: PusherApp, channels: list[str], attributes: set[str]) -> Deferred[dict[str, Any]]:
-        ds = [self.broker.channel_info(names.backend(app.id, c)) for c in channels]
-        return gatherResults(ds, consumeErrors=True).addCallback(
-            lambda infos: {c: self._info(app, i, attributes) for c, i in zip(channels, infos)}
-        )
+        ds = [self._info(names.backend(app.id, c), attributes) for c in channels]
+        return gatherResults(ds, consumeErrors=True).addCallback(lambda infos: dict(zip(channels, infos)))
 
-    def _info(self, app: PusherApp, info: ChannelInfo, attributes: set[str]) -> dict[str, Any]:
+    def _info(self, backend: str, attributes: set[str], info: ChannelInfo | None = None) -> Deferred[dict[str, Any]]:
+        """``subscription_count`` and ``user_count`` of a channel, as asked
+        (``info`` when the caller has its subscribers already)."""
         out: dict[str, Any] = {}
-        if "subscription_count" in attributes:
-            out["subscription_count"] = info.subscribers
-        if "user_count" in attributes:
-            out["user_count"] = len(self.hub.presence.members(info.name))
-        return out
+        known: Deferred[Any] = self.broker.channel_info(backend) if info is None else succeed(info)
+
+        def counted(info: ChannelInfo) -> Any:
+            out["occupied"] = info.subscribers > 0
+            if "subscription_count" in attributes:
+                out["subscription_count"] = info.subscribers
+            if "user_count" not in attributes:
+                return out
+            return self.hub.presence.fetch(backend).addCallback(lambda members: {**out, "user_count": len(members)})
+
+        return known.addCallback(counted)
 
     def _channels(self, request: Any, app: PusherApp, query: dict[str, str], body: bytes) -> Any:
         prefix = query.get("filter_by_prefix", "")
@@ -318,13 +327,20 @@ class PusherApi(Resource):
         mine = names.app_prefix(app.id) + prefix
 
         def listing(found: Any) -> Any:
-            channels = {
-                names.pusher_name(name): self._info(app, info, attributes)
-                for name, info in found.channels.items()
+            listed = [
+                (names.pusher_name(name), name, info) for name, info in found.channels.items()
                 if name.startswith(mine) and info.subscribers > 0
                 and not names.pusher_name(name).startswith(names.USER_PREFIX)
-            }
-            return {"channels": channels}
+            ]
+            ds = [self._info(backend, attributes, info) for _, backend, info in listed]
+
+            def described(infos: list[dict[str, Any]]) -> Any:
+                return {"channels": {
+                    name: {k: v for k, v in info.items() if k != "occupied"}
+                    for (name, _, _), info in zip(listed, infos)
+                }}
+
+            return gatherResults(ds, consumeErrors=True).addCallback(described)
 
         return self._later(request, self.broker.channel_list().addCallback(listing))
 
@@ -334,17 +350,13 @@ class PusherApi(Resource):
         attributes = _attributes(query)
         self._check_attributes(attributes, [channel])
 
-        def described(info: ChannelInfo) -> Any:
-            return {"occupied": info.subscribers > 0, **self._info(app, info, attributes)}
-
-        return self._later(request, self.broker.channel_info(names.backend(app.id, channel)).addCallback(described))
+        return self._later(request, self._info(names.backend(app.id, channel), attributes))
 
     def _users(self, request: Any, app: PusherApp, query: dict[str, str], body: bytes, channel: str) -> Any:
         if not names.valid(channel) or not names.presence(channel):
             raise ApiError(400, "Users are listed for presence channels only")
-        members = self.hub.presence.members(names.backend(app.id, channel))
-        self._answer(request, {"users": [{"id": m["id"]} for m in members]})
-        return NOT_DONE_YET
+        members = self.hub.presence.fetch(names.backend(app.id, channel))
+        return self._later(request, members.addCallback(lambda found: {"users": [{"id": m["id"]} for m in found]}))
 
     def _terminate(self, request: Any, app: PusherApp, query: dict[str, str], body: bytes, user_id: str) -> Any:
         if not user_id or len(user_id) > MAX_USER_ID_CHARS:

@@ -90,6 +90,14 @@ class RedisPresence:
         """The members of ``channel`` as ``{"id", "info"}``."""
         return [frames.loads(member) for member in self._mirror.get(channel, {}).values()]
 
+    def fetch(self, channel: str) -> Deferred[list[dict[str, Any]]]:
+        """The members in Redis now (``MEMBERS_SCRIPT``), whether or not
+        this node listens to ``channel``."""
+        keys = [IDS_KEY, "chloe:p:" + channel, "chloe:pi:" + channel]
+        return self._call("eval", MEMBERS_SCRIPT, keys, []).addCallback(
+            lambda reply: [frames.loads(reply[i + 1]) for i in range(1, len(reply) - 1, 2)]
+        )
+
     def join(self, channel: str, session: str, user: dict[str, Any]) -> None:
         """``session`` of ``user`` subscribed to ``channel`` on this node."""
         uid = str(user["id"])
