@@ -1,5 +1,6 @@
 # make demo: set everything up, run chloed and the echo app (open http://localhost:4567)
 # make chat: the same, with the chat demo app instead (open http://localhost:4567 in two browsers)
+# make pusher-demo: the same, with a chat on pusher-js and the pusher library (open http://localhost:4567 in two browsers)
 # make test: set everything up, type-check (mypy, configured in setup.cfg), run every test (what CI runs, through .ci/run)
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,10 +19,18 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# The test-only JS libraries (pusher-js, Laravel Echo) the browser tests load,
+# as tests/js/package-lock.json pins them; again only when the lock changes.
+# Neither needs an install script, so none runs.
+JS = tests/js
+$(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
+	cd $(JS) && npm ci --ignore-scripts --no-audit --no-fund --no-update-notifier
+	touch $@
+
 system-deps:
 	./scripts/install-system-deps
 
-setup: system-deps $(VENV)/.installed
+setup: system-deps $(VENV)/.installed $(JS)/node_modules/.installed
 
 test: setup
 	$(BIN)/mypy
@@ -39,5 +48,11 @@ chat: setup
 	  app=$$!; trap "kill $$app 2>/dev/null" EXIT INT TERM; \
 	  CHLOE_SECRET=$(CHAT_SECRET) $(BIN)/twistd -n --pidfile= chloe --listen tcp:8901:interface=127.0.0.1 --app-url http://127.0.0.1:4567/updates
 
+pusher-demo: setup
+	@echo "chloed on http://localhost:8901 (Pusher app of examples/pusher_chat.toml), the chat on http://localhost:4567 -- open http://localhost:4567/ in two browsers"
+	@$(BIN)/python examples/pusher_chat.py --port 4567 --chloe http://127.0.0.1:8901 --config examples/pusher_chat.toml & \
+	  app=$$!; trap "kill $$app 2>/dev/null" EXIT INT TERM; \
+	  $(BIN)/twistd -n --pidfile= chloe --listen tcp:8901:interface=127.0.0.1 --config examples/pusher_chat.toml
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(JS)/node_modules
