@@ -9,7 +9,7 @@ DEMO_SECRET ?= demo-secret
 CHAT_SECRET ?= chat-demo-secret-change-me-0123456789
 CHAT_STAFF ?= alice
 
-.PHONY: setup system-deps test demo chat clean
+.PHONY: setup system-deps test demo chat pusher-demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

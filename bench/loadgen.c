@@ -11,6 +11,21 @@
  *   sse       GET /sse?channel=C; subscribed on the "subscribed" event.
  *   longpoll  GET /poll?channel=C, then GET /poll?session=S&cursor=N in a
  *             loop on the same keep-alive connection.
+ *   pusher    the Pusher protocol 7 layer (--app-key K --app-id I
+ *             --app-secret S): GET /app/K?protocol=7&client=loadgen&version=1
+ *             &flash=false upgrade; on pusher:connection_established a
+ *             masked {"event":"pusher:subscribe","data":{"channel":C}};
+ *             subscribed on pusher_internal:subscription_succeeded;
+ *             pusher:ping is answered with pusher:pong. The publisher uses
+ *             the signed HTTP API instead of /send: POST /apps/I/events
+ *             ?auth_key=K&auth_timestamp=T&auth_version=1.0&body_md5=M
+ *             &auth_signature=HMAC-SHA256(S, "POST\n/apps/I/events\n" +
+ *             that query without the signature), JSON body
+ *             {"name":"bench-ev","channel":C,"data":"ts=..."}; the data
+ *             holds no character JSON escapes, so it arrives as published.
+ *             No count is read from its answer (Pusher's is {}): each 2xx
+ *             publish is expected to reach every client meant for its
+ *             channel (as --expect-all).
  *
  * Client i subscribes to "bench-(i % K)" (--channels K), or "bench" when
  * K is 1. The generator publishes its own messages with POST /send (form
@@ -44,7 +59,8 @@
  * Only 127.0.0.x is contacted. Every loop is bounded in time and count, and
  * an alarm() ends every process whatever happens.
  *
- * Build: gcc -O2 -Wall -o loadgen loadgen.c
+ * Build: gcc -O2 -Wall -o loadgen loadgen.c -lcrypto
+ * (libcrypto, from libssl-dev: MD5 and HMAC-SHA256 for --proto pusher)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -67,6 +83,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
@@ -80,7 +99,7 @@
 #define ERRLEN 300
 
 /* ------------------------------------------------------------------ config */
-enum { PR_WS, PR_SSE, PR_LP };
+enum { PR_WS, PR_SSE, PR_LP, PR_PUSHER };
 enum { M_IDLE, M_SATURATE, M_RATE };
 static int proto = PR_WS, mode = M_IDLE, relay = 0, randomize = 0;
 static int port = 0, app_port = 0, procs = 0, conc = 100, npub = 4, nsrc = 8, payload_len = 100;
@@ -92,6 +111,7 @@ static int ports[MAXPORTS], nports = 0, pub_all = 0, expect_all = 0;
 static pid_t server_pids[MAXPIDS];
 static int npids = 0;
 static const char *secret = "bench-secret";
+static const char *app_key = NULL, *app_id = NULL, *app_secret = NULL; /* --proto pusher */
 static unsigned long seed = 1;
 
 /* ------------------------------------------------------------------ shared */
@@ -119,6 +139,7 @@ enum { H_HDR, H_BODY, H_CHSIZE, H_CHDATA, H_CHCRLF, H_CHTRAIL, H_UNTILCLOSE, H_W
 
 typedef struct {
   uint8_t kind, state, sub, hs, busy, close_after, counted;
+  uint8_t psent;        /* pusher: pusher:subscribe sent */
   int status;
   long long remaining;
   long idx;             /* client index, or publisher slot */
@@ -466,6 +487,63 @@ static void on_frame(int fd, const char *p, size_t n, long long tnow) {
   }
 }
 
+/* the value of the "event" key (JSON whitespace allowed around the colon) */
+static const char *pusher_event(const char *p, size_t n) {
+  const char *end = p + n, *q = p;
+  for (int k = 0; k < 8 && q < end; k++) {
+    const char *e = memmem(q, (size_t)(end - q), "\"event\"", 7);
+    if (!e) return NULL;
+    q = e + 7;
+    while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')) q++;
+    if (q >= end || *q != ':') continue;
+    q++;
+    while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')) q++;
+    if (q < end && *q == '"') return q + 1;
+  }
+  return NULL;
+}
+/* One Pusher protocol 7 message, {"event":E,"channel":C,"data":"..."} with
+ * its keys in any order: an event is a delivery (its data's "ts="); the
+ * pusher: and pusher_internal: ones drive the subscription. */
+static void pusher_frame(int fd, const char *p, size_t n, long long tnow) {
+  conn_t *c = &conns[fd];
+  const char *e = pusher_event(p, n);
+  if (!e) {
+    me->error_frames++;
+    note_err("pusher message without an event", p, n);
+    return;
+  }
+  size_t left = (size_t)(p + n - e);
+  if (left < 7 || memcmp(e, "pusher", 6)) { count_deliveries(p, n, tnow); return; } /* the hot path */
+#define PUSHER_IS(name) (left >= sizeof(name) && !memcmp(e, name "\"", sizeof(name)))
+  if (PUSHER_IS("pusher:connection_established")) {
+    if (c->psent || c->sub != SUB_WAIT) return;
+    char m[160], ch[64];
+    channel_of(c->idx, ch, sizeof ch);
+    int k = snprintf(m, sizeof m, "{\"event\":\"pusher:subscribe\",\"data\":{\"channel\":\"%s\"}}", ch);
+    c->psent = 1;
+    ws_send(fd, 1, m, (size_t)k);
+    return;
+  }
+  if (PUSHER_IS("pusher_internal:subscription_succeeded")) {
+    if (c->sub == SUB_WAIT && c->psent) became_ready(fd);
+    return;
+  }
+  if (PUSHER_IS("pusher:ping")) {
+    static const char PONG[] = "{\"event\":\"pusher:pong\",\"data\":{}}";
+    ws_send(fd, 1, PONG, sizeof PONG - 1);
+    return;
+  }
+  const char *q = memchr(e, '"', left);
+  if (q && memmem(e, (size_t)(q - e), "error", 5)) { /* pusher:error, pusher:subscription_error */
+    me->error_frames++;
+    note_err("pusher error", p, n);
+    if (c->sub == SUB_WAIT) conn_close(fd, 1);
+  }
+  /* anything else of the protocol's (pusher:pong, member_added, ...): nothing to do */
+#undef PUSHER_IS
+}
+
 static void sub_send_request(int fd) {
   conn_t *c = &conns[fd];
   char req[1024], ch[64];
@@ -476,6 +554,12 @@ static void sub_send_request(int fd) {
                  "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  "Sec-WebSocket-Key: Y2hsb2UtYmVuY2gta2V5IQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
                  port);
+  else if (proto == PR_PUSHER)
+    n = snprintf(req, sizeof req,
+                 "GET /app/%s?protocol=7&client=loadgen&version=1&flash=false HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                 "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: Y2hsb2UtYmVuY2gta2V5IQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                 app_key, port);
   else if (proto == PR_SSE)
     n = snprintf(req, sizeof req,
                  "GET /sse?channel=%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAccept: text/event-stream\r\n\r\n", ch, port);
@@ -539,7 +623,7 @@ static void pub_response(int fd) {
   if (c->status >= 200 && c->status < 300) {
     pub_ok++;
     const char *q = memmem(c->bbuf, c->blen, "\"delivered\":", 12);
-    if (expect_all) expected += subs_of_channel(c->pch);
+    if (expect_all || proto == PR_PUSHER) expected += subs_of_channel(c->pch);
     else if (q) expected += atoll(q + 12);
   } else {
     pub_errors++;
@@ -552,6 +636,35 @@ static void pub_response(int fd) {
   c->blen = 0;
   c->busy = 0;
 }
+static void hex(const unsigned char *d, unsigned int n, char *out) {
+  static const char H[] = "0123456789abcdef";
+  for (unsigned int i = 0; i < n; i++) {
+    out[2 * i] = H[d[i] >> 4];
+    out[2 * i + 1] = H[d[i] & 15];
+  }
+  out[2 * n] = 0;
+}
+/* POST /apps/ID/events, signed as the Pusher HTTP API wants; 0 if the
+ * digests failed (nothing is sent then) */
+static int pusher_request(int fd, const char *ch, const char *pay, char *req, size_t reqcap, int *rn) {
+  char body[1024], query[512], tosign[1024], md5hex[2 * EVP_MAX_MD_SIZE + 1], sighex[2 * EVP_MAX_MD_SIZE + 1];
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int mdlen = 0;
+  int bn = snprintf(body, sizeof body, "{\"name\":\"bench-ev\",\"channel\":\"%s\",\"data\":\"%s\"}", ch, pay);
+  if (!EVP_Digest(body, (size_t)bn, md, &mdlen, EVP_md5(), NULL)) return 0;
+  hex(md, mdlen, md5hex);
+  int qn = snprintf(query, sizeof query, "auth_key=%s&auth_timestamp=%lld&auth_version=1.0&body_md5=%s", app_key,
+                    (long long)time(NULL), md5hex);
+  int sn = snprintf(tosign, sizeof tosign, "POST\n/apps/%s/events\n%.*s", app_id, qn, query);
+  if (!HMAC(EVP_sha256(), app_secret, (int)strlen(app_secret), (const unsigned char *)tosign, (size_t)sn, md, &mdlen))
+    return 0;
+  hex(md, mdlen, sighex);
+  *rn = snprintf(req, reqcap,
+                 "POST /apps/%s/events?%s&auth_signature=%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                 "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+                 app_id, query, sighex, pub_port((int)conns[fd].idx), bn, body);
+  return 1;
+}
 static void publish_one(int fd) {
   char pay[512], ch[64], req[2048];
   int pn = snprintf(pay, sizeof pay, "ts=%lld_seq=%lld_", now_us(), published);
@@ -559,6 +672,18 @@ static void publish_one(int fd) {
   pay[pn] = 0;
   long which = randomize ? (long)(rnd() % (unsigned long long)nchannels) : published;
   channel_of(which, ch, sizeof ch);
+  if (proto == PR_PUSHER) {
+    int rn = 0;
+    if (!pusher_request(fd, ch, pay, req, sizeof req, &rn)) {
+      fprintf(stderr, "loadgen: MD5 / HMAC-SHA256 failed (libcrypto)\n");
+      _exit(3);
+    }
+    conns[fd].busy = 1;
+    conns[fd].pch = nchannels <= 1 ? 0 : which % nchannels;
+    published++;
+    send_bytes(fd, req, (size_t)rn);
+    return;
+  }
   char body[1024];
   int bn = snprintf(body, sizeof body, "channel=%s&data=%s", ch, pay);
   int rn = snprintf(req, sizeof req,
@@ -646,7 +771,10 @@ static size_t ws_frames(int fd, const unsigned char *b, size_t len, long long tn
     if (pl > (64u << 20)) { note_err("ws frame too large", "", 0); conn_close(fd, 1); return len; }
     if (len - off < h + pl) break;
     const char *p = (const char *)f + h;
-    if (op == 1 || op == 0 || op == 2) on_frame(fd, p, (size_t)pl, tnow);
+    if (op == 1 || op == 0 || op == 2) {
+      if (proto == PR_PUSHER) pusher_frame(fd, p, (size_t)pl, tnow);
+      else on_frame(fd, p, (size_t)pl, tnow);
+    }
     else if (op == 9) ws_send(fd, 10, p, (size_t)pl);
     else if (op == 8) {
       int code = pl >= 2 ? ((unsigned char)p[0] << 8 | (unsigned char)p[1]) : 0;
@@ -702,11 +830,11 @@ static size_t feed(int fd, const char *p, size_t len, long long tnow) {
         size_t hlen = (size_t)(e - q) + 4;
         parse_head(c, q, hlen);
         off += hlen;
-        if (c->kind == K_SUB && proto == PR_WS) {
+        if (c->kind == K_SUB && (proto == PR_WS || proto == PR_PUSHER)) {
           if (c->status != 101) { note_err("handshake refused", q, hlen); conn_close(fd, 1); return len; }
           c->hs = H_WS;
           c->sub = SUB_WAIT;
-          if (!relay) {
+          if (!relay && proto == PR_WS) {
             char m[160], ch[64];
             channel_of(c->idx, ch, sizeof ch);
             int k = snprintf(m, sizeof m, "{\"type\":\"subscribe\",\"channel\":\"%s\"}", ch);
@@ -941,13 +1069,24 @@ static void json_str(const char *s) {
 /* ------------------------------------------------------------------ main */
 static void usage(void) {
   fprintf(stderr,
-          "usage: loadgen (--port PORT | --ports P1,P2,... [--pub-all]) [--proto ws|sse|longpoll] [--n N]\n"
+          "usage: loadgen (--port PORT | --ports P1,P2,... [--pub-all]) [--proto ws|sse|longpoll|pusher] [--n N]\n"
           "               [--channels K] [--conc C] [--procs P] [--expect-all]\n"
           "               (--idle [--hold S] | --saturate [--window W] | --rate R) [--random] [--relay --app-port P]\n"
           "               [--pid SERVER_PID | --pids A,B,...] [--secret S] [--warmup S] [--dur S] [--settle S]\n"
-          "               [--npub N]\n"
+          "               [--npub N] [--app-key KEY --app-id ID --app-secret SECRET (--proto pusher)]\n"
           "               [--payload BYTES] [--connect-timeout S] [--drain S] [--max-msgs N] [--nsrc N] [--seed N]\n");
   exit(2);
+}
+/* an app key or id as the contract allows: [A-Za-z0-9_-]{1,64} (it goes into
+ * a path and a query unescaped) */
+static int pusher_name_ok(const char *s) {
+  size_t n = strlen(s);
+  if (n < 1 || n > 64) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_' ||
+          s[i] == '-'))
+      return 0;
+  return 1;
 }
 static void child_loop(int per_proc_conc, double deadline) {
   while (shm->phase != PH_STOP && now_s() < deadline) {
@@ -970,6 +1109,7 @@ int main(int argc, char **argv) {
       if (!strcmp(v, "ws")) proto = PR_WS;
       else if (!strcmp(v, "sse")) proto = PR_SSE;
       else if (!strcmp(v, "longpoll")) proto = PR_LP;
+      else if (!strcmp(v, "pusher")) proto = PR_PUSHER;
       else usage();
     } else if (OPT("--n")) nclients = atol(v);
     else if (OPT("--channels")) nchannels = atol(v);
@@ -996,6 +1136,9 @@ int main(int argc, char **argv) {
       for (int k = 0; k < npids; k++) server_pids[k] = (pid_t)got[k];
     }
     else if (OPT("--secret")) secret = v;
+    else if (OPT("--app-key")) app_key = v;
+    else if (OPT("--app-id")) app_id = v;
+    else if (OPT("--app-secret")) app_secret = v;
     else if (OPT("--npub")) npub = atoi(v);
     else if (OPT("--payload")) payload_len = atoi(v);
     else if (OPT("--max-msgs")) max_msgs = atoll(v);
@@ -1009,6 +1152,13 @@ int main(int argc, char **argv) {
   if (relay && nports > 1) { fprintf(stderr, "--relay takes one --port\n"); exit(2); }
   if (relay && !app_port) usage();
   if (relay && proto != PR_WS) { fprintf(stderr, "--relay needs --proto ws\n"); exit(2); }
+  if (proto == PR_PUSHER) {
+    if (!app_key || !app_id || !app_secret) { fprintf(stderr, "--proto pusher needs --app-key, --app-id and --app-secret\n"); exit(2); }
+    if (!pusher_name_ok(app_key) || !pusher_name_ok(app_id)) {
+      fprintf(stderr, "--app-key and --app-id: 1 to 64 of [A-Za-z0-9_-]\n");
+      exit(2);
+    }
+  }
   if (npub < 1) npub = 1;
   if (npub > MAXPUB) npub = MAXPUB;
   if (payload_len < 40) payload_len = 40;
@@ -1232,7 +1382,7 @@ int main(int argc, char **argv) {
   long long lat_n = 0;
   double p50 = percentile_ms(0.50, &lat_n), p99 = percentile_ms(0.99, &lat_n), pmax = max_ms();
   long long deliveries = d1 - d0;
-  static const char *pn[] = {"ws", "sse", "longpoll"};
+  static const char *pn[] = {"ws", "sse", "longpoll", "pusher"};
   static const char *mn[] = {"idle", "saturate", "rate"};
   printf("{\"proto\":\"%s\",\"mode\":\"%s\",\"relay\":%s,\"random\":%s,\"n\":%ld,\"channels\":%ld,\"procs\":%d,"
          "\"window\":%g,\"rate\":%g,\"connected\":%lld,\"connect_s\":%.2f,\"connected_end\":%lld,"

@@ -3,6 +3,7 @@
 
     python bench/run.py idle       # (a) RSS per idle connection, 10k and 19k, ws / sse / longpoll
     python bench/run.py fanout     # (b) 1k and 10k ws subscribers of one channel
+    python bench/run.py fanout --proto both   # (b) native and over the Pusher protocol, side by side
     python bench/run.py channels   # (c) 10k subscribers over 1,000 channels, random publishes
     python bench/run.py relay      # (d) browser -> app relay against a fast app server
     python bench/run.py all        # all four
@@ -10,7 +11,8 @@
                                    #     vs 2 nodes, 2 x 15,000 idle WebSockets, Redis commands per publish
     options: --quick (a few hundred connections, 1-2 s windows), --no-write (leave
              bench/RESULTS.md alone), --reps N (medians of N runs; default 3), --hold S (idle),
-             --relay-batch N (relay: chloed with relay_batch = N)
+             --relay-batch N (relay: chloed with relay_batch = N), --proto ws|pusher|both
+             (fanout: Chloe-native (default), the Pusher protocol layer, or both)
 
 Each scenario builds ``bench/loadgen.c`` with gcc into ``bench/.build/``,
 starts a fresh chloed for every server-side measurement, pinned to CPU 0
@@ -20,6 +22,13 @@ to CPU 1, stops chloed by its PID, and updates its own section of
 ``bench/RESULTS.md`` (text outside the marked sections is left as it is).
 The last line on stdout is one JSON object with every loader result, so a
 test can check it. Only 127.0.0.1 is used; every wait is bounded.
+
+``fanout --proto pusher`` (or ``both``: native and Pusher, interleaved, in
+one sitting) runs the same fan-out over Chloe's Pusher protocol 7 layer: its
+chloed's TOML also holds one ``[[pusher.apps]]`` (``PUSHER_APP``), subscribers
+connect to ``/app/{key}`` and the publisher signs ``POST /apps/{id}/events``
+(loadgen ``--proto pusher --app-key --app-id --app-secret``). Its section of
+``bench/RESULTS.md`` is ``fanout-pusher``, so the native one is left alone.
 
 ``multinode`` also starts a ``redis-server`` (from PATH, or ``--redis-server``)
 on a free 127.0.0.1 port, without persistence, and stops it by its PID; its
@@ -63,6 +72,9 @@ STOP_TIMEOUT = 15.0
 SCENARIOS = ("idle", "fanout", "channels", "relay")
 EXTRA_SCENARIOS = ("multinode",)  # not part of "all": it needs redis-server
 HISTORY_SIZE = 100  # chloed's default history_size, which the bench leaves as it is
+# The one Pusher app of ``fanout --proto pusher|both`` ([[pusher.apps]] of its chloed).
+PUSHER_APP = {"id": "bench-app", "key": "bench-key", "secret": "bench-app-secret"}
+PUSHER_TIMESTAMP_WINDOW = 600
 
 # Options written to the temp TOML of every chloed. One subscription per
 # client, 100-byte messages and a bounded window need nothing raised, so these
@@ -125,7 +137,7 @@ def pinned(cpu: str, cmd: list[str], pin: bool) -> list[str]:
 
 
 def build_loadgen() -> str:
-    """gcc -O2 bench/loadgen.c -> bench/.build/loadgen (when the source is newer)."""
+    """gcc -O2 bench/loadgen.c -lcrypto -> bench/.build/loadgen (when the source is newer)."""
     os.makedirs(BUILD, exist_ok=True)
     if os.path.exists(LOADGEN) and os.path.getmtime(LOADGEN) >= os.path.getmtime(LOADGEN_SRC):
         return LOADGEN
@@ -133,7 +145,7 @@ def build_loadgen() -> str:
     if gcc is None:
         sys.exit("gcc is needed to build bench/loadgen.c")
     tmp = f"{LOADGEN}.{os.getpid()}.tmp"
-    cmd = [gcc, "-O2", "-Wall", "-o", tmp, LOADGEN_SRC]
+    cmd = [gcc, "-O2", "-Wall", "-o", tmp, LOADGEN_SRC, "-lcrypto"]  # libcrypto: libssl-dev
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         sys.exit("building loadgen failed:\n" + result.stderr)
@@ -171,10 +183,12 @@ def terminate(process: subprocess.Popen) -> None:
 
 class Chloed:
     """A fresh ``twistd -n chloe`` pinned to CPU 0 (or ``cpu``; None: unpinned),
-    on 127.0.0.1:PORT, with ``options`` added to its TOML."""
+    on 127.0.0.1:PORT, with ``options`` added to its TOML (and, given
+    ``pusher_apps``, a ``[pusher]`` table with those ``[[pusher.apps]]``)."""
 
     def __init__(self, ctx: "Context", name: str, app_url: str | None = None,
-                 options: dict | None = None, cpu: str | None = SERVER_CPU) -> None:
+                 options: dict | None = None, cpu: str | None = SERVER_CPU,
+                 pusher_apps: list[dict] | None = None) -> None:
         self.ctx = ctx
         self.port = free_port()
         self.name = name
@@ -186,6 +200,12 @@ class Chloed:
             f.write("# written by bench/run.py for one run\n")
             for key, value in dict(SERVER_OPTIONS, **(options or {})).items():
                 f.write(f"{key} = {json.dumps(value) if isinstance(value, str) else value}\n")
+            if pusher_apps:
+                f.write(f"\n[pusher]\ntimestamp_window = {PUSHER_TIMESTAMP_WINDOW}\n")
+                for app in pusher_apps:
+                    f.write("\n[[pusher.apps]]\n")
+                    for key, value in app.items():  # plain ASCII strings: a JSON string is a TOML one
+                        f.write(f"{key} = {json.dumps(value)}\n")
         self.command = pinned(cpu or "", [
             ctx.twistd, "-n", "--pidfile=", "chloe",
             "--listen", f"tcp:{self.port}:interface=127.0.0.1",
@@ -440,27 +460,55 @@ def latency_cell(run: dict | None) -> str:
     return f"{fmt(run.get('median_p50_ms'), 1)} / {fmt(run.get('median_p99_ms'), 1)} @ {fmt(run.get('rate'), 2)} msg/s"
 
 
+FANOUT_PROTOS = {"ws": ("ws",), "pusher": ("pusher",), "both": ("ws", "pusher")}
+PROTO_LABELS = {"ws": "native", "pusher": "Pusher"}
+
+
+def pusher_loader_args() -> list[str]:
+    return ["--proto", "pusher", "--app-key", PUSHER_APP["key"], "--app-id", PUSHER_APP["id"],
+            "--app-secret", PUSHER_APP["secret"]]
+
+
 def scenario_fanout(ctx: Context) -> dict:
     sizes = (100, 300) if ctx.quick else (1000, 10000)
+    protos = FANOUT_PROTOS[ctx.args.proto]
+    labelled = protos != ("ws",)  # a protocol column; the native-only table stays as it was
     rows, runs, summaries = [], [], {}
     for n in sizes:
-        log(f"fanout: {n} ws subscribers of one channel")
-        window = 16 if n <= 2000 else 4
-        with Chloed(ctx, f"fanout-{n}") as server:
-            base = ["--proto", "ws", "--n", str(n), "--conc", "50"]
-            got, s = saturate_then_latency(ctx, server, base, window, n, 5000.0, "fanout")
-        runs += got
-        summaries[n] = s
-        sat, errors = s["sat"], sum(r.get("errors", 0) for r in got)
-        rows.append([
-            f"{n:,}", f"**{fmt(s['dps'])}**", f"**{fmt(s['cpu'], 2)}**", fmt(sat.get("pub_rate"), 1),
-            fmt(sat.get("server_cpu_share"), 2), fmt(sat.get("loader_cpu_share"), 2),
-            fmt(sat.get("server_wait_share"), 2),
-            f"{fmt(sat.get('lat_p50_ms'), 1)} / {fmt(sat.get('lat_p99_ms'), 1)}",
-            latency_cell(s["lat"].get("half")), latency_cell(s["lat"].get("fixed")),
-            f"{fmt(s['lat'].get('half', {}).get('cpu_s_per_million'), 1)} / "
-            f"{fmt(s['lat'].get('fixed', {}).get('cpu_s_per_million'), 1)}", str(errors),
-        ])
+        for proto in protos:
+            log(f"fanout: {n} {'ws' if proto == 'ws' else 'Pusher'} subscribers of one channel")
+            window = 16 if n <= 2000 else 4
+            if proto == "ws":
+                server_cm = Chloed(ctx, f"fanout-{n}")
+                base = ["--proto", "ws", "--n", str(n), "--conc", "50"]
+            else:
+                server_cm = Chloed(ctx, f"fanout-pusher-{n}", pusher_apps=[PUSHER_APP])
+                base = pusher_loader_args() + ["--n", str(n), "--conc", "50"]
+            with server_cm as server:
+                got, s = saturate_then_latency(ctx, server, base, window, n, 5000.0, "fanout")
+            runs += got
+            summaries[(proto, n)] = s
+            rows.append(([PROTO_LABELS[proto]] if labelled else []) + fanout_row(n, s, got))
+    summaries_ws = {n: s for (proto, n), s in summaries.items() if proto == "ws"}
+    return fanout_result(ctx, rows, runs, summaries_ws, summaries, labelled)
+
+
+def fanout_row(n: int, s: dict, got: list[dict]) -> list[str]:
+    sat, errors = s["sat"], sum(r.get("errors", 0) for r in got)
+    return [
+        f"{n:,}", f"**{fmt(s['dps'])}**", f"**{fmt(s['cpu'], 2)}**", fmt(sat.get("pub_rate"), 1),
+        fmt(sat.get("server_cpu_share"), 2), fmt(sat.get("loader_cpu_share"), 2),
+        fmt(sat.get("server_wait_share"), 2),
+        f"{fmt(sat.get('lat_p50_ms'), 1)} / {fmt(sat.get('lat_p99_ms'), 1)}",
+        latency_cell(s["lat"].get("half")), latency_cell(s["lat"].get("fixed")),
+        f"{fmt(s['lat'].get('half', {}).get('cpu_s_per_million'), 1)} / "
+        f"{fmt(s['lat'].get('fixed', {}).get('cpu_s_per_million'), 1)}", str(errors),
+    ]
+
+
+def fanout_result(ctx: Context, rows: list[list[str]], runs: list[dict], summaries: dict, every: dict,
+                  labelled: bool) -> dict:
+    """Section (b)'s table, targets (native runs only) and notes."""
     targets = []
     if not ctx.quick and 10000 in summaries:
         s10 = summaries[10000]
@@ -481,6 +529,8 @@ def scenario_fanout(ctx: Context) -> dict:
               "p50 / p99 ms at saturation", "p50 / p99 ms at half that rate",
               "p50 / p99 ms at 5,000 deliveries/s (peers' point)",
               "server CPU-s per 1M at half rate / at 5,000 deliveries/s", "errors (all runs)"]
+    if labelled:
+        header = ["protocol"] + header
     return dict(rows=rows, header=header, runs=runs, targets=targets, notes=[
         f"Saturation: closed loop, at most 16 (1k) or 4 (10k) messages published and not yet delivered to every "
         f"subscriber, 100-byte payloads by POST /send on 4 keep-alive connections; {ctx.reps} run(s), median.",
@@ -492,7 +542,31 @@ def scenario_fanout(ctx: Context) -> dict:
         "at a fixed rate each message is written to every socket on its own. The CPU-s per 1M of the fixed-rate "
         "runs is that unbatched cost, and \"half the saturation rate\" can therefore keep chloed's core nearly "
         "busy (see server_cpu_share in the per-run results).",
-    ])
+    ] + (pusher_notes(ctx, every) if labelled else []))
+
+
+def pusher_notes(ctx: Context, every: dict) -> list[str]:
+    """What the Pusher rows ran, and Pusher against native at each size run with both."""
+    notes = [
+        f"*Pusher* rows: the same load over Chloe's Pusher protocol 7 layer, its chloed's TOML holding one "
+        f"`[[pusher.apps]]` (id `{PUSHER_APP['id']}`, key `{PUSHER_APP['key']}`). Each subscriber opens "
+        f"`/app/{PUSHER_APP['key']}?protocol=7&client=loadgen&version=1&flash=false`, waits for "
+        "`pusher:connection_established`, sends `pusher:subscribe` and counts as connected on "
+        "`pusher_internal:subscription_succeeded`; each message is `POST /apps/{id}/events` signed as the Pusher "
+        "HTTP API wants (MD5 of the body, HMAC-SHA256 of the query), 4 keep-alive connections, the same 100-byte "
+        "data arriving byte-identical in the event's `data`. No count is taken from its answer (Pusher's is "
+        "`{}`): each accepted publish is expected to reach every subscriber (*errors* counts any that did not). *native* rows: "
+        "`/ws` and `POST /send` as above.",
+    ]
+    sizes = sorted({n for _, n in every})
+    for n in sizes:
+        ws, pu = every.get(("ws", n)), every.get(("pusher", n))
+        if ws and pu and ws["dps"] == ws["dps"] and ws["dps"] > 0 and pu["dps"] == pu["dps"]:
+            notes.append(f"At {n:,} subscribers (same sitting, {ctx.reps} run(s) each, median): Pusher "
+                         f"{pu['dps']:,.0f} deliveries/s vs native {ws['dps']:,.0f} "
+                         f"({pu['dps'] / ws['dps']:.0%} of native); server CPU-s per 1M deliveries "
+                         f"{fmt(pu['cpu'], 2)} vs {fmt(ws['cpu'], 2)}.")
+    return notes
 
 
 def scenario_channels(ctx: Context) -> dict:
@@ -909,7 +983,10 @@ TITLES = {
     "channels": "(c) 10k subscribers over 1,000 channels, random publishes",
     "relay": "(d) Browser → app relay against a fast app server",
     "multinode": "(e) Several nodes on one Redis: 1 node vs 2 nodes",
+    "fanout-pusher": "(b) Fan-out over the Pusher protocol (/app/{key}), beside Chloe-native",
 }
+# RESULTS.md sections written by a scenario run with other options (their own markers)
+VARIANT_SECTIONS = ("fanout-pusher",)
 
 
 # ---------------------------------------------------------------- RESULTS.md
@@ -966,7 +1043,8 @@ RAW_KEYS = ("config", "nodes", "kind", "rep", "proto", "n", "channels", "procs",
             "fd_limits", "redis_publish", "redis_connect", "first_error")
 
 
-def section_text(ctx: Context, name: str, result: dict, command: str, started: float, wall: float) -> str:
+def section_text(ctx: Context, name: str, result: dict, command: str, started: float, wall: float,
+                 section: str | None = None) -> str:
     logs = [s for s in ctx.server_logs if s["run"].startswith(name + "-")]
     issue_lines = []
     for s in logs:
@@ -985,7 +1063,7 @@ def section_text(ctx: Context, name: str, result: dict, command: str, started: f
     tables = "\n\n".join(f"{title}:\n\n{md_table(header, rows)}" for title, header, rows in result["tables"]) \
         if result.get("tables") else md_table(result['header'], result['rows'])
     extra = getattr(ctx, "extra_versions", None) if name in EXTRA_SCENARIOS else None
-    return f"""## {TITLES[name]}
+    return f"""## {TITLES[section or name]}
 
 - Date: {dt.datetime.fromtimestamp(started, dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} (took {wall:.0f} s)
 - Machine: {machine()}; {pinning}
@@ -1050,7 +1128,7 @@ bottleneck.
 
 def write_results(sections: dict[str, str]) -> None:
     text = open(RESULTS).read() if os.path.exists(RESULTS) else INTRO
-    for name in SCENARIOS + EXTRA_SCENARIOS:
+    for name in SCENARIOS + EXTRA_SCENARIOS + VARIANT_SECTIONS:
         if name not in sections:
             continue
         begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
@@ -1082,12 +1160,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--redis-server", default=None, help="multinode: redis-server binary (default: from PATH)")
     parser.add_argument("--relay-batch", type=int, default=1, metavar="N",
                         help="relay: run chloed with relay_batch = N (1-1000; default 1, one POST per message)")
+    parser.add_argument("--proto", choices=tuple(FANOUT_PROTOS), default="ws",
+                        help="fanout: Chloe-native /ws and POST /send (ws, default), the Pusher protocol layer "
+                             "(/app/{key} and POST /apps/{id}/events), or both, side by side; pusher and both "
+                             "write RESULTS.md's fanout-pusher section instead of fanout's")
     args = parser.parse_args(argv)
     args.reps = max(1, min(args.reps if args.reps is not None else (1 if args.quick else 3), 9))
     if args.hold is not None:
         args.hold = max(0.0, min(args.hold, 600.0))
     if not 1 <= args.relay_batch <= 1000:
         parser.error("--relay-batch must be between 1 and 1000")
+    if args.proto != "ws" and args.scenario != "fanout":
+        parser.error("--proto pusher|both is for the fanout scenario")
     ctx = Context(args)
     names = SCENARIOS if args.scenario == "all" else (args.scenario,)
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in argv)
@@ -1097,11 +1181,12 @@ def main(argv: list[str]) -> int:
         result = SCENARIO_FUNCS[name](ctx)
         wall = time.time() - started
         everything[name] = result["runs"]
-        sections[name] = section_text(ctx, name, result, command, started, wall)
+        section = "fanout-pusher" if name == "fanout" and args.proto != "ws" else name
+        sections[section] = section_text(ctx, name, result, command, started, wall, section)
         log(f"{name}: done in {wall:.0f} s")
         print(md_table(result["header"], result["rows"]), file=sys.stderr)
         if not args.no_write:
-            write_results({name: sections[name]})
+            write_results({section: sections[section]})
     if not args.no_write:
         log("updated " + os.path.relpath(RESULTS, REPO))
     log("raw results: " + os.path.relpath(ctx.raw_path, REPO))

@@ -50,6 +50,32 @@ def test_a_small_fanout_run_delivers_every_message_without_errors() -> None:
         assert server["issues"] == 0, server
 
 
+def test_a_small_pusher_fanout_run_delivers_every_message_without_errors() -> None:
+    """The same quick fan-out over the Pusher protocol (``--proto pusher``):
+    subscribers on ``/app/{key}``, publishes signed to ``POST /apps/{id}/events``;
+    every event reaches every subscriber, nothing fails."""
+    assert shutil.which("gcc") or shutil.which("cc"), "the bench needs a C compiler (gcc) to build bench/loadgen.c"
+    result = subprocess.run(
+        [sys.executable, RUN, "fanout", "--quick", "--proto", "pusher", "--no-write", "--twistd", TWISTD],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    runs = report["scenarios"]["fanout"]
+    assert {(r["n"], r["kind"], r["proto"]) for r in runs} == {
+        (n, kind, "pusher") for n in (100, 300) for kind in ("saturate", "rate-half", "rate-fixed")
+    }
+    for run in runs:
+        context = json.dumps(run)
+        assert run["connected"] == run["n"], context
+        assert run["deliveries"] > 0, context
+        assert run["total_delivered"] == run["total_expected"] == run["total_published"] * run["n"] > 0, context
+        assert run["errors"] == 0, context
+    assert report["errors"] == 0
+    for server in report["server_logs"]:
+        assert server["issues"] == 0, server
+
+
 def test_a_small_multinode_run_delivers_every_message_on_every_node() -> None:
     """``multinode --quick`` on a real redis-server: 300 subscribers of one
     channel on 1 node (memory, then redis backend) and on 2 nodes (150 each,
