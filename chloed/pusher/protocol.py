@@ -145,33 +145,35 @@ class PusherProtocol:
             return
         self.hub.frames_received += 1
         if len(raw) > app.max_message_bytes + MAX_CHANNEL_DATA + 512:
-            self._refuse(session, None, f"Frames are limited to {app.max_message_bytes} bytes of data")
+            self.refuse(session, None, f"Frames are limited to {app.max_message_bytes} bytes of data")
             return
         try:
             message = frames.loads(raw)
         except (ValueError, RecursionError):
-            self._refuse(session, None, "Frames are JSON objects")
+            self.refuse(session, None, "Frames are JSON objects")
             return
         name = message.get("event") if isinstance(message, dict) else None
         if not isinstance(name, str):
-            self._refuse(session, None, "A frame needs a string event")
+            self.refuse(session, None, "A frame needs a string event")
             return
         handler = self._handlers.get(name)
         if handler is not None:
             data = message.get("data")
-            if isinstance(data, str) and name != "pusher:ping":
+            # (a ping's or a pong's data is never read, whatever it is)
+            if isinstance(data, str) and name not in ("pusher:ping", "pusher:pong"):
                 try:
                     data = frames.loads(data)
                 except (ValueError, RecursionError):
-                    self._refuse(session, None, f"{name}'s data is not JSON")
+                    self.refuse(session, None, f"{name}'s data is not JSON")
                     return
             handler(session, app, data)
         elif name.startswith("client-"):
             self._client_event(session, app, name, message, len(raw))
         else:
-            self._refuse(session, None, f"Unsupported event {name[:MAX_EVENT_NAME_CHARS]}")
+            self.refuse(session, None, f"Unsupported event {name[:MAX_EVENT_NAME_CHARS]}")
 
-    def _refuse(self, session: Session, code: int | None, message: str) -> None:
+    def refuse(self, session: Session, code: int | None, message: str) -> None:
+        """Answer a frame with ``pusher:error``, counted and logged sparingly."""
         self.refused_frames += 1
         self.hub.client_errors.report(
             session.tag, lograte.FRAME_ERROR, f"pusher: {message}", session=session.tag, code=code
@@ -191,7 +193,7 @@ class PusherProtocol:
         if not names.valid(channel):
             shown = channel if isinstance(channel, str) and len(channel) <= names.MAX_CHANNEL_CHARS else None
             if shown is None:
-                self._refuse(session, None, "pusher:subscribe needs a valid channel name")
+                self.refuse(session, None, "pusher:subscribe needs a valid channel name")
             else:
                 self._deny(session, shown, "Invalid channel name", 400, "InvalidChannel")
             return
@@ -336,7 +338,7 @@ class PusherProtocol:
     def _unsubscribe(self, session: Session, app: PusherApp, data: Any) -> None:
         channel = data.get("channel") if isinstance(data, dict) else None
         if not names.valid(channel):
-            self._refuse(session, None, "pusher:unsubscribe needs a valid channel name")
+            self.refuse(session, None, "pusher:unsubscribe needs a valid channel name")
             return
         assert isinstance(channel, str)
         backend = names.backend(app.id, channel)
@@ -359,11 +361,11 @@ class PusherProtocol:
     def _signin(self, session: Session, app: PusherApp, data: Any) -> None:
         user_data = data.get("user_data") if isinstance(data, dict) else None
         if not isinstance(user_data, str) or len(user_data.encode("utf-8")) > MAX_CHANNEL_DATA:
-            self._refuse(session, wire.UNAUTHORIZED, f"pusher:signin needs user_data, a string of at most {MAX_CHANNEL_DATA} bytes")
+            self.refuse(session, wire.UNAUTHORIZED, f"pusher:signin needs user_data, a string of at most {MAX_CHANNEL_DATA} bytes")
             return
         assert isinstance(data, dict)
         if not auth.signin_ok(app, data.get("auth"), session.id, user_data):
-            self._refuse(session, wire.UNAUTHORIZED, "Invalid signature: the auth does not sign this socket and user_data")
+            self.refuse(session, wire.UNAUTHORIZED, "Invalid signature: the auth does not sign this socket and user_data")
             return
         try:
             user = frames.loads(user_data)
@@ -371,11 +373,11 @@ class PusherProtocol:
             user = None
         user_id = user.get("id") if isinstance(user, dict) else None
         if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_USER_ID_CHARS:
-            self._refuse(session, wire.UNAUTHORIZED, "user_data needs an id, a non-empty string")
+            self.refuse(session, wire.UNAUTHORIZED, "user_data needs an id, a non-empty string")
             return
         assert isinstance(user, dict)
         if signed_in(session) not in (None, user_id):
-            self._refuse(session, wire.UNAUTHORIZED, "This socket is signed in as another user")
+            self.refuse(session, wire.UNAUTHORIZED, "This socket is signed in as another user")
             return
         session.user = user
         # In the user's channel from now on, whether the client subscribes
@@ -391,25 +393,25 @@ class PusherProtocol:
     def _client_event(self, session: Session, app: PusherApp, name: str, message: dict[str, Any], size: int) -> None:
         channel = message.get("channel")
         if not app.enable_client_messages:
-            self._refuse(session, None, "To send client events, you must enable this feature in the Settings page of your dashboard.")
+            self.refuse(session, None, "To send client events, you must enable this feature in the Settings page of your dashboard.")
             return
         if not isinstance(channel, str) or not names.private(channel) or names.encrypted(channel):
-            self._refuse(session, None, "Client events are only supported on private and presence channels, not encrypted ones")
+            self.refuse(session, None, "Client events are only supported on private and presence channels, not encrypted ones")
             return
         backend = names.backend(app.id, channel)
         if backend not in session.channels:
-            self._refuse(session, None, f"Client events need a subscription to {channel[:names.MAX_CHANNEL_CHARS]}")
+            self.refuse(session, None, f"Client events need a subscription to {channel[:names.MAX_CHANNEL_CHARS]}")
             return
         if len(name) > MAX_EVENT_NAME_CHARS:
-            self._refuse(session, None, f"Event names are limited to {MAX_EVENT_NAME_CHARS} characters")
+            self.refuse(session, None, f"Event names are limited to {MAX_EVENT_NAME_CHARS} characters")
             return
         if size > app.max_message_bytes:
-            self._refuse(session, None, f"Client events are limited to {app.max_message_bytes} bytes")
+            self.refuse(session, None, f"Client events are limited to {app.max_message_bytes} bytes")
             return
         interval = 1.0 / app.client_events_per_second
         # A burst of one second's worth, then the rate.
         if not session.admit(self.hub.clock.seconds(), interval, interval * (app.client_events_per_second - 1) + 1e-6):
-            self._refuse(session, wire.CLIENT_EVENT_RATE, "Client event rejected due to rate limit")
+            self.refuse(session, wire.CLIENT_EVENT_RATE, "Client event rejected due to rate limit")
             return
         member = session.presence.get(backend) if session.presence is not None else None
         user_id = member["id"] if member is not None else None

@@ -82,7 +82,7 @@ class PusherWebSocket(ChloeWebSocket):
         if session is None or self.app is None:
             return
         if isBinary:
-            session.deliver(wire.error(None, "Frames are JSON text messages"))
+            self.factory.pusher.refuse(session, None, "Frames are JSON text messages")
             return
         self.factory.pusher.receive(session, self.app, payload)
 
