@@ -95,14 +95,16 @@ class PusherProtocol:
 
     # -- sockets --------------------------------------------------------------
 
-    def refusal(self, key: str, protocol: str | None) -> tuple[int, str] | None:
+    def refusal(self, key: str | None, protocol: str | None) -> tuple[int, str] | None:
         """Why a socket to ``/app/{key}?protocol=`` is refused (Pusher's code
-        and message), or None."""
+        and message), or None; ``key`` None: the path is not ``/app/{key}``."""
+        if key is None:
+            return wire.PATH_NOT_FOUND, "Path not found: connect to /app/{key}"
         if protocol is None:
             return wire.NO_PROTOCOL, "No protocol version supplied"
         if not protocol.isascii() or not protocol.isdigit():
             return wire.INVALID_VERSION, "Invalid version string format"
-        if not 5 <= int(protocol) <= 7:
+        if len(protocol) > 2 or not 5 <= int(protocol) <= 7:
             return wire.UNSUPPORTED_PROTOCOL, f"Unsupported protocol version {protocol}"
         app = self.config.by_key(key)
         if app is None:
@@ -410,7 +412,8 @@ class PusherProtocol:
             return
         interval = 1.0 / app.client_events_per_second
         # A burst of one second's worth, then the rate.
-        if not session.admit(self.hub.clock.seconds(), interval, interval * (app.client_events_per_second - 1) + 1e-6):
+        burst = max(0.0, interval * (app.client_events_per_second - 1))
+        if not session.admit(self.hub.clock.seconds(), interval, burst + 1e-6):
             self.refuse(session, wire.CLIENT_EVENT_RATE, "Client event rejected due to rate limit")
             return
         member = session.presence.get(backend) if session.presence is not None else None

@@ -24,7 +24,7 @@ from chloed.http import error
 from chloed.hub import Hub
 from chloed.pusher import wire
 from chloed.pusher.apps import PusherApp
-from chloed.pusher.protocol import PusherProtocol
+from chloed.pusher.protocol import MAX_CHANNEL_DATA, PusherProtocol
 from chloed.session import Session
 from chloed.transports._http import origin_allowed
 from chloed.transports._turn import Turn
@@ -51,11 +51,12 @@ class PusherWebSocket(ChloeWebSocket):
         hub: Hub = self.factory.hub
         if not origin_allowed(request.headers.get("origin"), hub.config.allowed_origins):
             raise ConnectionDeny(403, "origin not allowed")
-        key = request.path.rstrip("/").rpartition("/")[2]
+        parts = request.path.split("/")
+        key = parts[2] if len(parts) == 3 and parts[1] == "app" and parts[2] else None
         protocol = request.params.get("protocol", [None])[0]
         pusher: PusherProtocol = self.factory.pusher
         self._refusal = pusher.refusal(key, protocol)
-        if self._refusal is None:
+        if self._refusal is None and key is not None:
             self.app = pusher.config.by_key(key)
         return None
 
@@ -139,4 +140,8 @@ def app_sockets(hub: Hub, pusher: PusherProtocol, turn: Turn | None = None) -> A
     factory: Any = websocket_factory(hub, "ws://localhost/app", turn=turn)
     factory.protocol = PusherWebSocket
     factory.pusher = pusher
+    # As /ws: a frame over four times what any app takes is abuse (1009).
+    largest = max(app.max_message_bytes for app in pusher.config.apps) + MAX_CHANNEL_DATA + 512
+    limit = 4 * max(hub.config.max_message_bytes, largest)
+    factory.setProtocolOptions(maxMessagePayloadSize=limit, maxFramePayloadSize=limit)
     return AppSockets(WebSocketResource(factory))
