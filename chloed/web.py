@@ -165,6 +165,8 @@ class ChloeSite(Site):
     client_errors: Any = None
     #: ``POST /send``'s render, for the lean path (chloed.transports._lean).
     send_render: Any = None
+    #: The Pusher API's render, for its publishes on the lean path.
+    pusher_render: Any = None
 
     def log(self, request: Any) -> None:
         pass
@@ -203,7 +205,8 @@ def make_site(hub: Hub, metrics: Metrics | None = None, pusher: PusherProtocol |
     if pusher is not None:
         hub.pusher = pusher
         root.putChild(b"app", app_sockets(hub, pusher, turn))
-        root.putChild(b"apps", PusherApi(pusher))
+        pusher_api = PusherApi(pusher)
+        root.putChild(b"apps", pusher_api)
         root.putChild(b"users", PusherApi(pusher, by_key=True))
     site = ChloeSite(root, reactor=hub.clock)
     # The largest body any endpoint takes: a batch of browser frames, or
@@ -212,4 +215,6 @@ def make_site(hub: Hub, metrics: Metrics | None = None, pusher: PusherProtocol |
     site.displayTracebacks = False
     site.client_errors = hub.client_errors
     site.send_render = send.render
+    if pusher is not None:
+        site.pusher_render = pusher_api.render
     return site

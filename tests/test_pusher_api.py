@@ -134,6 +134,52 @@ def test_an_event_reaches_the_channels_sockets(api: Api) -> None:
     assert b.new() == []
 
 
+def test_a_whole_publish_is_answered_on_the_lean_path_as_twisted_web_answers_it(api: Api) -> None:
+    """Whole in the buffer, ``POST /apps/{id}/events`` is answered from it
+    (chloed.transports._lean: no Server header); cut in two, by
+    twisted.web: the same status, type and receipt either way."""
+    a = api.connect()
+    a.subscribe("news")
+    a.new()
+    path = f"/apps/{APP_ID}/events"
+    body = json.dumps(EVENT).encode()
+    request = http("POST", path, signed_query("POST", path, body), body)
+    lean = api.send(request)
+    api.site.feed(request[:20])
+    [web] = api.site.feed(request[20:])
+    assert b"server" not in lean[1] and b"server" in web[1]
+    assert ok(lean).keys() == ok(web).keys() == {"ids", "delivered", "queued"}
+    assert [f["event"] for f in a.new()] == ["breaking", "breaking"]
+
+
+def test_pipelined_publishes_are_answered_in_order_in_one_read(api: Api) -> None:
+    """Several publishes in one read (an app's keep-alive connection) are
+    all answered, in order, and their events reach the socket in order."""
+    a = api.connect()
+    a.subscribe("news")
+    a.new()
+    path = f"/apps/{APP_ID}/events"
+    wire_ = b""
+    for n in range(3):
+        body = json.dumps({**EVENT, "data": str(n)}).encode()
+        wire_ += http("POST", path, signed_query("POST", path, body), body)
+    answers = api.site.feed(wire_)
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    ids = [json.loads(body)["ids"]["news"] for _, _, body in answers]
+    assert ids == sorted(ids, key=lambda i: int(i.split("-")[1]))
+    assert [f["data"] for f in a.new()] == ["0", "1", "2"]
+
+
+def test_a_refusal_on_the_lean_path_is_the_apis(api: Api) -> None:
+    path = f"/apps/{APP_ID}/events"
+    body = json.dumps(EVENT).encode()
+    query = signed_query("POST", path, body)
+    query["auth_signature"] = "0" * 64
+    answer = api.send(http("POST", path, query, body))
+    assert b"server" not in answer[1]
+    assert refused(answer, 401).startswith("Invalid signature")
+
+
 def test_an_event_to_several_channels(api: Api) -> None:
     clients = {c: api.connect() for c in ("a", "b", "c")}
     for channel, client in clients.items():

@@ -163,16 +163,24 @@ class PusherApi(Resource):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return refusal.message.encode("utf-8") + b"\n"
 
-    def _answer(self, request: Any, value: Any, status: int = 200) -> None:
-        if request.finished or request._disconnected:
-            return
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
-        request.write(frames.dumps(value))
-        request.finish()
-
     def _later(self, request: Any, d: Deferred[Any]) -> Any:
-        """Answer what ``d`` fires with (a JSON value), or its failure."""
+        """Answer what ``d`` fires with (a JSON value), or its failure: at
+        once when it has fired (the memory backend), else when it does."""
+        now: list[bytes] = []
+        waiting: list[bool] = []
+
+        def answer(body: bytes) -> None:
+            if not waiting:
+                now.append(body)
+            elif not request.finished and not request._disconnected:
+                request.write(body)
+                request.finish()
+
+        def ok(value: Any) -> None:
+            request.setResponseCode(200)
+            request.setHeader(b"content-type", b"application/json")
+            answer(frames.dumps(value))
+
         def failed(failure: Any) -> None:
             if failure.check(ApiError):
                 refusal = failure.value
@@ -181,12 +189,12 @@ class PusherApi(Resource):
             else:
                 log.failure("pusher API request failed", failure)
                 refusal = ApiError(500, "Internal error")
-            if not request.finished and not request._disconnected:
-                body = self._refuse(request, refusal)
-                request.write(body)
-                request.finish()
+            answer(self._refuse(request, refusal))
 
-        d.addCallbacks(lambda value: self._answer(request, value), failed)
+        d.addCallbacks(ok, failed)
+        if now:
+            return now[0]
+        waiting.append(True)
         return NOT_DONE_YET
 
     # -- publishing ------------------------------------------------------------

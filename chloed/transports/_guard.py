@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from chloed.lograte import HTTP_REFUSED
-from chloed.transports._lean import LeanSend
+from chloed.transports._lean import STARTS, LeanSend
 from chloed.transports._turn import send_now
 
 log = Logger()
@@ -94,7 +94,7 @@ class GuardedHTTPChannel(HTTPChannel):
         if lean is not None and lean.waiting is not None:
             lean.hold(data)
             return
-        if not self._receiving and data[:10] == b"POST /send" and self._idle():
+        if not self._receiving and data[:10] in STARTS and self._idle():
             # See chloed.transports._lean: the app's publishes, whole in the
             # buffer, answered without twisted.web's Request.
             if lean is None:
@@ -174,7 +174,8 @@ class GuardedHTTPChannel(HTTPChannel):
         if render is None or transport is None:
             return None
         return LeanSend(render, self._write_now, transport.getPeer(),
-                        getattr(self.factory, "max_body_bytes", None), self._resume_reading)
+                        getattr(self.factory, "max_body_bytes", None), self._resume_reading,
+                        getattr(self.factory, "pusher_render", None))
 
     def _write_now(self, data: bytes) -> None:
         """An answer of the lean path, handed to the kernel at once when it

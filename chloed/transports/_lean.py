@@ -1,4 +1,5 @@
-"""``POST /send`` answered straight from the connection's buffer.
+"""``POST /send`` (and a Pusher app's ``POST /apps/{id}/events`` and
+``/batch_events``) answered straight from the connection's buffer.
 
 ``twisted.web`` builds a ``Request``, two header objects, a deferred
 ``notifyFinish`` and a timer for every request, and parses it a line at a
@@ -7,7 +8,10 @@ publishes are many small requests on a few keep-alive connections, so when
 one arrives whole, at the start of the buffer of an idle connection, its
 head is parsed by ``httptools`` (llhttp, the parser of Node.js) and it goes
 to the ``/send`` resource as a :class:`LeanRequest`, answered with the
-same status, headers and JSON as through ``twisted.web``.
+same status, headers and JSON as through ``twisted.web``. The Pusher API's
+publishes take the same path to :class:`chloed.pusher.api.PusherApi`:
+several pipelined publishes are then served in one reactor turn, and their
+frames reach each subscriber in one write, as ``/send``'s do.
 
 Everything else goes to ``twisted.web`` as before, from the first byte this
 module did not answer: other paths and methods, a request not whole in the
@@ -29,7 +33,9 @@ import httptools
 from twisted.web.http import RESPONSES, datetimeToString, parse_qs
 from twisted.web.server import NOT_DONE_YET
 
-_PREFIX = b"POST /send"
+#: What a request this module may answer starts with (its first 10 bytes).
+STARTS = (b"POST /send", b"POST /apps")
+_PUSHER_ENDS = (b"/events", b"/batch_events")
 _HEAD_END = b"\r\n\r\n"
 #: As twisted.web's own bound on a request's line and headers.
 MAX_HEAD_BYTES = 16384
@@ -80,15 +86,16 @@ class LeanRequest:
     for one parsed here; its answer is written by the channel, in order."""
 
     __slots__ = (
-        "method", "path", "postpath", "args", "content", "_headers", "_peer",
+        "method", "uri", "path", "postpath", "args", "content", "_headers", "_peer",
         "code", "_out", "finished", "_disconnected", "_answer",
     )
 
     def __init__(self, path: bytes, query: bytes | None, headers: dict[bytes, bytes], body: bytes,
-                 peer: Any, answer: Callable[["LeanRequest", bytes], None]) -> None:
+                 peer: Any, answer: Callable[["LeanRequest", bytes], None], postpath: list[bytes] | None = None) -> None:
         self.method = b"POST"
+        self.uri = path + b"?" + query if query else path
         self.path = path
-        self.postpath: list[bytes] = []
+        self.postpath: list[bytes] = postpath or []
         args = parse_qs(query, 1) if query else {}
         media = headers.get(b"content-type", b"").partition(b";")[0].strip().lower()
         if media == b"application/x-www-form-urlencoded" and body:
@@ -142,13 +149,16 @@ class LeanSend:
     :param peer: the client's address.
     :param max_body: the largest body the site takes; a larger one goes to
         twisted.web, which refuses it.
+    :param pusher: the Pusher API's ``render`` (``/apps/...``), when served.
     """
 
-    __slots__ = ("_render", "_write", "_peer", "_max_body", "waiting", "_held", "_resume")
+    __slots__ = ("_render", "_pusher", "_write", "_peer", "_max_body", "waiting", "_held", "_resume")
 
     def __init__(self, render: Callable[[Any], Any], write: Callable[[bytes], None], peer: Any,
-                 max_body: int | None, resume: Callable[[bytes], None]) -> None:
+                 max_body: int | None, resume: Callable[[bytes], None],
+                 pusher: Callable[[Any], Any] | None = None) -> None:
         self._render = render
+        self._pusher = pusher
         self._write = write
         self._peer = peer
         self._max_body = max_body
@@ -162,10 +172,10 @@ class LeanSend:
         self._held.append(data)
 
     def serve(self, data: bytes) -> bytes:
-        """Answer the whole ``POST /send`` requests at the start of
-        ``data``; return the bytes left for twisted.web (from the first
-        request not answered here), or b"" when all were taken."""
-        while data.startswith(_PREFIX) and data[10:11] in (b" ", b"?"):
+        """Answer the whole ``POST /send`` (and Pusher publish) requests at
+        the start of ``data``; return the bytes left for twisted.web (from
+        the first request not answered here), or b"" when all were taken."""
+        while data[:10] in STARTS and data[10:11] in (b" ", b"?", b"/"):
             end = data.find(_HEAD_END, 0, MAX_HEAD_BYTES)
             if end < 0:
                 return data
@@ -190,11 +200,12 @@ class LeanSend:
             if length < 0 or (self._max_body is not None and length > self._max_body) or len(data) < end + length:
                 return data
             path, _, query = head.url.partition(b"?")
-            if path != b"/send":
+            render, postpath = self._route(path)
+            if render is None:
                 return data
             body, data = data[end:end + length], data[end + length:]
-            request = LeanRequest(path, query or None, headers, body, self._peer, self._answered)
-            answer = self._render(request)
+            request = LeanRequest(path, query or None, headers, body, self._peer, self._answered, postpath)
+            answer = render(request)
             if answer is NOT_DONE_YET:
                 self.waiting = request
                 if data:
@@ -202,6 +213,17 @@ class LeanSend:
                 return b""
             self._write(request.response(answer))
         return data
+
+    def _route(self, path: bytes) -> tuple[Callable[[Any], Any] | None, list[bytes] | None]:
+        """The render of ``path`` here, and its ``postpath``; None for a
+        path left to twisted.web."""
+        if path == b"/send":
+            return self._render, None
+        if self._pusher is not None and path.startswith(b"/apps/") and path.endswith(_PUSHER_ENDS):
+            postpath = path[6:].split(b"/")
+            if len(postpath) == 2:
+                return self._pusher, postpath
+        return None, None
 
     def _answered(self, request: LeanRequest, body: bytes) -> None:
         """The backend answered the request it kept waiting: write it and
