@@ -290,8 +290,7 @@ class Hub:
         if session.closed:
             return
         self.frames_received += 1
-        rate = self.config.rate_limit
-        if rate and not session.admit(self.clock.seconds(), self._interval, self._tolerance):
+        if not self.admit(session):
             self._refuse_rate(session, raw)
             return
         try:
@@ -303,6 +302,11 @@ class Hub:
                 session.tag, lograte.FRAME_ERROR, f"{exc.code}: {exc.message}", session=session.tag, code=exc.code
             )
             session.deliver(frames.from_protocol_error(exc))
+
+    def admit(self, session: Session) -> bool:
+        """Whether one more frame of ``session`` is within ``rate_limit``
+        (always, with none); the frame is counted if so."""
+        return not self.config.rate_limit or session.admit(self.clock.seconds(), self._interval, self._tolerance)
 
     def _refuse_rate(self, session: Session, raw: bytes | str) -> None:
         """Answer ``rate_limited`` (with the frame's ref, so a ``send``'s

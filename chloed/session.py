@@ -45,7 +45,7 @@ class Session:
     __slots__ = (
         "id", "transport", "channels", "user", "sink", "pending", "pending_bytes",
         "seq", "limit", "waiter", "closed", "_on_overflow", "grace", "presence",
-        "tat", "granted", "__weakref__",
+        "tat", "event_tat", "granted", "__weakref__",
     )
 
     def __init__(
@@ -71,6 +71,9 @@ class Session:
         # The rate limit: when the session's allowance is whole again (see
         # admit); one float, as every session has it.
         self.tat = 0.0
+        # A second allowance, for what a protocol limits apart from frames
+        # (a Pusher socket's client events).
+        self.event_tat = 0.0
         # Token channels it may publish to (``client_publish``), from the
         # tokens it subscribed with; None (not an empty frozenset, 216 bytes
         # a session) while it has none.
@@ -118,10 +121,18 @@ class Session:
         up to ``tolerance`` seconds early, which is a burst of
         ``tolerance / interval + 1`` frames.
         """
-        tat = self.tat if self.tat > now else now
-        if tat - now > tolerance:
+        tat = _allowed(self.tat, now, interval, tolerance)
+        if tat is None:
             return False
-        self.tat = tat + interval
+        self.tat = tat
+        return True
+
+    def admit_event(self, now: float, interval: float, tolerance: float) -> bool:
+        """:meth:`admit` on the second allowance (``event_tat``)."""
+        tat = _allowed(self.event_tat, now, interval, tolerance)
+        if tat is None:
+            return False
+        self.event_tat = tat
         return True
 
     def attach(self, sink: Sink) -> None:
@@ -152,3 +163,13 @@ class Session:
     def take(self) -> tuple[int, list[Encoded]]:
         """What is pending, without dropping it, and the cursor after it."""
         return self.seq, [frame for _, frame in self.pending]
+
+
+def _allowed(tat: float, now: float, interval: float, tolerance: float) -> float | None:
+    """The generic cell rate algorithm's step: the new theoretical arrival
+    time after one more event, or None when it is over the limit."""
+    if tat < now:
+        tat = now
+    if tat - now > tolerance:
+        return None
+    return tat + interval

@@ -857,6 +857,25 @@ def test_the_rate_limit_is_the_apps() -> None:
     assert error_of(a.trigger("private-chat"))["code"] == wire.CLIENT_EVENT_RATE
 
 
+def test_frames_over_the_servers_rate_limit_are_refused_and_the_socket_stays() -> None:
+    """chloed's ``rate_limit`` holds for Pusher frames as for native ones:
+    a burst of max(2 x rate, max_subscriptions + 10), then the rate; a
+    frame over it is a ``pusher:error`` (counted in rate_limited) and
+    does nothing; the socket stays, and the client-event allowance is a
+    separate one."""
+    clock = Clock()
+    harness = Harness(clock=clock, rate_limit=10, max_subscriptions=5)
+    client = harness.connect()
+    burst = max(2 * 10, 5 + 10)
+    for _ in range(burst):
+        assert client.send("pusher:ping") == [{"event": "pusher:pong", "data": {}}]
+    error = error_of(client.send("pusher:ping"))
+    assert error["code"] is None and "rate_limit" in error["message"]
+    assert harness.hub.rate_limited == 1
+    clock.advance(0.1)
+    assert client.send("pusher:ping") == [{"event": "pusher:pong", "data": {}}]
+
+
 # -- what a socket may send ------------------------------------------------------------
 
 

@@ -145,7 +145,12 @@ class PusherProtocol:
         ``pusher:error`` and the socket stays, as Pusher's does."""
         if session.closed:
             return
-        self.hub.frames_received += 1
+        hub = self.hub
+        hub.frames_received += 1
+        if not hub.admit(session):
+            hub.rate_limited += 1
+            self.refuse(session, None, f"Too many frames: at most {hub.config.rate_limit:g} a second (rate_limit)")
+            return
         if len(raw) > app.max_message_bytes + MAX_CHANNEL_DATA + 512:
             self.refuse(session, None, f"Frames are limited to {app.max_message_bytes} bytes of data")
             return
@@ -413,7 +418,7 @@ class PusherProtocol:
         interval = 1.0 / app.client_events_per_second
         # A burst of one second's worth, then the rate.
         burst = max(0.0, interval * (app.client_events_per_second - 1))
-        if not session.admit(self.hub.clock.seconds(), interval, burst + 1e-6):
+        if not session.admit_event(self.hub.clock.seconds(), interval, burst + 1e-6):
             self.refuse(session, wire.CLIENT_EVENT_RATE, "Client event rejected due to rate limit")
             return
         member = session.presence.get(backend) if session.presence is not None else None
