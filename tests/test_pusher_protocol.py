@@ -648,6 +648,21 @@ def test_a_signin_is_answered_signin_success_with_the_user_data(harness: Harness
     assert client.session.user == USER
 
 
+def test_signin_success_waits_until_the_backend_has_the_user_channel(harness: Harness) -> None:
+    """On a shared backend the user's channel is joined later: the socket
+    hears signin_success only then, so what the app sends the user after
+    it (send_to_user) cannot be missed."""
+    joining: Deferred[Any] = Deferred()
+    local = harness.hub.broker.subscribe
+    harness.hub.broker.subscribe = lambda name, subscriber, since=None: joining.addCallback(  # type: ignore[method-assign]
+        lambda _: local(name, subscriber, since).result
+    )
+    client = harness.connect()
+    assert client.signin(USER) == []
+    joining.callback(None)
+    assert only(client.new())["event"] == "pusher:signin_success"
+
+
 def test_a_signed_in_socket_gets_what_is_sent_to_its_user(harness: Harness) -> None:
     """Whether or not it subscribes to ``#server-to-user-<id>``."""
     client = harness.connect()

@@ -389,11 +389,21 @@ class PusherProtocol:
         session.user = user
         # In the user's channel from now on, whether the client subscribes
         # to it or not: send_to_user and terminate_connections reach it.
+        # signin_success once the backend has it in (on Redis, later), so
+        # that whatever the app sends the user after it arrives.
+        success = wire.event("pusher:signin_success", {"user_data": user_data})
         backend = names.backend(app.id, names.user_channel(user_id))
-        if backend not in session.channels:
-            session.channels.add(backend)
-            self.broker.subscribe(backend, session)
-        session.deliver(wire.event("pusher:signin_success", {"user_data": user_data}))
+        if backend in session.channels:
+            session.deliver(success)
+            return
+        session.channels.add(backend)
+        self.broker.subscribe(backend, session).addCallback(self._signed_in, session, backend, success).addErrback(
+            lambda f: log.failure("pusher: signing {session} in failed", f, session=session.tag)
+        )
+
+    def _signed_in(self, answer: Any, session: Session, backend: str, success: Encoded) -> None:
+        if answer is not None and not session.closed and backend in session.channels:
+            session.deliver(success)
 
     # -- client events ------------------------------------------------------------
 
