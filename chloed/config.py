@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from chloed.checks import http_url
 from chloed.errors import ConfigError
 from chloed.pusher.apps import PusherConfig, parse as parse_pusher
 
@@ -96,21 +97,6 @@ def _strings(name: str, value: Any, allowed: tuple[str, ...] | None = None, none
     return tuple(value)
 
 
-def _url(name: str, value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(name, "must be a URL string")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(name, f"must be an http:// or https:// URL, not {value!r}")
-    try:
-        parts.port
-    except ValueError:
-        raise ConfigError(name, f"bad port in {value!r}") from None
-    return value
-
-
 def _backend(name: str, value: Any) -> str:
     if value == "memory":
         return value
@@ -146,7 +132,7 @@ def _bool(name: str, value: Any) -> bool:
 
 _CHECKS: dict[str, Any] = {
     "listen": lambda n, v: _strings(n, v),
-    "application_server_url": _url,
+    "application_server_url": http_url,
     "secret": lambda n, v: () if v is None else _strings(n, v),
     "allowed_origins": _origins,
     "transports": lambda n, v: _strings(n, v, TRANSPORTS),

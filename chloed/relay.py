@@ -396,17 +396,25 @@ class Relay:
 
     def _post_batch(self, jobs: list[_Job]) -> None:
         now = self._clock.seconds()
+        body, headers = self.batch_request([job.body for job in jobs], now)
+        self._post(_Post(jobs, now), body, headers, self._batch_answered)
+
+    def batch_request(self, items: list[bytes], now: float) -> tuple[bytes, dict[bytes, list[bytes]]]:
+        """The body and headers of one batch POST of ``items`` (each a
+        message's batch item): a JSON array, signed as every relayed POST
+        is. A relay to another kind of endpoint (Pusher's webhooks) makes
+        its own."""
         stamp = b"%d" % int(now)
-        body = b"[" + b",".join([job.body for job in jobs]) + b"]"
+        body = b"[" + b",".join(items) + b"]"
         headers = {
             b"Content-Type": _JSON,
             b"User-Agent": _AGENT,
-            b"X-Chloe-Batch": [b"%d" % len(jobs)],
+            b"X-Chloe-Batch": [b"%d" % len(items)],
             b"X-Chloe-Timestamp": [stamp],
         }
         if self._mac is not None:
             headers[b"X-Chloe-Signature"] = [self._signature(stamp, body)]
-        self._post(_Post(jobs, now), body, headers, self._batch_answered)
+        return body, headers
 
     def _signature(self, stamp: bytes, body: bytes) -> bytes:
         """:func:`sign`'s value, from the keyed HMAC."""

@@ -73,6 +73,18 @@ def _attributes(query: dict[str, str]) -> set[str]:
     return {a for a in info.split(",") if a}
 
 
+#: The routes after ``/apps/{id}``: method, path segments (None: a name,
+#: passed to the handler), and the handler's name on :class:`PusherApi`.
+_ROUTES: tuple[tuple[bytes, tuple[str | None, ...], str], ...] = (
+    (b"POST", ("events",), "_events"),
+    (b"POST", ("batch_events",), "_batch_events"),
+    (b"GET", ("channels",), "_channels"),
+    (b"GET", ("channels", None), "_channel"),
+    (b"GET", ("channels", None, "users"), "_users"),
+    (b"POST", ("users", None, "terminate_connections"), "_terminate"),
+)
+
+
 class PusherApi(Resource):
     """``/apps`` (and ``/users``): the HTTP API of every app of ``config``."""
 
@@ -116,20 +128,12 @@ class PusherApi(Resource):
                 raise ApiError(404, "Unknown app")
         method = request.method
         rest = parts[1:]
-        routes: list[tuple[bytes, list[str | None], Callable[..., Any]]] = [
-            (b"POST", ["events"], self._events),
-            (b"POST", ["batch_events"], self._batch_events),
-            (b"GET", ["channels"], self._channels),
-            (b"GET", ["channels", None], self._channel),
-            (b"GET", ["channels", None, "users"], self._users),
-            (b"POST", ["users", None, "terminate_connections"], self._terminate),
-        ]
-        for verb, pattern, handler in routes:
+        for verb, pattern, handler in _ROUTES:
             if len(pattern) == len(rest) and all(p is None or p == r for p, r in zip(pattern, rest)):
                 if method != verb:
                     request.setHeader(b"allow", verb)
                     raise ApiError(405, f"Use {verb.decode()} here")
-                return app, handler, tuple(r for p, r in zip(pattern, rest) if p is None)
+                return app, getattr(self, handler), tuple(r for p, r in zip(pattern, rest) if p is None)
         raise ApiError(404, "Not found")
 
     def _authenticate(self, request: Any, app: PusherApp, query: dict[str, str], body: bytes) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
+from chloed.checks import http_url
 from chloed.errors import ConfigError
 
 #: What Pusher can send to an app's webhook URL.
@@ -77,21 +77,6 @@ def _whole(option: str, value: Any, minimum: int, maximum: int | None = None) ->
     return value
 
 
-def _webhook_url(option: str, url: Any) -> str | None:
-    if url is None or url == "":
-        return None
-    if not isinstance(url, str):
-        raise ConfigError(option, f"must be an http:// or https:// URL string, not {url!r}")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(option, f"must be an http:// or https:// URL, not {url!r}")
-    try:
-        parts.port
-    except ValueError:
-        raise ConfigError(option, f"bad port in {url!r}") from None
-    return url
-
-
 def _app(index: int, entry: Any) -> PusherApp:
     where = f"pusher.apps[{index}]"
     if not isinstance(entry, dict):
@@ -109,7 +94,7 @@ def _app(index: int, entry: Any) -> PusherApp:
     secret = entry["secret"]
     if not isinstance(secret, str) or len(secret) < 8:
         raise ConfigError(f"{where}.secret", "must be a string of at least 8 characters")
-    url = _webhook_url(f"{where}.webhook_url", entry.get("webhook_url"))
+    url = http_url(f"{where}.webhook_url", entry.get("webhook_url"))
     events = entry.get("webhook_events", list(WEBHOOK_EVENTS) if url else [])
     if not isinstance(events, list) or not all(e in WEBHOOK_EVENTS for e in events):
         raise ConfigError(f"{where}.webhook_events", f"must be a list of {', '.join(WEBHOOK_EVENTS)}")

@@ -21,7 +21,9 @@ def valid(channel: object) -> bool:
     """Whether ``channel`` is a channel name Pusher allows."""
     if not isinstance(channel, str) or not CHANNEL_RE.fullmatch(channel):
         return False
-    return not channel.startswith("#") or channel.startswith(USER_PREFIX) and len(channel) > len(USER_PREFIX)
+    if channel.startswith("#"):
+        return channel.startswith(USER_PREFIX) and len(channel) > len(USER_PREFIX)
+    return True
 
 
 def backend(app_id: str, channel: str) -> str:

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from chloed import frames
 from chloed.pusher.apps import PusherApp
 from chloed.pusher.auth import webhook_signature
-from chloed.relay import Relay, _Job, _Post
+from chloed.relay import Relay
 
 log = Logger()
 
@@ -46,17 +46,17 @@ class WebhookRelay(Relay):
         self.app = app
         self._key = [app.key.encode("ascii")]
 
-    def _post_batch(self, jobs: list[_Job]) -> None:
-        now = self._clock.seconds()
-        body = b'{"time_ms":%d,"events":[' % int(now * 1000) + b",".join([job.body for job in jobs]) + b"]}"
+    def batch_request(self, items: list[bytes], now: float) -> tuple[bytes, dict[bytes, list[bytes]]]:
+        """Pusher's webhook body around the events, signed with the app's secret."""
+        body = b'{"time_ms":%d,"events":[' % int(now * 1000) + b",".join(items) + b"]}"
         headers = {
             b"Content-Type": _JSON,
             b"User-Agent": _AGENT,
             b"X-Pusher-Key": self._key,
             b"X-Pusher-Signature": [webhook_signature(self.app, body)],
-            b"X-Chloe-Batch": [b"%d" % len(jobs)],
+            b"X-Chloe-Batch": [b"%d" % len(items)],
         }
-        self._post(_Post(jobs, now), body, headers, self._batch_answered)
+        return body, headers
 
 
 class Webhooks:
@@ -71,6 +71,8 @@ class Webhooks:
             app.id: WebhookRelay(app, http, clock, timeout, retries, queue_size)
             for app in apps if app.webhook_url is not None and app.webhook_events
         }
+        #: Events handed to the relays (each is then delivered, retried or
+        #: counted as failed by its relay).
         self.sent = 0
 
     def _send(self, app: PusherApp, lane: str, event: dict[str, Any]) -> None:

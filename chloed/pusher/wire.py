@@ -47,10 +47,6 @@ CLIENT_EVENT_RATE = 4301
 ACTIVITY_TIMEOUT = 120
 
 
-def _dumps(value: Any) -> bytes:
-    return frames.dumps(value)
-
-
 def event(name: str, data: Any = None, channel: str | None = None, raw_data: bool = False) -> Encoded:
     """A Pusher frame; ``data`` JSON-encoded into a string as Pusher's
     server sends it, unless ``raw_data`` (a client event's own value)."""
@@ -59,7 +55,7 @@ def event(name: str, data: Any = None, channel: str | None = None, raw_data: boo
         frame["channel"] = channel
     if data is not None:
         frame["data"] = data if raw_data or isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return Encoded(_dumps(frame), KIND, channel)
+    return Encoded(frames.dumps(frame), KIND, channel)
 
 
 def error(code: int | None, message: str) -> Encoded:
@@ -88,7 +84,7 @@ def message_data(name: str, data: Any, user_id: str | None = None) -> bytes:
     body: dict[str, Any] = {"event": name, "data": data}
     if user_id is not None:
         body["user_id"] = user_id
-    return _dumps(body)
+    return frames.dumps(body)
 
 
 PONG = event("pusher:pong", {}, raw_data=True)
@@ -106,7 +102,7 @@ def _message(frame: Encoded) -> bytes:
     payload = frame.payload
     data = payload[payload.index(_DATA) + len(_DATA):-1]
     assert frame.channel is not None
-    return data[:-1] + b',"channel":' + _dumps(pusher_name(frame.channel)) + b"}"
+    return data[:-1] + b',"channel":' + frames.dumps(pusher_name(frame.channel)) + b"}"
 
 
 def _presence(frame: Encoded) -> bytes:
