@@ -16,9 +16,11 @@ from urllib.parse import urlsplit
 from chloed.checks import http_url
 from chloed.errors import ConfigError
 from chloed.pusher.apps import PusherConfig, parse as parse_pusher
+from chloed.signing import SCHEMES, make_signer
 
 TRANSPORTS = ("websocket", "sse", "longpoll", "jsonp")
-EVENTS = ("message", "connect", "disconnect", "subscribe", "unsubscribe")
+EVENTS = ("message", "connect", "disconnect", "subscribe", "unsubscribe", "resume")
+SPOOLS = ("memory", "disk", "redis")
 #: Upper bounds of the batch options: past them one POST or one body is
 #: more than a server should parse in one go.
 RELAY_BATCH_MAX = 1000
@@ -47,9 +49,17 @@ class Config:
     rate_limit: float = 50.0
     outbound_buffer_bytes: int = 1048576
     upstream_timeout: float = 10.0
-    upstream_retries: int = 5
+    #: None: retried until ``relay_ttl`` has passed.
+    upstream_retries: int | None = None
     upstream_queue: int = 10000
     relay_batch: int = 1
+    #: None: ``"redis"`` with a Redis backend, else ``"memory"`` (see
+    #: :attr:`spool`).
+    relay_spool: str | None = None
+    relay_spool_path: str | None = None
+    relay_ttl: float = 86400.0
+    relay_signature: str = "chloe"
+    events_queue: int = 10000
     send_batch_items: int = 1000
     send_batch_bytes: int = 1048576
     events: tuple[str, ...] = ("message",)
@@ -61,6 +71,25 @@ class Config:
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def spool(self) -> str:
+        """The relay's spool: ``relay_spool``, or what fits the backend."""
+        if self.relay_spool is not None:
+            return self.relay_spool
+        return "memory" if self.backend == "memory" else "redis"
+
+    def check(self) -> None:
+        """What no single option says wrong, but several together do.
+
+        :raises ConfigError: naming the option to change.
+        """
+        if self.relay_spool == "disk" and not self.relay_spool_path:
+            raise ConfigError("relay_spool_path", 'relay_spool = "disk" needs a directory here')
+        if self.relay_spool == "redis" and self.backend == "memory":
+            raise ConfigError("relay_spool", '"redis" needs a Redis backend (backend = "redis://…")')
+        if self.relay_signature != "chloe" and self.secret:
+            make_signer(self.relay_signature, self.secret)
 
 
 def _number(name: str, value: Any, minimum: float, integer: bool) -> Any:
@@ -95,6 +124,18 @@ def _strings(name: str, value: Any, allowed: tuple[str, ...] | None = None, none
             if v not in allowed:
                 raise ConfigError(name, f"{v!r} is not one of {', '.join(allowed)}")
     return tuple(value)
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(name, f"must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+    return value
+
+
+def _path(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ConfigError(name, f"must be a directory path, not {value!r}")
+    return value
 
 
 def _backend(name: str, value: Any) -> str:
@@ -149,6 +190,11 @@ _CHECKS: dict[str, Any] = {
     "outbound_buffer_bytes": lambda n, v: _number(n, v, 1024, True),
     "upstream_timeout": lambda n, v: _number(n, v, 0.01, False),
     "upstream_retries": lambda n, v: _number(n, v, 0, True),
+    "relay_spool": lambda n, v: _one_of(n, v, SPOOLS),
+    "relay_spool_path": lambda n, v: _path(n, v),
+    "relay_ttl": lambda n, v: _number(n, v, 1, False),
+    "relay_signature": lambda n, v: _one_of(n, v, SCHEMES),
+    "events_queue": lambda n, v: _number(n, v, 1, True),
     "upstream_queue": lambda n, v: _number(n, v, 1, True),
     "relay_batch": lambda n, v: _bounded(n, v, 1, RELAY_BATCH_MAX),
     "send_batch_items": lambda n, v: _bounded(n, v, 1, SEND_BATCH_ITEMS_MAX),

@@ -335,6 +335,12 @@ def ack(ref: object) -> Encoded:
     return encode({"type": "ack", "ref": ref})
 
 
+def accepted(ref: object) -> Encoded:
+    """A durable spool holds the browser's ``send``: the app will get it,
+    even if this server dies first (``ack`` follows once it took it)."""
+    return encode({"type": "accepted", "ref": ref})
+
+
 PONG = encode({"type": "pong"})
 
 

@@ -26,7 +26,8 @@ from chloed.config import Config
 from chloed.errors import ProtocolError, RelayRejected
 from chloed.frames import Frame
 from chloed.lograte import ClientErrors
-from chloed.relay import Relay, delivery_id, event_body
+from chloed.relay import Relay, delivery_id, event_body, lifecycle_body
+from chloed.spool.base import EVENT
 from chloed.session import Session, Sink
 
 log = Logger()
@@ -35,6 +36,8 @@ log = Logger()
 POLL_HANDOVER_SLACK = 10
 # What new_session_id makes; anything else is no session of any node.
 SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
+# Transports whose session ends with its connection.
+_STREAMING = frozenset({"websocket", "sse"})
 
 
 def new_session_id() -> str:
@@ -92,6 +95,12 @@ class Hub:
         self._answer_poll: Callable[[str, int, Reply], None] | None = None
         self.presence: Presence = broker.make_presence(clock, config.session_grace)
         self.presence.idle = self._idle
+        #: This node's name in lifecycle events, with their sequence number.
+        self.node: str = getattr(broker, "node", None) or secrets.token_hex(8)
+        self.event_seq = 0
+        # Streaming sessions whose connection went, while their browser
+        # may resume them (``resume`` in events): id -> (session, timer).
+        self._departed: dict[str, tuple[Session, IDelayedCall]] = {}
         self._handlers: dict[str, Callable[[Session, Frame], None]] = {
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
@@ -109,13 +118,19 @@ class Hub:
         """Whether a new browser may connect (not draining, under the limit)."""
         return not self.draining and len(self.broker.sessions) < self.config.max_connections
 
-    def open_session(self, transport: str, sink: Sink | None = None, id: str | None = None) -> Session:
+    def open_session(
+        self, transport: str, sink: Sink | None = None, id: str | None = None, resume: str | None = None
+    ) -> Session:
         """A new session; its first frame, ``connected``, is delivered
         (written, or held until the backend has counted the session).
 
         :param sink: a streaming connection, or None for a polling transport.
         :param id: its id, when the transport makes its own (a Pusher
             socket id); else a new one of the hub's.
+        :param resume: the id of the session this browser had before (its
+            connection went within ``session_grace``): the app hears
+            ``resume`` instead of that one's ``disconnect`` and this one's
+            ``connect``.
         """
         session = Session(
             id or self._new_id(), transport, self.config.outbound_buffer_bytes, self._on_overflow
@@ -124,7 +139,16 @@ class Hub:
         if sink is None:
             self._start_grace(session)
         session.deliver(frames.connected(session.id, self.config.heartbeat, self.config.rate_limit, self._burst))
-        self._event("connect", session)
+        departed = self._departed.pop(resume, None) if resume is not None else None
+        if departed is not None:
+            before, timer = departed
+            timer.cancel()
+            # One lane for both: the app hears the first one's messages
+            # before this one's ``resume``.
+            session.lane = before.lane or before.id
+            self._event("resume", session, previous=before.id)
+        else:
+            self._event("connect", session)
         if not counted.called:
             # A shared backend counts the session for broadcast receipts
             # first: the browser hears ``connected`` (and what follows it,
@@ -229,10 +253,31 @@ class Hub:
             self._event("unsubscribe", session, channel)
         self.broker.remove_session(session, session.channels)
         session.channels.clear()
-        self._event("disconnect", session)
+        if self._may_resume(session):
+            self._departed[session.id] = (
+                session, self.clock.callLater(self.config.session_grace, self._gone, session.id)
+            )
+        else:
+            self._event("disconnect", session)
         if session.waiter is not None:
             waiter, session.waiter = session.waiter, None
             waiter()
+
+    def _may_resume(self, session: Session) -> bool:
+        """Whether the app hears of ``session``'s end only once it is not
+        resumed within ``session_grace`` (a streaming session; a polling
+        one had its grace already)."""
+        return (
+            self.relay is not None and "resume" in self.config.events and not self.draining
+            and session.transport in _STREAMING and self.config.session_grace > 0
+        )
+
+    def _gone(self, session_id: str) -> None:
+        """No browser resumed ``session_id`` in time: the app hears
+        ``disconnect``."""
+        departed = self._departed.pop(session_id, None)
+        if departed is not None:
+            self._event("disconnect", departed[0])
 
     def slow(self, session: Session) -> None:
         """More than ``outbound_buffer_bytes`` wait for ``session``: end it
@@ -279,6 +324,10 @@ class Hub:
                 except Exception:
                     # One broken connection must not keep the rest from hearing it.
                     log.failure("ending {session} failed", session=session.tag)
+        # Nobody resumes a session on a node going away: the app hears now.
+        for session_id in list(self._departed):
+            self._departed[session_id][1].cancel()
+            self._gone(session_id)
 
     # -- frames -----------------------------------------------------------
 
@@ -587,7 +636,11 @@ class Hub:
         """Relay a browser's ``send`` to the app; acked once it took it."""
         assert self.relay is not None
         body = event_body("message", session.id, frame.channel, frame.data, frame.ref, session.user)
-        self.relay.submit(session.id, body, delivery_id(frame.ref)).addCallbacks(
+        ref = frame.ref
+        self.relay.submit(
+            session.lane or session.id, body, delivery_id(ref),
+            accepted=lambda: session.deliver(frames.accepted(ref)),
+        ).addCallbacks(
             lambda _: session.deliver(frames.ack(frame.ref)),
             self._relay_failed,
             errbackArgs=(session, frame),
@@ -608,13 +661,16 @@ class Hub:
             code, message = frames.UPSTREAM_FAILED, f"the application could not take it: {failure.value}"
         session.deliver(frames.error(code, message, frame.ref, frame.channel))
 
-    def _event(self, kind: str, session: Session, channel: str | None = None) -> None:
+    def _event(self, kind: str, session: Session, channel: str | None = None, previous: str | None = None) -> None:
         """POST a lifecycle event to the app, when ``events`` lists it (a
-        Pusher socket's app hears of it by Pusher's webhooks instead)."""
+        Pusher socket's app hears of it by Pusher's webhooks instead), on
+        the session's lane (after its messages), numbered in this node's
+        sequence so that the app can tell it missed one."""
         if self.relay is None or kind not in self.config.events or session.transport == "pusher":
             return
-        body = event_body(kind, session.id, channel, None, None, session.user)
-        self.relay.submit(session.id, body).addErrback(
+        self.event_seq += 1
+        body = lifecycle_body(kind, session.id, channel, session.user, self.node, self.event_seq, previous)
+        self.relay.submit(session.lane or session.id, body, kind=EVENT).addErrback(
             lambda f: log.info(
                 "{kind} event for {session} not delivered: {why}",
                 kind=kind, session=session.tag, why=f.getErrorMessage(),

@@ -54,6 +54,10 @@ FANOUT_BUCKETS = (
 #: Seconds one POST to the app took, as treq saw it.
 RELAY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+#: Seconds from a relayed message's arrival to the app's 2xx for it: from a
+#: millisecond to relay_ttl's day.
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0, 21600.0, 86400.0)
+
 #: How many channels the status page and ``/status`` list by name.
 TOP_CHANNELS = 8
 
@@ -119,6 +123,10 @@ def process_stats(proc: str = "/proc/self") -> dict[str, int] | None:
     return {"rss_bytes": resident_pages * os.sysconf("SC_PAGE_SIZE"), "open_fds": fds}
 
 
+def _age(since: float | None, clock: IReactorTime) -> float | None:
+    return None if since is None else max(0.0, clock.seconds() - since)
+
+
 class Metrics:
     """The histograms, the start time and the registry of one server.
 
@@ -136,6 +144,7 @@ class Metrics:
         self.proc = proc
         self.fanout = Histogram(FANOUT_BUCKETS)
         self.relay_latency = Histogram(RELAY_BUCKETS)
+        self.relay_lag = Histogram(LAG_BUCKETS)
         self.hub: Hub | None = None
         self.registry = CollectorRegistry()
 
@@ -209,6 +218,22 @@ class Metrics:
                 "rejections": stats.rejections,
                 "overflows": stats.overflows,
                 "latency_seconds": self.relay_latency.summary(),
+                "lag_seconds": self.relay_lag.summary(),
+                "spool": relay.spool.name,
+                "durable": relay.spool.durable,
+                "depth": relay.queued,
+                "bytes": relay.queued_bytes,
+                "oldest_seconds": _age(relay.oldest(), self.clock),
+                "dead_letters": relay.spool.dead_count(),
+                "dead_lettered": stats.dead,
+                "spool_failures": stats.spool_failures,
+                "recovered": stats.recovered,
+                "events": {
+                    "queued": relay.queued_events,
+                    "queue_size": relay.events_queue,
+                    "failures": stats.event_failures,
+                    "overflows": stats.event_overflows,
+                },
             }
         if hub.pusher is not None and not public:
             state["pusher"] = hub.pusher.status()
@@ -347,6 +372,25 @@ class ChloeCollector(Collector):
                        stats.overflows)
         yield _histogram("chloe_relay_latency_seconds", "Seconds one accepted POST to the app took.",
                          metrics.relay_latency)
+        yield _histogram("chloe_relay_lag_seconds",
+                         "Seconds from a message's arrival to the app's 2xx for it, queue wait and retries included.",
+                         metrics.relay_lag)
+        yield _gauge("chloe_relay_spool_depth", "Records in the relay's spool: queued, spooling or in flight.",
+                     relay.queued)
+        yield _gauge("chloe_relay_spool_bytes", "Bytes of the bodies in chloe_relay_spool_depth.", relay.queued_bytes)
+        yield _gauge("chloe_relay_oldest_seconds", "Age of the oldest record waiting for the app (0: none).",
+                     _age(relay.oldest(), metrics.clock) or 0)
+        yield _gauge("chloe_relay_dead_letters", "Dead letters kept (GET /relay/dead).", relay.spool.dead_count())
+        yield _counter("chloe_relay_dead_lettered_total", "Records made dead letters.", stats.dead)
+        yield _counter("chloe_relay_spool_failures_total",
+                       "Messages the spool could not take (the browser heard upstream_failed).",
+                       stats.spool_failures)
+        yield _gauge("chloe_relay_events_queued", "Lifecycle events queued or in flight.", relay.queued_events)
+        yield _counter("chloe_relay_event_failures_total",
+                       "Lifecycle events not delivered (dead letters, or refused when events_queue was full).",
+                       stats.event_failures)
+        yield _counter("chloe_relay_event_overflows_total", "Lifecycle events refused because events_queue was full.",
+                       stats.event_overflows)
 
 
 def _pusher_metrics(status: dict[str, Any]) -> Iterator[Metric]:

@@ -42,7 +42,7 @@ import hmac
 import json
 import os
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Sequence
@@ -63,6 +63,9 @@ from twisted.web.iweb import IResponse
 
 from chloed import frames
 from chloed.errors import RelayRejected, RelayUnavailable
+from chloed.signing import make_signer
+from chloed.spool.base import EVENT, MESSAGE, DeadLetter, Record, Spool
+from chloed.spool.memory import MemorySpool
 
 log = Logger()
 
@@ -120,6 +123,19 @@ def event_body(
     return head[:-1] + b',"data":' + data + b"}"
 
 
+def lifecycle_body(
+    type: str, session: str, channel: str | None, user: object, node: str, seq: int, previous: str | None = None,
+) -> bytes:
+    """The JSON body of a lifecycle event: ``node`` and ``seq`` number this
+    node's events one by one (a gap is an event the app missed); a
+    ``resume`` names the ``previous`` session it continues."""
+    event: dict[str, Any] = {"type": type, "session": session, "channel": channel, "user": user,
+                             "node": node, "seq": seq}
+    if previous is not None:
+        event["previous"] = previous
+    return frames.dumps(event)
+
+
 def batch_item(body: bytes, delivery: bytes) -> bytes:
     """``body`` (a JSON object, as :func:`event_body` makes) with
     ``"delivery"`` added, spliced without parsing it again."""
@@ -165,29 +181,12 @@ def _results(body: bytes, count: int) -> list[int] | str | None:
     return results
 
 
-class _Job:
-    """One message: its lane, body and delivery id, the attempts made.
-
-    Batched, ``body`` is the message's batch item (made once for all its
-    attempts, and instead of the event: only the item is ever sent).
-    """
-
-    __slots__ = ("lane", "body", "delivery", "attempt", "result")
-
-    def __init__(self, lane: str, body: bytes, delivery: bytes) -> None:
-        self.lane = lane
-        self.body = body
-        self.delivery = delivery
-        self.attempt = 0
-        self.result: defer.Deferred[None] = defer.Deferred()
-
-
 class _Post:
     """One POST in flight: the messages it carries, when it left, its timer."""
 
     __slots__ = ("jobs", "started", "timer", "timed_out")
 
-    def __init__(self, jobs: Sequence[_Job], started: float) -> None:
+    def __init__(self, jobs: Sequence[Record], started: float) -> None:
         self.jobs = jobs
         self.started = started
         self.timer: IDelayedCall | None = None
@@ -196,27 +195,52 @@ class _Post:
 
 @dataclass
 class RelayStats:
-    """Counters for ``/status`` and ``/metrics``."""
+    """Counters for ``/status`` and ``/metrics``.
+
+    ``failures`` and ``rejections`` count browser messages and lifecycle
+    events alike; ``event_failures`` is the events among them, and
+    ``event_overflows`` the events refused because ``events_queue`` was
+    full. ``dead`` counts records made dead letters, ``spool_failures``
+    those the spool could not take.
+    """
 
     delivered: int = 0
     retries: int = 0
     failures: int = 0
     rejections: int = 0
     overflows: int = 0
+    event_failures: int = 0
+    event_overflows: int = 0
+    dead: int = 0
+    spool_failures: int = 0
+    recovered: int = 0
     latency: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
+    lag: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
 
 
 class Relay:
-    """Signed, ordered, bounded, retried POSTs to the app.
+    """Signed, ordered, bounded, retried, spooled POSTs to the app.
 
     :param http: something with treq's ``post(url, data=, headers=,
         reactor=)`` (an :class:`AppClient`; ``StubTreq`` in tests) whose pool
         keeps connections to the app open.
     :param secrets: the first signs; none configured means unsigned.
+    :param retries: at most this many retries of a message; None retries
+        until ``ttl`` has passed since it arrived.
+    :param queue_size: ``upstream_queue``: browser messages queued at most.
     :param observe: called with the seconds each POST the app answered 2xx
         took.
+    :param observe_lag: called with the seconds from a record's arrival to
+        the app's 2xx for it (queue wait and every retry included).
     :param batch: ``relay_batch``: messages of up to this many lanes per
         POST; 1 sends each alone, in today's format.
+    :param spool: where records wait (:class:`MemorySpool` when None).
+    :param ttl: ``relay_ttl``: seconds after its arrival a record is
+        retried at most, then made a dead letter; None: no bound.
+    :param events_queue: lifecycle events queued at most (their own bound,
+        so that events never make a browser's message fail); None: as
+        ``queue_size``.
+    :param signature: ``relay_signature``: ``"chloe"`` or ``"standard"``.
     """
 
     def __init__(
@@ -226,67 +250,130 @@ class Relay:
         secrets: tuple[str, ...],
         clock: IReactorTime,
         timeout: float,
-        retries: int,
+        retries: int | None,
         queue_size: int,
         rng: Callable[[], float] = random.random,
         observe: Callable[[float], None] | None = None,
         batch: int = 1,
+        spool: Spool | None = None,
+        ttl: float | None = None,
+        events_queue: int | None = None,
+        signature: str = "chloe",
+        observe_lag: Callable[[float], None] | None = None,
     ) -> None:
         self._http = http
         self.url = url
-        # Keyed once; each signature starts from a copy.
-        self._mac = hmac.new(secrets[0].encode("utf-8"), digestmod=hashlib.sha256) if secrets else None
+        self._signer = make_signer(signature, secrets)
         self._clock = clock
         self._timeout = timeout
         self._timed_out_reason = f"no answer within {timeout}s"
         self._retries = retries
         self.queue_size = queue_size
+        self.events_queue = queue_size if events_queue is None else events_queue
         self._rng = rng
         self._observe = observe
+        self._observe_lag = observe_lag
         self.batch = batch
+        self.spool: Spool = spool if spool is not None else MemorySpool()
+        self.ttl = ttl
         # Unbatched, at most this many lanes at work (a lane waiting out a
         # backoff holds its place); batched, every lane is.
-        self._max_lanes = MAX_LANES_IN_FLIGHT if batch == 1 else queue_size
+        self._max_lanes = MAX_LANES_IN_FLIGHT if batch == 1 else 1 << 62
         self._max_posts = MAX_LANES_IN_FLIGHT if batch == 1 else BATCH_POSTS_IN_FLIGHT
-        self._lanes: dict[str, deque[_Job]] = {}
+        self._lanes: dict[str, deque[Record]] = {}
         self._waiting_lanes: deque[str] = deque()
         # Heads ready to go, oldest first, and the flush that sends them.
-        self._ready: deque[_Job] = deque()
+        self._ready: deque[Record] = deque()
         self._flush_call: IDelayedCall | None = None
         self._flushing = False
+        # Every record queued, spooling or in flight, in arrival order: the
+        # first is the oldest waiting (/metrics), their sizes the bytes.
+        self._waiting: OrderedDict[Record, None] = OrderedDict()
+        self.queued_bytes = 0
         self.running = 0
         self.queued = 0
+        self.queued_events = 0
         self.in_flight = 0
         self.stats = RelayStats()
         self._idle: list[defer.Deferred[None]] = []
 
-    def submit(self, lane: str, body: bytes, delivery: str | None = None) -> defer.Deferred[None]:
-        """Queue ``body`` (a JSON object) for the app behind everything else
-        of ``lane``.
+    def start(self) -> defer.Deferred[None]:
+        """Open the spool, queueing what it kept (fails with
+        :class:`SpoolError` when it cannot be used)."""
+        return self.spool.start(self._recover)
+
+    def submit(
+        self, lane: str, body: bytes, delivery: str | None = None, kind: str = MESSAGE,
+        accepted: Callable[[], object] | None = None,
+    ) -> defer.Deferred[None]:
+        """Spool and queue ``body`` (a JSON object) for the app behind
+        everything else of ``lane``.
 
         :param delivery: its delivery id (ASCII letters, digits, ``-``);
             a random one when None.
+        :param kind: :data:`MESSAGE` (a browser's, bounded by
+            ``upstream_queue``) or :data:`EVENT` (bounded by
+            ``events_queue``).
+        :param accepted: called once a durable spool has it (never with
+            the memory spool).
         :returns: a Deferred that fires when the app took it, or fails with
             :class:`RelayRejected` or :class:`RelayUnavailable`.
         """
-        if self.queued >= self.queue_size:
+        if kind == EVENT:
+            if self.queued_events >= self.events_queue:
+                self.stats.event_overflows += 1
+                self.stats.event_failures += 1
+                self.stats.failures += 1
+                return defer.fail(RelayUnavailable("the events queue is full"))
+        elif self.queued - self.queued_events >= self.queue_size:
             self.stats.overflows += 1
             self.stats.failures += 1
             return defer.fail(RelayUnavailable("the relay queue is full"))
-        tag = (delivery or _random_id()).encode("ascii")
-        job = _Job(lane, body if self.batch == 1 else batch_item(body, tag), tag)
-        self.queued += 1
-        jobs = self._lanes.get(lane)
-        if jobs is not None:
-            jobs.append(job)
+        record = Record(lane, kind, (delivery or _random_id()).encode("ascii"), self._clock.seconds(), body)
+        result: defer.Deferred[None] = defer.Deferred()
+        record.result = result
+        self._count(record, 1)
+        spooled = self.spool.append(record)
+        if spooled is None:
+            self._enqueue(record)
         else:
-            self._lanes[lane] = deque((job,))
-            if self.running < self._max_lanes:
-                self.running += 1
-                self._make_ready(job)
-            else:
-                self._waiting_lanes.append(lane)
-        return job.result
+            spooled.addCallbacks(self._spooled, self._spool_failed, callbackArgs=(record, accepted),
+                                 errbackArgs=(record,))
+        return result
+
+    def _spooled(self, _: object, record: Record, accepted: Callable[[], object] | None) -> None:
+        if accepted is not None:
+            accepted()
+        self._enqueue(record)
+
+    def _spool_failed(self, failure: Failure, record: Record) -> None:
+        self.stats.spool_failures += 1
+        self._count(record, -1)
+        self._fail(record, _NotSpooled(f"could not spool it: {failure.getErrorMessage()}"))
+        self._maybe_idle()
+
+    def _recover(self, record: Record) -> None:
+        """A record the spool kept (from before a restart, or a dead node's):
+        queued whatever the bounds, since it was accepted already."""
+        self.stats.recovered += 1
+        self._count(record, 1)
+        self._enqueue(record)
+
+    def _count(self, record: Record, sign: int) -> None:
+        self.queued += sign
+        self.queued_bytes += sign * len(record.body)
+        if record.kind == EVENT:
+            self.queued_events += sign
+        if sign > 0:
+            self._waiting[record] = None
+        else:
+            self._waiting.pop(record, None)
+
+    def oldest(self) -> float | None:
+        """When the oldest record still waiting arrived."""
+        for record in self._waiting:
+            return record.arrived
+        return None
 
     def when_idle(self) -> defer.Deferred[None]:
         """Fires once nothing is queued or in flight (for a graceful drain)."""
@@ -296,9 +383,49 @@ class Relay:
         self._idle.append(d)
         return d
 
+    def _maybe_idle(self) -> None:
+        if not self.queued and self._idle:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    # -- dead letters ------------------------------------------------------
+
+    def dead_letters(self, limit: int, after: str | None) -> defer.Deferred[list[DeadLetter]]:
+        return self.spool.dead_letters(limit, after)
+
+    def replay(self, ids: list[str] | None) -> defer.Deferred[list[Record]]:
+        """Queue the dead letters ``ids`` (every one when None) again; fires
+        with their records."""
+        def queue(records: list[Record]) -> list[Record]:
+            for record in records:
+                record.attempt = 0
+                record.result = None
+                self._count(record, 1)
+                self._enqueue(record)
+            return records
+
+        return self.spool.revive(ids).addCallback(queue)
+
+    def delete_dead(self, id: str) -> defer.Deferred[bool]:
+        return self.spool.delete(id)
+
     # -- scheduling --------------------------------------------------------
 
-    def _make_ready(self, job: _Job) -> None:
+    def _enqueue(self, record: Record) -> None:
+        lane = record.lane
+        jobs = self._lanes.get(lane)
+        if jobs is not None:
+            jobs.append(record)
+        else:
+            self._lanes[lane] = deque((record,))
+            if self.running < self._max_lanes:
+                self.running += 1
+                self._make_ready(record)
+            else:
+                self._waiting_lanes.append(lane)
+
+    def _make_ready(self, job: Record) -> None:
         """``job``, its lane's head, may go now: unbatched at once, batched
         with the rest of this reactor turn's."""
         self._ready.append(job)
@@ -324,16 +451,23 @@ class Relay:
         finally:
             self._flushing = False
 
-    def _settle(self, job: _Job, outcome: Exception | None) -> None:
+    def _settle(self, job: Record, outcome: Exception | None) -> None:
         """``job``, its lane's head, is done: tell its caller, start the next."""
         lane = job.lane
         jobs = self._lanes[lane]
         jobs.popleft()
-        self.queued -= 1
+        self._count(job, -1)
         if outcome is None:
-            job.result.callback(None)
+            self.stats.delivered += 1
+            self.spool.done(job)
+            lag = self._clock.seconds() - job.arrived
+            self.stats.lag.append(lag)
+            if self._observe_lag is not None:
+                self._observe_lag(lag)
+            if job.result is not None:
+                job.result.callback(None)
         else:
-            job.result.errback(outcome)
+            self._fail(job, outcome)
         # (The callbacks may have queued more on this lane.)
         if jobs:
             self._make_ready(jobs[0])
@@ -343,25 +477,45 @@ class Relay:
             self._make_ready(self._lanes[self._waiting_lanes.popleft()][0])
             return
         self.running -= 1
-        if not self.queued and self._idle:
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+        self._maybe_idle()
 
-    def _retry(self, job: _Job, reason: str, retry_after: float | None, quiet: bool = False) -> None:
-        """A transient failure of ``job``: again after a backoff, or given up.
+    def _fail(self, job: Record, outcome: Exception) -> None:
+        """``job`` failed for good: its caller is told (a record that was
+        never spooled is not a dead letter)."""
+        if job.kind == EVENT:
+            self.stats.event_failures += 1
+        if job.key and not isinstance(outcome, _NotSpooled):
+            self.stats.dead += 1
+            status = outcome.status if isinstance(outcome, (RelayRejected, _GaveUp)) else None
+            self.spool.bury(DeadLetter(job, str(outcome), status, self._clock.seconds()))
+        if job.result is not None:
+            job.result.errback(outcome)
+
+    def _retry(self, job: Record, reason: str, retry_after: float | None, quiet: bool = False,
+               status: int | None = None) -> None:
+        """A transient failure of ``job``: again after a backoff, or given up
+        (past ``upstream_retries`` or ``relay_ttl``): a dead letter.
 
         :param quiet: the POST's failure was logged already (a batch).
+        :param status: the app's answer, None when there was none.
         """
-        if job.attempt >= self._retries:
+        now = self._clock.seconds()
+        give_up = None
+        if self._retries is not None and job.attempt >= self._retries:
+            give_up = f"gave up after {job.attempt + 1} attempts: {reason}"
+        elif self.ttl is not None and now - job.arrived >= self.ttl:
+            give_up = f"relay_ttl ({self.ttl:g}s) passed after {job.attempt + 1} attempts: {reason}"
+        if give_up is not None:
             self.stats.failures += 1
             log.warn(
-                "relay gave up on {delivery} after {attempts} attempts: {reason}",
-                delivery=job.delivery.decode("ascii"), attempts=job.attempt + 1, reason=reason,
+                "relay {give_up} ({delivery})", give_up=give_up, delivery=job.delivery.decode("ascii"),
             )
-            self._settle(job, RelayUnavailable(reason))
+            self._settle(job, _GaveUp(give_up, status))
             return
         delay = self._backoff(job.attempt, retry_after)
+        if self.ttl is not None:
+            # The last attempt is made when the ttl runs out, not after.
+            delay = min(delay, max(0.0, job.arrived + self.ttl - now))
         job.attempt += 1
         self.stats.retries += 1
         if not quiet:
@@ -372,7 +526,7 @@ class Relay:
         self._clock.callLater(delay, self._make_ready, job)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2**attempt))
+        ceiling = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(attempt, 32)))
         delay = ceiling / 2 + self._rng() * ceiling / 2
         if retry_after is not None:
             delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
@@ -380,23 +534,22 @@ class Relay:
 
     # -- the POSTs -----------------------------------------------------------
 
-    def _post_one(self, job: _Job) -> None:
+    def _post_one(self, job: Record) -> None:
         now = self._clock.seconds()
-        timestamp = int(now)
-        stamp = b"%d" % timestamp
+        stamp = b"%d" % int(now)
         headers = {
             b"Content-Type": _JSON,
             b"User-Agent": _AGENT,
             b"X-Chloe-Delivery": [job.delivery],
             b"X-Chloe-Timestamp": [stamp],
         }
-        if self._mac is not None:
-            headers[b"X-Chloe-Signature"] = [self._signature(stamp, job.body)]
+        if self._signer is not None:
+            headers.update(self._signer.headers(job.delivery, stamp, job.body))
         self._post(_Post((job,), now), job.body, headers, self._one_answered)
 
-    def _post_batch(self, jobs: list[_Job]) -> None:
+    def _post_batch(self, jobs: list[Record]) -> None:
         now = self._clock.seconds()
-        body, headers = self.batch_request([job.body for job in jobs], now)
+        body, headers = self.batch_request([batch_item(job.body, job.delivery) for job in jobs], now)
         self._post(_Post(jobs, now), body, headers, self._batch_answered)
 
     def batch_request(self, items: list[bytes], now: float) -> tuple[bytes, dict[bytes, list[bytes]]]:
@@ -412,17 +565,9 @@ class Relay:
             b"X-Chloe-Batch": [b"%d" % len(items)],
             b"X-Chloe-Timestamp": [stamp],
         }
-        if self._mac is not None:
-            headers[b"X-Chloe-Signature"] = [self._signature(stamp, body)]
+        if self._signer is not None:
+            headers.update(self._signer.headers(_random_id().encode("ascii"), stamp, body))
         return body, headers
-
-    def _signature(self, stamp: bytes, body: bytes) -> bytes:
-        """:func:`sign`'s value, from the keyed HMAC."""
-        assert self._mac is not None
-        mac = self._mac.copy()
-        mac.update(stamp + b".")
-        mac.update(body)
-        return b"sha256=" + mac.hexdigest().encode("ascii")
 
     def _post(
         self, post: _Post, body: bytes, headers: dict[bytes, list[bytes]],
@@ -504,7 +649,7 @@ class Relay:
                 )
                 log.warn("relay batch of {count} not delivered, retrying: {reason}", count=len(jobs), reason=reason)
                 for job in jobs:
-                    self._retry(job, reason, retry_after, quiet=True)
+                    self._retry(job, reason, retry_after, quiet=True, status=code)
             self._more()
             return
         self._took(post)
@@ -515,10 +660,10 @@ class Relay:
                 count=len(jobs), code=code, why=results,
             )
             for job in jobs:
-                self._retry(job, f"the application's results were unusable: {results}", None, quiet=True)
+                self._retry(job, f"the application's results were unusable: {results}", None, quiet=True,
+                            status=code)
         elif results is None:
             for job in jobs:
-                self.stats.delivered += 1
                 self._settle(job, None)
         else:
             retried = 0
@@ -528,19 +673,18 @@ class Relay:
                 log.warn("relay batch of {count}: {retried} items to retry", count=len(jobs), retried=retried)
         self._more()
 
-    def _settle_by(self, job: _Job, status: int, reason: str, retry_after: float | None,
+    def _settle_by(self, job: Record, status: int, reason: str, retry_after: float | None,
                    quiet: bool = False) -> bool:
         """Settle ``job`` as the app's ``status`` for it says: delivered,
         rejected, or retried (True)."""
         if 200 <= status < 300:
-            self.stats.delivered += 1
             self._settle(job, None)
             return False
         if _rejects(status):
             self.stats.rejections += 1
             self._settle(job, RelayRejected(status))
             return False
-        self._retry(job, reason, retry_after, quiet=quiet)
+        self._retry(job, reason, retry_after, quiet=quiet, status=status)
         return True
 
     def _took(self, post: _Post) -> None:
@@ -555,6 +699,19 @@ class Relay:
         is never ready without being sent)."""
         if self._ready and self._flush_call is None and not self._flushing:
             self._flush_call = self._clock.callLater(0, self._flush)
+
+
+class _NotSpooled(RelayUnavailable):
+    """A failure of a record no spool holds (it could not be spooled)."""
+
+
+class _GaveUp(RelayUnavailable):
+    """Retried past ``upstream_retries`` or ``relay_ttl``; ``status`` is
+    the app's last answer, None when it never answered."""
+
+    def __init__(self, reason: str, status: int | None) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 def _crashed(failure: Failure) -> None:

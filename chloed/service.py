@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import sys
 from typing import Any, Callable
 
 from twisted.application import strports
@@ -18,6 +19,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, tcp
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from chloed import __version__
 from chloed.backends import make_backend
@@ -27,6 +29,8 @@ from chloed.pusher.protocol import PusherProtocol
 from chloed.pusher.webhooks import Webhooks
 from chloed.metrics import Metrics
 from chloed.relay import MAX_LANES_IN_FLIGHT, Relay
+from chloed.spool.base import Spool, SpoolError
+from chloed.spool.memory import MemorySpool
 from chloed.web import make_site
 
 log = Logger()
@@ -196,6 +200,61 @@ class _Sessions(Service):
         return flushed(self.reactor, LINGER)
 
 
+#: Retries of a Pusher webhook when ``upstream_retries`` is not set (its
+#: relay has no spool and no ``relay_ttl``).
+WEBHOOK_RETRIES = 5
+
+
+def make_spool(config: Config, reactor: Any, broker: Any) -> Spool:
+    """The relay's spool that ``relay_spool`` (or the backend) names."""
+    kind = config.spool
+    if kind == "disk":
+        from chloed.spool.disk import DiskSpool
+
+        assert config.relay_spool_path is not None  # (Config.check)
+        return DiskSpool(config.relay_spool_path, reactor)
+    if kind == "redis":
+        from chloed.spool.redis import RedisSpool
+
+        return RedisSpool(broker.link.call, broker.node, reactor)
+    return MemorySpool()
+
+
+class _SpoolService(Service):
+    """Opens the relay's spool (queueing what it kept) and closes it last.
+
+    A spool that cannot be opened is no server to run: one line, and the
+    process ends with status 1 (chloed's start-up check of the directory,
+    :func:`chloed.tap`, catches most causes before this).
+    """
+
+    def __init__(self, relay: Relay, reactor: Any) -> None:
+        self.relay = relay
+        self.reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self.relay.start().addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        log.critical("the relay spool cannot be used: {why}", why=failure.getErrorMessage())
+        if failure.check(SpoolError) and self.relay.spool.name == "disk":
+            sys.stderr.write(f"chloe: relay_spool_path: {failure.getErrorMessage()}\n")
+            sys.stderr.flush()
+            os._exit(1)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        relay = self.relay
+        if relay.queued:
+            if relay.spool.durable:
+                log.info("{n} relayed messages stay in the {spool} spool for later",
+                         n=relay.queued, spool=relay.spool.name)
+            else:
+                log.warn("{n} relayed messages are lost: relay_spool is \"memory\"", n=relay.queued)
+        return relay.spool.stop()
+
+
 class _RelayDrain(Service):
     """Drains the relay within ``upstream_timeout``, then closes the pool."""
 
@@ -320,6 +379,11 @@ def make_service(
             config.upstream_queue,
             observe=metrics.relay_latency.observe,
             batch=config.relay_batch,
+            spool=make_spool(config, reactor, broker),
+            ttl=config.relay_ttl,
+            events_queue=config.events_queue,
+            signature=config.relay_signature,
+            observe_lag=metrics.relay_lag.observe,
         )
     hub = Hub(config, broker, reactor, relay)
     metrics.attach(hub)
@@ -328,7 +392,8 @@ def make_service(
         if http is None:
             http, pool = make_http_client(reactor)
         webhooks = Webhooks(
-            config.pusher.apps, http, reactor, config.upstream_timeout, config.upstream_retries, config.upstream_queue
+            config.pusher.apps, http, reactor, config.upstream_timeout,
+            WEBHOOK_RETRIES if config.upstream_retries is None else config.upstream_retries, config.upstream_queue,
         )
         pusher = PusherProtocol(hub, config.pusher, webhooks)
     site = make_site(hub, metrics, pusher)
@@ -338,6 +403,10 @@ def make_service(
     if connector is not None:
         # First in, last out: Redis stays connected while sessions end.
         connector.setServiceParent(service)
+    if relay is not None:
+        # Before the drains, so stopped after them: what they could not hand
+        # the app is written before the spool closes.
+        _SpoolService(relay, reactor).setServiceParent(service)
     _Drain(reactor, hub).setServiceParent(service)
     _RelayDrain(relay, pool, reactor, config.upstream_timeout, webhooks).setServiceParent(service)
     _Sessions(hub, reactor).setServiceParent(service)

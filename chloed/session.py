@@ -45,7 +45,7 @@ class Session:
     __slots__ = (
         "id", "transport", "channels", "user", "sink", "pending", "pending_bytes",
         "seq", "limit", "waiter", "closed", "_on_overflow", "grace", "presence",
-        "tat", "event_tat", "granted", "__weakref__",
+        "tat", "event_tat", "granted", "lane", "__weakref__",
     )
 
     def __init__(
@@ -78,6 +78,9 @@ class Session:
         # tokens it subscribed with; None (not an empty frozenset, 216 bytes
         # a session) while it has none.
         self.granted: frozenset[str] | None = None
+        # The relay lane of its messages and events, when not its id: a
+        # resumed session goes on with the lane of the one it resumed.
+        self.lane: str | None = None
         self._on_overflow = on_overflow
 
     def __repr__(self) -> str:

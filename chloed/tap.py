@@ -67,6 +67,7 @@ class Options(usage.Options):
         if secret:
             flags["secret"] = secret
         cfg = config_module.from_mapping(flags, base)
+        cfg.check()
         for description in cfg.listen:
             try:
                 serverFromString(MemoryReactor(), description)

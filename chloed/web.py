@@ -16,6 +16,7 @@ from twisted.web.static import Data
 
 from chloed import __version__, frames, tokens
 from chloed.api import Api
+from chloed.deadletters import DeadLetterApi
 from chloed.errors import RequestError
 from chloed.http import answer_request_error, authorize, error
 from chloed.hub import Hub
@@ -183,7 +184,9 @@ def make_site(hub: Hub, metrics: Metrics | None = None, pusher: PusherProtocol |
     if metrics is None:
         metrics = Metrics(hub.clock).attach(hub)
     ops = Ops(hub, metrics).resource()
-    root = Root(Api(hub).resource(), {path: ops for path in OPS_PATHS})
+    whole = {path: ops for path in OPS_PATHS}
+    whole[b"relay"] = DeadLetterApi(hub.relay, hub.config.secret).resource()
+    root = Root(Api(hub).resource(), whole)
     root.putChild(b"", IndexPage(hub, metrics))
     # The reactor turn WebSocket writes are coalesced in, and /send's
     # batches gathered in.

@@ -121,7 +121,7 @@ class SSEResource(BrowserResource):
         request.setHeader(b"x-accel-buffering", b"no")
         stream = SSEStream(hub, request)
         request.write(b"retry: 1000\n\n")
-        session = stream.session = hub.open_session("sse", stream)
+        session = stream.session = hub.open_session("sse", stream, resume=arg(request, b"resume"))
         if channels:
             hub.subscribe_all(session, channels, since or None, arg(request, b"token"))
         self.streams.add(stream)

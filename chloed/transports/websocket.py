@@ -296,15 +296,16 @@ class ChloeWebSocket(WebSocketServerProtocol):
         transport.registerProducer(self.flow, True)
         if type(transport) is tcp.Server:
             self._sock = transport.socket
+        resume = (self.http_request_params or {}).get("resume")
         for name in _UPGRADE_LEFTOVERS:
             setattr(self, name, None)
-        self.session = self.open_session()
+        self.session = self.open_session(resume[0] if resume else None)
         self.factory.heartbeat.add(self)
 
-    def open_session(self) -> Session:
+    def open_session(self, resume: str | None = None) -> Session:
         """The hub's session of this connection (its ``connected`` is
-        written)."""
-        return self.factory.hub.open_session("websocket", self)
+        written); ``resume``: the ``?resume=`` of its URL."""
+        return self.factory.hub.open_session("websocket", self, resume=resume)
 
     def onFrameEnd(self) -> bool | None:
         """A frame has come in whole: the peer is alive (see
