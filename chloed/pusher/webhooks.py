@@ -26,6 +26,7 @@ from chloed import frames
 from chloed.pusher.apps import PusherApp
 from chloed.pusher.auth import webhook_signature
 from chloed.relay import Relay
+from chloed.spool.memory import MemorySpool
 
 log = Logger()
 
@@ -42,7 +43,10 @@ class WebhookRelay(Relay):
     def __init__(self, app: PusherApp, http: Any, clock: IReactorTime, timeout: float, retries: int,
                  queue_size: int) -> None:
         assert app.webhook_url is not None
-        super().__init__(http, app.webhook_url, (), clock, timeout, retries, queue_size, batch=WEBHOOK_BATCH)
+        # (Kept in memory, no dead letters: a webhook given up on is logged
+        # and counted where it is made, Webhooks._failed.)
+        super().__init__(http, app.webhook_url, (), clock, timeout, retries, queue_size, batch=WEBHOOK_BATCH,
+                         spool=MemorySpool(dead_limit=0))
         self.app = app
         self._key = [app.key.encode("ascii")]
 

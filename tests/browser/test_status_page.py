@@ -173,6 +173,10 @@ def test_status_page_updates_live_from_real_traffic(chloed, traffic, page: Page,
     expect(page.locator("#hidden-channels")).to_contain_text("2 private or presence channels")
     assert "team-7" not in page.content() and "room-1" not in page.content()
     expect(page.locator("#relay-delivered")).not_to_have_text("0")
+    # The relay's lag and its spool's depth (issue 18).
+    expect(page.locator("#relay-lag")).not_to_have_text("– / –")
+    expect(page.locator("#relay-depth")).to_contain_text("B")
+    expect(page.locator("#relay-dead")).to_have_text("0")
     if UPDATE:
         page.wait_for_function("document.body.dataset.updates >= 45", timeout=90000)
     shot = tmp_path / "status-page.png"
