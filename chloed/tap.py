@@ -68,6 +68,15 @@ class Options(usage.Options):
             flags["secret"] = secret
         cfg = config_module.from_mapping(flags, base)
         cfg.check()
+        if cfg.spool == "disk" and cfg.application_server_url is not None:
+            from chloed.spool.base import SpoolError
+            from chloed.spool.disk import probe
+
+            assert cfg.relay_spool_path is not None
+            try:
+                probe(cfg.relay_spool_path)
+            except SpoolError as exc:
+                raise ConfigError("relay_spool_path", str(exc)) from None
         for description in cfg.listen:
             try:
                 serverFromString(MemoryReactor(), description)

@@ -59,10 +59,10 @@ class DeadLetters:
 
     def take(self, ids: list[str] | None) -> list[DeadLetter]:
         if ids is None:
-            taken = list(self.letters.values())
+            found = list(self.letters.values())
             self.letters.clear()
-            return taken
-        found = [self.letters.pop(i) for i in dict.fromkeys(ids) if i in self.letters]
+        else:
+            found = [self.letters.pop(i) for i in dict.fromkeys(ids) if i in self.letters]
         found.sort(key=lambda letter: letter.record.arrived)
         return found
 
