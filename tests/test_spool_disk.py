@@ -295,18 +295,23 @@ def test_unusable_directory(tmp_path: Any) -> None:
         assert path in str(caught.value) and reason in str(caught.value)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
-def test_read_only_directory(tmp_path: Any) -> None:
-    """A directory chloed may not write to fails the start."""
-    path = tmp_path / "spool"
-    path.mkdir()
-    path.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    try:
-        with pytest.raises(SpoolError, match="Permission denied") as caught:
-            Harness(str(path)).open()
-        assert str(path) in str(caught.value)
-    finally:
-        path.chmod(0o700)
+def test_probe_before_start(tmp_path: Any) -> None:
+    """chloed's start-up check (probe) refuses a path it cannot make a
+    directory of, and a directory another spool holds; it takes a fresh
+    one and leaves no file behind but the lock."""
+    from chloed.spool.disk import probe
+
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    with pytest.raises(SpoolError, match="cannot create the directory"):
+        probe(str(blocker / "spool"))
+    fresh = tmp_path / "fresh"
+    probe(str(fresh))
+    assert sorted(p.name for p in fresh.iterdir()) == ["lock"]
+    h = Harness(str(fresh))
+    h.open()
+    with pytest.raises(SpoolError, match="in use by another chloed"):
+        probe(str(fresh))
 
 
 def test_locked_directory(h: Harness) -> None:
