@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import struct
 from typing import Any, Callable, Iterator, Sequence
 
