@@ -214,7 +214,10 @@ def test_installed_layout(installed):
     assert home.st_uid == user.pw_uid
     conf = CONF.stat()
     assert conf.st_gid == user.pw_gid and conf.st_mode & 0o777 == 0o640
-    assert 'listen = "tcp:8901:interface=127.0.0.1"' in CONF.read_text().splitlines()
+    lines = CONF.read_text().splitlines()
+    assert 'listen = "tcp:8901:interface=127.0.0.1"' in lines
+    # The relay spools to the state directory, the one place the unit may write.
+    assert 'relay_spool = "disk"' in lines and 'relay_spool_path = "/var/lib/chloe/spool"' in lines
     assert (VENV / "lib").is_dir() and os.path.realpath(VENV / "bin" / "python3").startswith("/usr/bin/python3")
 
 
@@ -237,11 +240,13 @@ def test_units_verify(installed):
 
 
 def test_runs_as_chloe_with_the_packaged_config(installed):
-    """The installed server, as user chloe, answers /health and stops cleanly on SIGTERM."""
+    """The installed server, as user chloe, answers /health and stops cleanly
+    on SIGTERM; with an app to relay to, its disk spool is in the state
+    directory, chloe's own."""
     port = _free_port()
     process = subprocess.Popen(
         _as_chloe(str(TWISTD), "--nodaemon", "--pidfile=", "chloe", "--config", str(CONF),
-                  "--listen", f"tcp:{port}:interface=127.0.0.1"),
+                  "--listen", f"tcp:{port}:interface=127.0.0.1", "--app-url", "http://127.0.0.1:9/updates"),
         cwd="/var/lib/chloe", env=_chloe_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -250,6 +255,8 @@ def test_runs_as_chloe_with_the_packaged_config(installed):
         uid = [line for line in Path(f"/proc/{process.pid}/status").read_text().splitlines()
                if line.startswith("Uid:")][0].split()[1]
         assert int(uid) == pwd.getpwnam("chloe").pw_uid
+        spool = Path("/var/lib/chloe/spool")
+        assert spool.stat().st_uid == pwd.getpwnam("chloe").pw_uid and (spool / "lock").exists()
     finally:
         code = _stop(process)
         output = process.stdout.read()
