@@ -29,7 +29,7 @@ from chloed.pusher.protocol import PusherProtocol
 from chloed.pusher.webhooks import Webhooks
 from chloed.metrics import Metrics
 from chloed.relay import MAX_LANES_IN_FLIGHT, Relay
-from chloed.spool.base import Spool, SpoolError
+from chloed.spool.base import Spool
 from chloed.spool.memory import MemorySpool
 from chloed.web import make_site
 
@@ -200,6 +200,9 @@ class _Sessions(Service):
         return flushed(self.reactor, LINGER)
 
 
+#: Seconds between tries to start a Redis spool while Redis is away.
+SPOOL_RETRY = 5.0
+
 #: Retries of a Pusher webhook when ``upstream_retries`` is not set (its
 #: relay has no spool and no ``relay_ttl``).
 WEBHOOK_RETRIES = 5
@@ -234,14 +237,23 @@ class _SpoolService(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._start()
+
+    def _start(self) -> None:
         self.relay.start().addErrback(self._failed)
 
     def _failed(self, failure: Failure) -> None:
+        if self.relay.spool.name != "disk":
+            # Redis away: appends fail (upstream_failed) until it is back.
+            log.warn("the relay spool cannot start yet, trying again in {delay}s: {why}",
+                     delay=SPOOL_RETRY, why=failure.getErrorMessage())
+            if self.running:
+                self.reactor.callLater(SPOOL_RETRY, self._start)
+            return
         log.critical("the relay spool cannot be used: {why}", why=failure.getErrorMessage())
-        if failure.check(SpoolError) and self.relay.spool.name == "disk":
-            sys.stderr.write(f"chloe: relay_spool_path: {failure.getErrorMessage()}\n")
-            sys.stderr.flush()
-            os._exit(1)
+        sys.stderr.write(f"chloe: relay_spool_path: {failure.getErrorMessage()}\n")
+        sys.stderr.flush()
+        os._exit(1)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
