@@ -1,8 +1,12 @@
 """The application's HTTP API but ``/send`` (:mod:`chloed.send`):
-``GET /channels[/NAME]``, ``GET /health``.
+``GET /channels[/NAME]``, ``GET /channels/NAME/presence``, ``GET
+/sessions``, ``GET /health``.
 
-``/channels`` takes the bearer ``secret``; with no secret configured it
-answers loopback clients only (:func:`chloed.http.authorize`).
+``/channels`` and ``/sessions`` take the bearer ``secret``; with no secret
+configured they answer loopback clients only (:func:`chloed.http.authorize`).
+``/sessions`` and ``/channels/NAME/presence`` are for an app that lost its
+state: who is connected, to what, and who is in a presence channel, on
+every node.
 Errors are ``{"error": code, "message": text}`` with a 4xx status.
 """
 
@@ -16,11 +20,50 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chloed import __version__, frames
-from chloed.backends.base import BackendUnavailable, ChannelInfo, ChannelListing
+from chloed.backends.base import (
+    PUSHER_TRANSPORT, SESSION_CURSOR, BackendUnavailable, ChannelInfo, ChannelListing, SessionListing, is_presence,
+)
 from chloed.errors import RequestError
 from chloed.hub import Hub
 from chloed.http import answer_request_error, authorize, json_body, routing_error
 from chloed.pusher.names import is_pusher
+
+
+#: ``GET /sessions?limit=``: the default, and the most a page holds.
+SESSIONS_LIMIT = 100
+SESSIONS_MAX = 1000
+INVALID_REQUEST = "invalid_request"
+NOT_PRESENCE = "not_presence"
+
+
+def _query(request: IRequest, name: bytes) -> str | None:
+    """The query parameter ``name``, None when absent; 400 when given twice
+    or not UTF-8."""
+    values = (request.args or {}).get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise RequestError(400, INVALID_REQUEST, f"{name.decode()} is given more than once")
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(400, INVALID_REQUEST, f"{name.decode()} is not UTF-8") from None
+
+
+def _limit(request: IRequest) -> int:
+    text = _query(request, b"limit")
+    if text is None:
+        return SESSIONS_LIMIT
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= SESSIONS_MAX):
+        raise RequestError(400, INVALID_REQUEST, f"limit must be an integer from 1 to {SESSIONS_MAX}")
+    return int(text)
+
+
+def _cursor(request: IRequest) -> str | None:
+    text = _query(request, b"cursor")
+    if text is not None and SESSION_CURSOR.fullmatch(text) is None:
+        raise RequestError(400, INVALID_REQUEST, "cursor must be the next of an earlier page")
+    return text
 
 
 class Api:
@@ -70,6 +113,43 @@ class Api:
         return self.broker.channel_info(name).addCallbacks(
             self._channel_body, self._backend_failed, callbackArgs=(request,)
         )
+
+    @app.route("/channels/<string:name>/presence", methods=["GET"])
+    def presence(self, request: IRequest, name: str) -> Deferred[bytes]:
+        """Who is in a presence channel, on every node (read from where the
+        members are held: with Redis, Redis, whether or not this node has
+        subscribers there)."""
+        self._authorize(request)
+        if not frames.valid_channel(name):
+            raise RequestError(400, frames.INVALID_CHANNEL, "not a valid channel name")
+        if not is_presence(name):
+            raise RequestError(400, NOT_PRESENCE, f"{name} is not a presence channel (presence-...)")
+        return self.hub.presence.fetch(name).addCallbacks(
+            lambda members: json_body(request, 200, {"channel": name, "members": members}), self._backend_failed
+        )
+
+    @app.route("/sessions", methods=["GET"])
+    def sessions(self, request: IRequest) -> Deferred[bytes]:
+        """A page of every node's sessions: ``?limit=`` of them (1 to
+        1000, 100 by default) after ``?cursor=`` (the ``next`` of the page
+        before). Pusher sockets are the Pusher apps' and not listed."""
+        self._authorize(request)
+        limit, cursor = _limit(request), _cursor(request)
+        return self.broker.session_list(limit, cursor).addCallbacks(
+            self._sessions_body, self._backend_failed, callbackArgs=(request,)
+        )
+
+    @staticmethod
+    def _sessions_body(listing: SessionListing, request: IRequest) -> bytes:
+        sessions = [
+            {
+                "id": info.id, "transport": info.transport, "user": info.user,
+                "channels": [name for name in info.channels if not is_pusher(name)], "node": info.node,
+            }
+            for info in listing.sessions
+            if info.transport != PUSHER_TRANSPORT
+        ]
+        return json_body(request, 200, {"sessions": sessions, "next": listing.next, "scope": listing.scope})
 
     def _channel_body(self, info: ChannelInfo, request: IRequest) -> bytes:
         body: dict[str, Any] = {

@@ -17,6 +17,7 @@ methods, mypy checks that it does where one is used as a :class:`Backend`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
@@ -90,6 +91,54 @@ class ChannelListing:
     only, with several nodes) or ``"cluster"`` (everyone's)."""
 
     channels: dict[str, ChannelInfo]
+    scope: str
+
+
+#: A session's ``transport`` when it is a Pusher socket: those are the
+#: Pusher app's (its own API reports them), never listed by ``GET /sessions``.
+PUSHER_TRANSPORT = "pusher"
+
+
+#: What a ``GET /sessions`` cursor may be: a session id (memory), or a node
+#: and a session id (``<node>~<id>``, Redis); any such string is a position.
+SESSION_CURSOR = re.compile(r"[A-Za-z0-9_.~-]{1,512}", re.ASCII)
+
+
+def listed(subscriber: Subscriber) -> bool:
+    """Whether ``GET /sessions`` lists ``subscriber`` (not a Pusher socket)."""
+    return getattr(subscriber, "transport", None) != PUSHER_TRANSPORT
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One session as ``GET /sessions`` lists it: its transport, its token
+    user (None before a token named one), its channels (sorted) and the
+    node holding it (None with the memory backend: there is one)."""
+
+    id: str
+    transport: str
+    user: Any
+    channels: list[str]
+    node: str | None
+
+    @classmethod
+    def of(cls, session: Subscriber, node: str | None) -> "SessionInfo":
+        """What a session says of itself (a :class:`chloed.session.Session`
+        has every attribute; a test's recorder may have none)."""
+        return cls(
+            session.id, getattr(session, "transport", ""), getattr(session, "user", None),
+            sorted(getattr(session, "channels", ())), node,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionListing:
+    """A page of ``GET /sessions``: at most ``limit`` sessions in a stable
+    order, ``next`` the cursor of the page after (None after the last), and
+    ``scope`` whose (always ``"cluster"``: every node's)."""
+
+    sessions: list[SessionInfo]
+    next: str | None
     scope: str
 
 
@@ -237,6 +286,15 @@ class Backend(Protocol):
 
     def channel_list(self) -> Deferred[ChannelListing]:
         """The active channels (see :class:`ChannelListing` for whose)."""
+
+    def session_list(self, limit: int, cursor: str | None) -> Deferred[SessionListing]:
+        """A page of the sessions of every node, Pusher sockets left out:
+        at most ``limit`` of them after ``cursor`` (a page's ``next``; None
+        for the first page), in one total order, so that a walk of every
+        page lists each session there from its first page to its last once.
+        Every string of the cursor alphabet (``[A-Za-z0-9_.~-]``) is a
+        position in that order: none is refused. Fails with
+        :class:`BackendUnavailable` when it cannot be read now."""
 
     def make_presence(self, clock: IReactorTime, grace: float) -> Presence:
         """The presence of this backend (in this process, or shared); made

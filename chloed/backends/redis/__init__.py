@@ -25,6 +25,10 @@ holds what the nodes share:
     :mod:`.census`).
 ``chloe:p:<channel>``, ``chloe:pi:<channel>``
     presence: user id → expiry, user id → member (see :class:`RedisPresence`).
+``chloe:roster:<node>``
+    the node's sessions, ``"<session id> <row>"`` in a sorted set, for
+    ``GET /sessions`` on any node; written lazily, never waited on (see
+    :mod:`.roster`).
 pub/sub ``chloe:<db>:c:<channel>``, ``chloe:<db>:all``, ``chloe:<db>:n:<node>``
     live messages: ``"<id> <excluded session> <data>"`` (the data is the JSON
     ``/send`` was given, spliced into frames unparsed); presence
@@ -61,7 +65,8 @@ back: each channel is read again after the last id the node delivered.
 The modules, each importing only those after it: :mod:`.broker` (the
 node's channels and sessions, publishing, live delivery), :mod:`.joins`
 (subscribers on their way in), :mod:`.handover` (other nodes' requests for
-this node's sessions), :mod:`.presence`, :mod:`.channel` (per-channel and
+this node's sessions), :mod:`.presence`, :mod:`.roster` (every node's
+sessions), :mod:`.channel` (per-channel and
 per-join state), :mod:`.census` (subscriber counts), :mod:`.link` (the two
 connections), :mod:`.keys` and :mod:`.scripts` (key names, Lua).
 """

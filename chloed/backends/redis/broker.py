@@ -20,7 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from chloed import frames
-from chloed.backends.base import ChannelInfo, ChannelListing, PublishResult, Replay, Subscriber
+from chloed.backends.base import ChannelInfo, ChannelListing, PublishResult, Replay, SessionListing, Subscriber
 from chloed.backends.memory import Broker, Channel
 from chloed.backends.redis.census import COUNTS_TTL, Census, polling
 from chloed.backends.redis.channel import RedisChannel, _Join, _Snapshot
@@ -34,6 +34,7 @@ from chloed.backends.redis.keys import (
 )
 from chloed.backends.redis.link import ConnectedWhileRunning, RedisLink, ignore
 from chloed.backends.redis.presence import RedisPresence
+from chloed.backends.redis.roster import Roster
 from chloed.backends.redis.scripts import (
     DIRECT_SCRIPT, OCCUPANCY_SCRIPT, PUBLISH_SCRIPT, SNAPSHOT_SCRIPT, SUBSCRIBERS_SCRIPT,
 )
@@ -87,6 +88,12 @@ class RedisBroker(Broker):
         self.census = Census(
             clock, call=call, ignore=ignore, node=self.node, channels=lambda: self.channels, connected=self._connected
         )
+        # Which sessions the node holds, for GET /sessions on any node.
+        self.roster = Roster(
+            clock, call=call, ignore=ignore, node=self.node, sessions=self.sessions, connected=self._connected,
+            ttl_ms=lambda: self.census.node_ttl_ms,
+        )
+        self.census.on_beat = self.roster.refresh
         self._joins = Joins(
             self.channels, census=self.census, snapshot=self._snapshot, later=self._link.later,
             connected=self._connected, forget=self._maybe_forget, ttl_ms=self._ttl_ms, keeps=self._keeps,
@@ -121,6 +128,12 @@ class RedisBroker(Broker):
     def on_forward(self, frames: Callable[[str, bytes], None] | None) -> None:
         self._handover.on_forward = frames
 
+    @property
+    def link(self) -> RedisLink:
+        """The node's connections to Redis, for what else keeps state there
+        (the relay's Redis spool)."""
+        return self._link
+
     def service(self) -> Service:
         """The service that connects this broker while the server runs."""
         return ConnectedWhileRunning(self.connect, self.disconnect)
@@ -137,6 +150,7 @@ class RedisBroker(Broker):
     def connect(self) -> None:
         """Open both connections; they come back by themselves when lost."""
         self.census.start()
+        self.roster.start()
         if self.presence is not None:
             self.presence.start()
         # Sessions older than SESSION_TTL stay reachable by /send.
@@ -150,6 +164,7 @@ class RedisBroker(Broker):
     def disconnect(self) -> Deferred[Any]:
         """Leave the census, stop the timers, close both connections."""
         self.census.stop()
+        self.roster.stop()
         if self.presence is not None:
             self.presence.stop()
         if self._renewal is not None and self._renewal.running:
@@ -179,6 +194,7 @@ class RedisBroker(Broker):
         # adds to complete counts.
         self.census.recount()
         self._register_all()
+        self.roster.rewrite()
         for channel in list(self.channels.values()):
             self._channel_subscriptions.check(channel)
             for join in list(channel.joining):
@@ -196,6 +212,8 @@ class RedisBroker(Broker):
         if new:
             self.census.session_added(session)
         super().add_session(session)
+        if new:
+            self.roster.added(session)
         opened = self.census.session_opened(session.id) if new else None
         if opened is None:
             self._register(session.id)
@@ -205,6 +223,7 @@ class RedisBroker(Broker):
     def remove_session(self, session: Subscriber, channels: Iterable[str]) -> None:
         if self.sessions.get(session.id) is session:
             self.census.session_removed(session)
+            self.roster.removed(session)
         super().remove_session(session, channels)
         if self._connected() and session.id not in self.sessions:
             self._link.call("delete", SESSION_PREFIX + session.id).addErrback(ignore)
@@ -244,6 +263,7 @@ class RedisBroker(Broker):
         it left them all before; waits while Redis is away.
         """
         join = _Join(subscriber, list(dict.fromkeys(names)), since)
+        self.roster.changed(subscriber)
         for name in join.names:
             channel = self._channel_subscriptions.channel(name)
             channel.joining.append(join)
@@ -267,6 +287,8 @@ class RedisBroker(Broker):
             self.census.changed(name)
         if self._joins.withdraw(channel, subscriber):
             found = True
+        if found:
+            self.roster.changed(subscriber)
         self._maybe_forget(channel)
         return found
 
@@ -395,6 +417,12 @@ class RedisBroker(Broker):
             for name, channel in self.channels.items()
         }
         return defer.succeed(ChannelListing(listing, "node"))
+
+    def session_list(self, limit: int, cursor: str | None) -> Deferred[SessionListing]:
+        """Every live node's sessions, from their rosters in Redis (each
+        within :data:`~.roster.FLUSH_DELAY` of a change): one script a
+        page (see :class:`~.roster.Roster`)."""
+        return self.roster.page(limit, cursor)
 
     # -- the handover (see .handover) -------------------------------------
 

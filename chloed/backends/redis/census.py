@@ -109,6 +109,9 @@ class Census:
         self._recounts = 0
         # A write that may have lost a count failed: the next beat recounts.
         self._recount_due = False
+        # Called on each beat: what else the node keeps alive with it (its
+        # roster of sessions).
+        self.on_beat: Callable[[], object] | None = None
 
     def start(self) -> None:
         self._stopped = False
@@ -248,6 +251,8 @@ class Census:
         count again when Redis had given the node up (and each hour every
         channel's, so that none expires)."""
         self._beats += 1
+        if self.on_beat is not None:
+            self.on_beat()
         if self._recount_due:
             return self.recount()
         if self._beats % FULL_REPORT_BEATS == 0:

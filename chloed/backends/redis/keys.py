@@ -14,6 +14,7 @@ SESSION_TTL = 86400  # a dead node's sessions are forgotten after a day
 NODES_KEY = "chloe:nodes"
 OCCUPANCY_PREFIX = "chloe:o:"  # channel -> {nodes with subscribers of it}, for occupied/vacated
 COUNTS_PREFIX = "chloe:r:"  # channel -> {node: "<streaming> <polling>"}, for receipts
+ROSTER_PREFIX = "chloe:roster:"  # node -> sorted set of "<session id> <row>", for GET /sessions
 
 Key = tuple[int, int]
 ZERO: Key = (0, 0)

@@ -348,3 +348,57 @@ local removed = redis.call('SREM', KEYS[1], ARGV[1])
 if removed == 1 and redis.call('SCARD', KEYS[1]) == 0 then return 1 end
 return 0
 """
+
+# A node's roster (KEYS[1], a sorted set of "<session id> <row>"; ARGV: its
+# ttl ms, then pairs of session id and row, '' for a session gone): each
+# session's member replaced (ZREMRANGEBYLEX of "<id> …": ids hold neither a
+# space nor anything below "!"), the expiry pushed on.
+ROSTER_SCRIPT = """
+local key = KEYS[1]
+for i = 2, #ARGV, 2 do
+  local id, row = ARGV[i], ARGV[i + 1]
+  redis.call('ZREMRANGEBYLEX', key, '[' .. id .. ' ', '(' .. id .. '!')
+  if row ~= '' then
+    redis.call('ZADD', key, 0, id .. ' ' .. row)
+  end
+end
+redis.call('PEXPIRE', key, ARGV[1])
+return 1
+"""
+
+# A page of GET /sessions (KEYS[1] chloe:nodes; ARGV: the rosters' key
+# prefix, the page's size, and the cursor: a node and the last session id
+# listed of it, '' for its first): the rosters of the nodes alive on
+# Redis's clock, by node name then session id, from the cursor on. Returns
+# {node, member, node, member, ...}, then the next cursor's node and id
+# (false after the last page; id '' for "from that node's first").
+ROSTER_PAGE_SCRIPT = NOW + """
+local alive = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for j = 1, #entries, 2 do
+  if entries[j] ~= '' and tonumber(string.match(entries[j + 1], '^%d+') or 0) > now then
+    alive[#alive + 1] = entries[j]
+  end
+end
+table.sort(alive)
+local limit, from, after = tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local out, got = {}, 0
+for _, node in ipairs(alive) do
+  if node >= from then
+    local start = '-'
+    if node == from and after ~= '' then start = '[' .. after .. '!' end
+    -- One more than the page holds: whether a next page has any.
+    local members = redis.call('ZRANGEBYLEX', ARGV[1] .. node, start, '+', 'LIMIT', 0, limit - got + 1)
+    for i, member in ipairs(members) do
+      if got == limit then
+        if i == 1 then return {out, node, ''} end
+        return {out, node, string.match(members[i - 1], '^(%S+)')}
+      end
+      out[#out + 1] = node
+      out[#out + 1] = member
+      got = got + 1
+    end
+  end
+end
+return {out, false, false}
+"""
