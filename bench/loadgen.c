@@ -44,7 +44,12 @@
  *                 frames (at most --window in flight each, or --rate R in
  *                 total); this process is also the app server chloed relays
  *                 to (--app-port, answers 200 at once); an ack is a delivery
- *                 and its latency is send->ack.
+ *                 and its latency is send->ack. With a durable relay spool
+ *                 (disk, redis) chloed first answers {"type":"accepted",
+ *                 "ref":R} once the send is on stable storage: counted
+ *                 ("accepted") with its own send->accepted latency
+ *                 (accepted_p50_ms, accepted_p99_ms), never taken for an ack
+ *                 (the client's next send still waits for the ack).
  *
  * Several nodes (issue 9): --ports P1,P2,... spreads the clients over
  * several chloeds (client i connects to the i % n-th port); publishes go to
@@ -117,6 +122,7 @@ static unsigned long seed = 1;
 /* ------------------------------------------------------------------ shared */
 typedef struct {
   volatile long long started, connected, failed, disconnects, error_frames, delivered;
+  volatile long long accepted; /* relay: {"type":"accepted"} frames (durable spools) */
   volatile long long bad_lat, done, pid;
   char first_err[ERRLEN];
 } slot_t;
@@ -128,6 +134,8 @@ typedef struct {
 static shared_t *shm;
 static uint32_t *hist_all; /* procs * HIST_N */
 static uint32_t *hist;     /* this process */
+static uint32_t *hist_acc_all; /* relay: send->accepted latencies, procs * HIST_N */
+static uint32_t *hist_acc;     /* this process */
 static slot_t *me;
 static int my_index = 0;
 
@@ -418,12 +426,21 @@ static void channel_of(long i, char *out, size_t n) {
   if (nchannels <= 1) snprintf(out, n, "bench");
   else snprintf(out, n, "bench-%ld", i % nchannels);
 }
-static inline void record_latency(long long sent_us, long long tnow) {
+static inline void record_latency_in(uint32_t *h, long long sent_us, long long tnow) {
   if (!shm->recording) return;
   long long lat = tnow - sent_us;
   if (lat < 0 || lat > 3600LL * 1000000) { me->bad_lat++; return; }
   long long b = lat / HIST_US;
-  hist[b < HIST_N ? b : HIST_N - 1]++;
+  h[b < HIST_N ? b : HIST_N - 1]++;
+}
+static inline void record_latency(long long sent_us, long long tnow) { record_latency_in(hist, sent_us, tnow); }
+/* relay: the send time in us a frame's "ref":<digits> carries (0: none) */
+static long long frame_ref(const char *p, size_t n) {
+  const char *q = memmem(p, n, "\"ref\":", 6);
+  long long ts = 0;
+  if (q)
+    for (q += 6; q < p + n && *q >= '0' && *q <= '9'; q++) ts = ts * 10 + (*q - '0');
+  return ts;
 }
 /* every "ts=<digits>" in p[0..n) is one delivery */
 static void count_deliveries(const char *p, size_t n, long long tnow) {
@@ -456,13 +473,15 @@ static void on_frame(int fd, const char *p, size_t n, long long tnow) {
   char kind = 0;
   if (n > 10 && !memcmp(p, T, 9)) kind = p[9];
   if (kind == 'm') { count_deliveries(p, n, tnow); return; } /* message: the hot path */
-  if (kind == 'a' && relay) {                                 /* ack: "ref":<send us> */
-    const char *q = memmem(p, n, "\"ref\":", 6);
-    long long ts = 0;
-    if (q)
-      for (q += 6; q < p + n && *q >= '0' && *q <= '9'; q++) ts = ts * 10 + (*q - '0');
+  if (kind == 'a' && relay && n > 18 && !memcmp(p + 9, "accepted\"", 9)) {
+    /* a durable spool has it: not an ack (the next send waits for that) */
+    me->accepted++;
+    record_latency_in(hist_acc, frame_ref(p, n), tnow);
+    return;
+  }
+  if (kind == 'a' && relay && n > 13 && !memcmp(p + 9, "ack\"", 4)) { /* ack: "ref":<send us> */
     me->delivered++;
-    record_latency(ts, tnow);
+    record_latency(frame_ref(p, n), tnow);
     if (c->inflight > 0) c->inflight--;
     if (mode == M_SATURATE && sending) relay_send(fd);
     return;
@@ -1037,25 +1056,27 @@ static long long sum_of(size_t field_offset) {
   return t;
 }
 #define SUM(f) sum_of(offsetof(slot_t, f))
-static double percentile_ms(double q, long long *count) {
+static double percentile_ms_of(const uint32_t *h, double q, long long *count) {
   long long n = 0;
   for (int p = 0; p < procs; p++)
-    for (long i = 0; i < HIST_N; i++) n += hist_all[(size_t)p * HIST_N + i];
+    for (long i = 0; i < HIST_N; i++) n += h[(size_t)p * HIST_N + i];
   *count = n;
   if (!n) return -1;
   long long want = (long long)(q * (double)n), acc = 0;
   for (long i = 0; i < HIST_N; i++) {
-    for (int p = 0; p < procs; p++) acc += hist_all[(size_t)p * HIST_N + i];
+    for (int p = 0; p < procs; p++) acc += h[(size_t)p * HIST_N + i];
     if (acc > want) return (i + 0.5) * HIST_US / 1000.0;
   }
   return HIST_N * HIST_US / 1000.0;
 }
-static double max_ms(void) {
+static double max_ms_of(const uint32_t *h) {
   for (long i = HIST_N - 1; i >= 0; i--)
     for (int p = 0; p < procs; p++)
-      if (hist_all[(size_t)p * HIST_N + i]) return (i + 1) * HIST_US / 1000.0;
+      if (h[(size_t)p * HIST_N + i]) return (i + 1) * HIST_US / 1000.0;
   return -1;
 }
+static double percentile_ms(double q, long long *count) { return percentile_ms_of(hist_all, q, count); }
+static double max_ms(void) { return max_ms_of(hist_all); }
 static void json_str(const char *s) {
   putchar('"');
   for (; *s; s++) {
@@ -1181,7 +1202,9 @@ int main(int argc, char **argv) {
 
   shm = mmap(NULL, sizeof(shared_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   hist_all = mmap(NULL, (size_t)procs * HIST_N * sizeof(uint32_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  if (shm == MAP_FAILED || hist_all == MAP_FAILED) { perror("mmap"); exit(3); }
+  /* relay only (one process); untouched pages of an anonymous map cost nothing */
+  hist_acc_all = mmap(NULL, (size_t)procs * HIST_N * sizeof(uint32_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (shm == MAP_FAILED || hist_all == MAP_FAILED || hist_acc_all == MAP_FAILED) { perror("mmap"); exit(3); }
   memset(shm, 0, sizeof *shm);
   shm->phase = PH_CONNECT;
   int per_proc_conc = conc / procs > 0 ? conc / procs : 1;
@@ -1202,6 +1225,7 @@ int main(int argc, char **argv) {
   me = &shm->slot[my_index];
   me->pid = getpid();
   hist = hist_all + (size_t)my_index * HIST_N;
+  hist_acc = hist_acc_all + (size_t)my_index * HIST_N;
   my_share = nclients / procs + (my_index < nclients % procs ? 1 : 0);
   rng_state ^= (unsigned long long)(my_index + 1) * 0xD1B54A32D192ED03ULL;
   conns = calloc((size_t)maxfd, sizeof(conn_t));
@@ -1382,6 +1406,9 @@ int main(int argc, char **argv) {
   long long lat_n = 0;
   double p50 = percentile_ms(0.50, &lat_n), p99 = percentile_ms(0.99, &lat_n), pmax = max_ms();
   long long deliveries = d1 - d0;
+  long long acc_n = 0;
+  double acc_p50 = percentile_ms_of(hist_acc_all, 0.50, &acc_n), acc_p99 = percentile_ms_of(hist_acc_all, 0.99, &acc_n);
+  double acc_max = max_ms_of(hist_acc_all);
   static const char *pn[] = {"ws", "sse", "longpoll", "pusher"};
   static const char *mn[] = {"idle", "saturate", "rate"};
   printf("{\"proto\":\"%s\",\"mode\":\"%s\",\"relay\":%s,\"random\":%s,\"n\":%ld,\"channels\":%ld,\"procs\":%d,"
@@ -1405,6 +1432,8 @@ int main(int argc, char **argv) {
          connected_settled > 0 && rss_before >= 0 ? (double)(rss_after - rss_before) * 1024.0 / connected_settled : -1.0,
          held_s, wall > 0 ? swait / wall : 0.0, ct1[0] > ct0[0] ? (cb1[0] - cb0[0]) / (ct1[0] - ct0[0]) : -1.0,
          ct1[1] > ct0[1] ? (cb1[1] - cb0[1]) / (ct1[1] - ct0[1]) : -1.0);
+  printf(",\"accepted\":%lld,\"accepted_lat_n\":%lld,\"accepted_p50_ms\":%.3f,\"accepted_p99_ms\":%.3f,"
+         "\"accepted_max_ms\":%.3f", SUM(accepted), acc_n, acc_p50, acc_p99, acc_max);
   printf(",\"ports\":%d,\"pub_all\":%s,\"expect_all\":%s,\"servers\":%d,\"server_cpu_s_each\":[", nports,
          pub_all ? "true" : "false", expect_all ? "true" : "false", npids);
   for (int k = 0; k < npids; k++) printf("%s%.3f", k ? "," : "", each_cpu[k]);

@@ -6,13 +6,15 @@
     python bench/run.py fanout --proto both   # (b) native and over the Pusher protocol, side by side
     python bench/run.py channels   # (c) 10k subscribers over 1,000 channels, random publishes
     python bench/run.py relay      # (d) browser -> app relay against a fast app server
+    python bench/run.py relay --spool all     # (d) the same with relay_spool memory, disk and redis, side by side
     python bench/run.py all        # all four
     python bench/run.py multinode  # (e) several nodes on one Redis (issue 9): 10k subscribers on 1 node
                                    #     vs 2 nodes, 2 x 15,000 idle WebSockets, Redis commands per publish
     options: --quick (a few hundred connections, 1-2 s windows), --no-write (leave
              bench/RESULTS.md alone), --reps N (medians of N runs; default 3), --hold S (idle),
              --relay-batch N (relay: chloed with relay_batch = N), --proto ws|pusher|both
-             (fanout: Chloe-native (default), the Pusher protocol layer, or both)
+             (fanout: Chloe-native (default), the Pusher protocol layer, or both),
+             --spool memory|disk|redis|all (relay: chloed's relay_spool; default memory)
 
 Each scenario builds ``bench/loadgen.c`` with gcc into ``bench/.build/``,
 starts a fresh chloed for every server-side measurement, pinned to CPU 0
@@ -29,6 +31,17 @@ chloed's TOML also holds one ``[[pusher.apps]]`` (``PUSHER_APP``), subscribers
 connect to ``/app/{key}`` and the publisher signs ``POST /apps/{id}/events``
 (loadgen ``--proto pusher --app-key --app-id --app-secret``). Its section of
 ``bench/RESULTS.md`` is ``fanout-pusher``, so the native one is left alone.
+
+``relay --spool disk|redis|all`` runs the relay scenario on a chloed with
+that ``relay_spool`` (``all``: memory, disk and redis one after the other, in
+one sitting, one table with disk/memory and redis/memory throughput). disk:
+``relay_spool_path`` is a fresh directory under ``bench/.build``, removed
+afterwards; redis: a ``redis-server`` as for ``multinode`` (pinned to CPU 1
+with the loader) and ``backend = "redis://127.0.0.1:PORT/0"``. With a durable
+spool chloed answers each send ``accepted`` before ``ack``: loadgen counts
+those apart (``accepted``, ``accepted_p50_ms``/``accepted_p99_ms``: send →
+accepted). Its section of ``bench/RESULTS.md`` is ``relay-spool``; plain
+``relay`` (``--spool memory``) keeps writing ``relay``.
 
 ``multinode`` also starts a ``redis-server`` (from PATH, or ``--redis-server``)
 on a free 127.0.0.1 port, without persistence, and stops it by its PID; its
@@ -593,32 +606,133 @@ def scenario_channels(ctx: Context) -> dict:
     ])
 
 
+RELAY_SPOOLS = ("memory", "disk", "redis")
+SPOOL_CHOICES = {"memory": ("memory",), "disk": ("disk",), "redis": ("redis",), "all": RELAY_SPOOLS}
+
+
+def proc_write_bytes(pid: int) -> int | None:
+    """Bytes ``pid`` caused to be sent to the storage layer so far (/proc/PID/io)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def disk_of(path: str) -> str:
+    """What ``path`` is stored on: file system type, device, mount options,
+    and the block device's driver and write cache mode, as far as /sys tells."""
+    out = first_line(["findmnt", "-n", "-o", "FSTYPE,SOURCE,TARGET,OPTIONS", "-T", path]).split()
+    if len(out) < 3:  # no findmnt: df -T's second line (device, type, ..., mount point)
+        try:
+            lines = subprocess.run(["df", "-T", path], capture_output=True, text=True, timeout=30).stdout.splitlines()
+        except (OSError, subprocess.TimeoutExpired):
+            lines = []
+        fields = lines[1].split() if len(lines) > 1 else []
+        if len(fields) < 7:
+            return "?"
+        out = [fields[1], fields[0], fields[6]]
+    fstype, source, target = out[:3]
+    text = f"{fstype} on `{source}` (mounted at `{target}`{', ' + out[3] if len(out) > 3 else ''})"
+    dev = os.path.basename(source)
+    sys_block = f"/sys/block/{dev}"
+    if not os.path.isdir(sys_block):  # a partition: its disk
+        for disk in os.listdir("/sys/block") if os.path.isdir("/sys/block") else []:
+            if os.path.isdir(f"/sys/block/{disk}/{dev}"):
+                sys_block = f"/sys/block/{disk}"
+                break
+    if os.path.isdir(sys_block):
+        driver = os.path.basename(os.path.realpath(f"{sys_block}/device/driver")) \
+            if os.path.exists(f"{sys_block}/device/driver") else "?"
+        try:
+            with open(f"{sys_block}/queue/write_cache") as f:
+                cache = f.read().strip()
+        except OSError:
+            cache = "?"
+        text += f"; block device `{os.path.basename(sys_block)}`, driver `{driver}`, write cache `{cache}`"
+    return text
+
+
+def relay_spool_run(ctx: Context, n: int, batch: int, spool: str, redis: "Redis | None", timing: list[str],
+                    label: str) -> dict:
+    """One chloed with ``relay_spool = spool``: ``--reps`` saturation runs, then
+    as many at half the median one's rate. For ``disk`` its ``relay_spool_path``
+    is a fresh directory under bench/.build, removed afterwards; for ``redis``
+    it runs with ``backend`` = ``redis`` (the bench's redis-server)."""
+    app_port = free_port()
+    options: dict = {"relay_batch": batch, "relay_spool": spool}
+    spool_dir = None
+    if spool == "disk":
+        spool_dir = tempfile.mkdtemp(prefix="chloe-bench-spool-", dir=BUILD)
+        options["relay_spool_path"] = spool_dir
+    elif spool == "redis":
+        assert redis is not None
+        redis.call("FLUSHALL")
+        options["backend"] = redis.url
+    name = f"relay-{n}" if spool == "memory" else f"relay-{spool}-{n}"
+    name += "" if batch == 1 else f"-batch{batch}"
+    tags = dict(scenario=label, relay_batch=batch, spool=spool)
+    if spool_dir:
+        tags["spool_path"] = os.path.relpath(spool_dir, REPO)
+    base = ["--proto", "ws", "--relay", "--app-port", str(app_port), "--n", str(n), "--conc", "50"]
+
+    def one(server: Chloed, *extra: str, **more: object) -> dict:
+        written = proc_write_bytes(server.pid)
+        if redis is not None and spool == "redis":
+            r = redis_loader(ctx, redis, [server], *base, *extra, cpu=LOADER_CPU, **tags, **more)
+            rp = r.get("redis_publish")
+            if rp and r.get("total_published"):  # connected -> drained, per message sent
+                r["redis_cpu_s_per_million"] = round(rp["cpu_s"] / (r["total_published"] / 1e6), 3)
+        else:
+            r = ctx.loader(server, *base, *extra, **tags, **more)
+        after = proc_write_bytes(server.pid)
+        if written is not None and after is not None and r.get("total_published"):
+            r["disk_bytes_per_msg"] = round((after - written) / r["total_published"], 1)
+        durable = spool != "memory"
+        sent_ok = max(r.get("total_published", 0) - r.get("error_frames", 0), 0)
+        # every send that was not refused hears accepted first (durable spools), none with memory
+        r["accepted_missing"] = max(sent_ok - r.get("accepted", 0), 0) if durable else r.get("accepted", 0)
+        if r["accepted_missing"]:
+            r["errors"] = r.get("errors", 0) + r["accepted_missing"]
+            r.setdefault("first_error", "")
+            r["first_error"] = r["first_error"] or (
+                f"{r['accepted_missing']} sends without an accepted" if durable else "accepted from a memory spool")
+        return r
+
+    try:
+        with Chloed(ctx, name, app_url=f"http://127.0.0.1:{app_port}/updates", options=options) as server:
+            sats = [one(server, "--saturate", "--window", "1", *timing, kind="saturate", rep=rep)
+                    for rep in range(ctx.reps)]
+            sat = pick_median(sats, "deliveries_per_s")
+            half = round(max(sat.get("deliveries_per_s", 0), 2) / 2, 1)
+            rates = [one(server, "--rate", str(half), *timing, kind="rate-half", rep=rep) for rep in range(ctx.reps)]
+    finally:
+        if spool_dir:
+            shutil.rmtree(spool_dir, ignore_errors=True)
+    runs = sats + rates
+    return dict(spool=spool, n=n, sats=sats, rates=rates, runs=runs, sat=sat, lat=pick_median(rates, "lat_p99_ms"),
+                dps=median([r.get("deliveries_per_s") for r in sats]),
+                cpu=median([r.get("cpu_s_per_million") for r in sats]),
+                errors=sum(r.get("errors", 0) for r in runs))
+
+
+def relay_timing(ctx: Context) -> list[str]:
+    return ["--warmup", "0.5", "--dur", "1.5", "--settle", "0.3"] if ctx.quick else \
+           ["--warmup", "1", "--dur", "5", "--settle", "1"]
+
+
 def scenario_relay(ctx: Context) -> dict:
+    spools = SPOOL_CHOICES[ctx.args.spool]
+    if spools != ("memory",):
+        return scenario_relay_spools(ctx, spools)
     n = 50 if ctx.quick else 400
     batch = ctx.args.relay_batch
     log(f"relay: {n} ws clients sending to a fast app server, relay_batch = {batch}")
-    app_port = free_port()
-    timing = ["--warmup", "0.5", "--dur", "1.5", "--settle", "0.3"] if ctx.quick else \
-             ["--warmup", "1", "--dur", "5", "--settle", "1"]
-    runs = []
-    name = f"relay-{n}" if batch == 1 else f"relay-{n}-batch{batch}"
-    with Chloed(ctx, name, app_url=f"http://127.0.0.1:{app_port}/updates",
-                options={"relay_batch": batch}) as server:
-        base = ["--proto", "ws", "--relay", "--app-port", str(app_port), "--n", str(n), "--conc", "50"]
-        sats = []
-        for rep in range(ctx.reps):
-            r = ctx.loader(server, *base, "--saturate", "--window", "1", *timing,
-                           scenario="relay", kind="saturate", rep=rep, relay_batch=batch)
-            sats.append(r)
-        sat = pick_median(sats, "deliveries_per_s")
-        half = round(max(sat.get("deliveries_per_s", 0), 2) / 2, 1)
-        rates = []
-        for rep in range(ctx.reps):
-            r = ctx.loader(server, *base, "--rate", str(half), *timing,
-                           scenario="relay", kind="rate-half", rep=rep, relay_batch=batch)
-            rates.append(r)
-        runs = sats + rates
-    lat = pick_median(rates, "lat_p99_ms")
+    s = relay_spool_run(ctx, n, batch, "memory", None, relay_timing(ctx), "relay")
+    sats, runs, sat, lat = s["sats"], s["runs"], s["sat"], s["lat"]
     rows = [[
         f"{n:,}", f"{n:,}", f"**{fmt(median([r.get('deliveries_per_s') for r in sats]))}**",
         f"{fmt(sat.get('lat_p50_ms'), 1)} / **{fmt(sat.get('lat_p99_ms'), 1)}**",
@@ -631,36 +745,148 @@ def scenario_relay(ctx: Context) -> dict:
     header = ["clients", "in flight", "acked msgs/s (saturation)", "ack p50 / p99 ms at saturation",
               "server CPU-s per 1M msgs", "server CPU share", "loader+app CPU share",
               "ack p50 / p99 ms at half that rate", "errors (all runs)", "app requests / sends (saturation run)"]
-    return dict(rows=rows, header=header, runs=runs, notes=[
-        "Each client sends `{\"type\":\"send\",\"data\":<100 B>,\"ref\":<send time>}` and its next one when the "
-        "`ack` comes (one in flight per client), so there are as many messages in flight as clients. The app "
-        "server is part of the load generator (same process, CPU 1): it answers every POST `200` at once on "
-        "keep-alive connections. Latency is send → ack, so it includes chloed's POST to the app and its answer.",
-        "chloed relays with at most 64 sessions' messages in flight to the app at once "
-        "(`MAX_LANES_IN_FLIGHT`), the rest queue in chloed." if batch == 1 else
-        f"chloed ran with `relay_batch = {batch}`: one POST carries the ready messages of up to {batch} sessions "
-        "(a JSON array), at most 8 POSTs in flight (`BATCH_POSTS_IN_FLIGHT`). The app server answers each POST "
-        "200 with an empty body, which acks every item; it counts requests, not items, so app requests are fewer "
-        "than sends. Server CPU per 1M msgs is per acked message.",
-    ])
+    return dict(rows=rows, header=header, runs=runs, notes=[relay_method_note(), relay_batch_note(batch)])
+
+
+def relay_method_note() -> str:
+    return ("Each client sends `{\"type\":\"send\",\"data\":<100 B>,\"ref\":<send time>}` and its next one when the "
+            "`ack` comes (one in flight per client), so there are as many messages in flight as clients. The app "
+            "server is part of the load generator (same process, CPU 1): it answers every POST `200` at once on "
+            "keep-alive connections. Latency is send → ack, so it includes chloed's POST to the app and its answer.")
+
+
+def relay_batch_note(batch: int) -> str:
+    if batch == 1:
+        return ("chloed relays with at most 64 sessions' messages in flight to the app at once "
+                "(`MAX_LANES_IN_FLIGHT`), the rest queue in chloed.")
+    return (f"chloed ran with `relay_batch = {batch}`: one POST carries the ready messages of up to {batch} sessions "
+            "(a JSON array), at most 8 POSTs in flight (`BATCH_POSTS_IN_FLIGHT`). The app server answers each POST "
+            "200 with an empty body, which acks every item; it counts requests, not items, so app requests are fewer "
+            "than sends. Server CPU per 1M msgs is per acked message.")
+
+
+def scenario_relay_spools(ctx: Context, spools: tuple[str, ...]) -> dict:
+    """``relay --spool disk|redis|all``: the relay run once per spool, one
+    after the other in the same sitting, each on a fresh chloed; one table."""
+    n = 50 if ctx.quick else 400
+    batch = ctx.args.relay_batch
+    timing = relay_timing(ctx)
+    redis = None
+    if "redis" in spools:
+        redis = Redis(ctx, cpu=LOADER_CPU)
+        log(f"relay: redis-server {redis.version} on 127.0.0.1:{redis.port} (pid {redis.process.pid})")
+    build_disk = disk_of(BUILD)
+    got: dict[str, dict] = {}
+    try:
+        for spool in spools:
+            log(f"relay: {n} ws clients sending to a fast app server, relay_spool = {spool}, relay_batch = {batch}")
+            got[spool] = relay_spool_run(ctx, n, batch, spool, redis, timing, "relay")
+    finally:
+        if redis is not None:
+            redis.stop()
+    memory = got.get("memory")
+
+    def vs_memory(s: dict) -> str:
+        if not memory or s["spool"] == "memory" or not memory["dps"] or memory["dps"] != memory["dps"]:
+            return "-" if s["spool"] != "memory" else "1.00"
+        return f"**{s['dps'] / memory['dps']:.2f}**"
+
+    def pair(r: dict, key: str) -> str:
+        return f"{fmt(r.get(key + '_p50_ms'), 1)} / {fmt(r.get(key + '_p99_ms'), 1)}"
+
+    rows = []
+    for spool in spools:
+        s = got[spool]
+        sat, lat, durable = s["sat"], s["lat"], spool != "memory"
+        rows.append([
+            f"`{spool}`", f"**{fmt(s['dps'])}**", vs_memory(s),
+            f"{fmt(sat.get('lat_p50_ms'), 1)} / **{fmt(sat.get('lat_p99_ms'), 1)}**",
+            f"{fmt(lat.get('lat_p50_ms'), 1)} / **{fmt(lat.get('lat_p99_ms'), 1)}** @ {fmt(lat.get('rate'), 0)} msg/s",
+            pair(sat, "accepted") if durable else "- (none)",
+            pair(lat, "accepted") if durable else "- (none)",
+            f"{sat.get('accepted', 0):,} / {sat.get('total_published', 0):,}",
+            f"**{fmt(s['cpu'], 0)}**", fmt(sat.get("server_cpu_share"), 2), fmt(sat.get("loader_cpu_share"), 2),
+            fmt(sat.get("server_wait_share"), 2),
+            fmt(sat.get("disk_bytes_per_msg"), 0), fmt(sat.get("redis_cpu_s_per_million"), 0) if spool == "redis" else "-",
+            str(s["errors"]),
+        ])
+    header = ["spool", "acked msgs/s (saturation)", "throughput vs memory", "ack p50 / p99 ms at saturation",
+              "ack p50 / p99 ms at half that rate", "accepted p50 / p99 ms at saturation",
+              "accepted p50 / p99 ms at half rate", "accepted / sends (saturation run)",
+              "server CPU-s per 1M msgs", "server CPU share", "loader+app CPU share", "server run-queue wait share",
+              "chloed disk bytes written per msg", "Redis CPU-s per 1M msgs", "errors (all runs)"]
+    targets, ratios = [], []
+    for spool in ("disk", "redis"):
+        if memory and spool in got and memory["dps"] == memory["dps"] and memory["dps"] > 0:
+            ratios.append(f"{spool}/memory {got[spool]['dps'] / memory['dps']:.2f} "
+                          f"({got[spool]['dps']:,.0f} vs {memory['dps']:,.0f} acked msgs/s)")
+    if memory and "disk" in got and not ctx.quick and memory["dps"] == memory["dps"] and memory["dps"] > 0:
+        ratio = got["disk"]["dps"] / memory["dps"]
+        targets.append(("the disk spool keeps at least half of the memory spool's acked msgs/s at saturation",
+                        ratio >= 0.5, f"{got['disk']['dps']:,.0f} vs {memory['dps']:,.0f}, ×{ratio:.2f}"))
+    redis_note = []
+    if redis is not None and "redis" in got:
+        rp = got["redis"]["sat"].get("redis_publish") or {}
+        per = ", ".join(f"{k} {v:g}" for k, v in list(rp.get("calls_per_publish", {}).items())[:8])
+        redis_note = [
+            f"`redis`: chloed with `backend = \"redis://127.0.0.1:PORT/0\"` and `relay_spool = \"redis\"`, on a "
+            f"redis-server {redis.version} the bench starts on a free port "
+            f"{'pinned to CPU 1 (with the loader)' if ctx.pin else 'unpinned'}, **without persistence** "
+            "(`--save '' --appendonly no`): here `accepted` means Redis replied to the `XADD` (the message is in "
+            "Redis's memory), not that anything reached a disk. The Redis backend also carries the hub's own "
+            "work (a session key per browser), so the row is what running on Redis costs the relay, not the spool "
+            f"alone. Redis commands per message sent (median saturation run, connected → drained): "
+            f"{rp.get('per_publish', '-')}" + (f" ({per})" if per else "") + "; *Redis CPU-s per 1M msgs* is "
+            "Redis's utime+stime over the same interval per million sends (not in *server CPU-s*)."]
+    extra = f"redis-server {redis.version} (`--save '' --appendonly no`)" if redis else None
+    pinning = ("chloed pinned to CPU 0, loadgen to CPU 1" + (", redis-server to CPU 1 with the loader" if redis else "")
+               + " (taskset)") if ctx.pin else "no CPU pinning (fewer than 2 CPUs or no taskset)"
+    return dict(rows=rows, header=header, runs=[r for s in got.values() for r in s["runs"]], targets=targets,
+                extra_versions=extra, pinning=pinning, notes=[
+        relay_method_note() + " Each spool runs on a fresh chloed (`relay_spool` set in its TOML), one after the "
+        f"other in this sitting: {', '.join(spools)}; {ctx.reps} saturation run(s) each, median, then as many at "
+        "half that spool's own median rate.",
+        "`accepted`: with a durable spool (`disk`, `redis`) chloed answers each send `{\"type\":\"accepted\","
+        "\"ref\":R}` once the spool holds the message (disk: written and `fdatasync`-ed; redis: Redis replied "
+        "to its `XADD`, see below), then `{\"type\":\"ack\",\"ref\":R}` once the "
+        "app answered 2xx; `memory` sends only the `ack`. The loader counts `accepted` frames apart (never as an ack "
+        "or an error) and measures send → accepted on their own; a client's next send still waits for the `ack`, "
+        "so every row has the same closed loop. *accepted / sends*: every send not refused must hear `accepted` "
+        "first with a durable spool, none with `memory` (a shortfall counts as errors).",
+        "`disk`: `relay_spool_path` is a fresh directory under `bench/.build/` (removed afterwards), on "
+        f"{build_disk}. Group commit (`chloed/spool/disk.py`): the appends of one reactor turn are queued and "
+        "written by one writer on a pool thread with one `pwritev` and one `fdatasync` per commit; while it syncs, "
+        "later appends queue up and go together in its next commit, so under load one `fdatasync` covers many "
+        "messages, and `accepted` waits for the commit that holds the message (`commit_delay` 0: no waiting for "
+        "company). `done` records are written in later commits, waited for by nobody. The writer thread is part "
+        "of chloed, pinned to CPU 0 with it, so its CPU is in *server CPU-s*. A virtio disk's `fdatasync` is a "
+        "flush to the hypervisor; whether that reaches the host's media is the host's business, so the sync "
+        "latency here may be lower than a physical disk's. *chloed disk bytes written per msg*: `write_bytes` "
+        "of `/proc/PID/io` over the saturation run (warm-up and drain included) per send.",
+        relay_batch_note(batch),
+        ("Throughput ratios (acked msgs/s at saturation, same sitting): " + "; ".join(ratios) +
+         ". The goal: disk keeps at least half of memory's.") if ratios else
+        "Throughput ratios need the memory spool in the same sitting (`--spool all`).",
+    ] + redis_note)
 
 
 # ---------------------------------------------------------------- several nodes (issue 9)
 
 class Redis:
     """A ``redis-server`` on a free 127.0.0.1 port, no persistence (a bench
-    needs none), unpinned; stopped by its PID."""
+    needs none), unpinned (or pinned to ``cpu``); stopped by its PID."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, cpu: str | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = tempfile.mkdtemp(prefix="chloe-bench-redis-", dir=BUILD)
         self.log_path = os.path.join(self.dir, "redis.log")
         self.binary = ctx.args.redis_server or shutil.which("redis-server") or "/usr/bin/redis-server"
         if not os.path.exists(self.binary):
-            sys.exit("multinode needs redis-server (scripts/install-system-deps installs it, or --redis-server PATH)")
-        self.command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--dir", self.dir, "--logfile", self.log_path]
+            sys.exit("multinode and relay --spool redis|all need redis-server (scripts/install-system-deps installs it, or --redis-server PATH)")
+        self.command = pinned(cpu or "", [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                          "--appendonly", "no", "--dir", self.dir, "--logfile", self.log_path],
+                              ctx.pin and cpu is not None)
         self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         deadline = time.monotonic() + 10
@@ -732,19 +958,20 @@ def redis_delta(a: dict, b: dict) -> dict:
             "in": b["in"] - a["in"], "out": b["out"] - a["out"]}
 
 
-def redis_loader(ctx: Context, redis: Redis, servers: list[Chloed], *extra: str, **tags: object) -> dict:
+def redis_loader(ctx: Context, redis: Redis, servers: list[Chloed], *extra: str, cpu: str | None = None,
+                 **tags: object) -> dict:
     """A loader run against ``servers`` (unpinned), with Redis' counters taken
     before it, once its clients are connected and once every message is
     delivered (loadgen's "connected" and "drained" lines): the connect part
     (divided by the subscribers) and the publish part (divided by the
     messages published) of Redis' work; what comes after (the clients
-    closing) is left out."""
+    closing) is left out. The loader is unpinned unless ``cpu`` is given."""
     snaps = {"start": redis.snapshot()}
 
     def mark(name: str):
         return lambda: snaps.setdefault(name, redis.snapshot())
 
-    r = ctx.loader(servers, *extra, cpu=None, watch={" connected (": mark("connected"), "drained:": mark("drained")},
+    r = ctx.loader(servers, *extra, cpu=cpu, watch={" connected (": mark("connected"), "drained:": mark("drained")},
                    **tags)
     snaps["end"] = redis.snapshot()
     mid = snaps.get("connected", snaps["start"])
@@ -984,9 +1211,10 @@ TITLES = {
     "relay": "(d) Browser → app relay against a fast app server",
     "multinode": "(e) Several nodes on one Redis: 1 node vs 2 nodes",
     "fanout-pusher": "(b) Fan-out over the Pusher protocol (/app/{key}), beside Chloe-native",
+    "relay-spool": "(d) Browser → app relay by relay spool: memory, disk, redis",
 }
 # RESULTS.md sections written by a scenario run with other options (their own markers)
-VARIANT_SECTIONS = ("fanout-pusher",)
+VARIANT_SECTIONS = ("fanout-pusher", "relay-spool")
 
 
 # ---------------------------------------------------------------- RESULTS.md
@@ -1040,7 +1268,8 @@ RAW_KEYS = ("config", "nodes", "kind", "rep", "proto", "n", "channels", "procs",
             "server_cpu_share", "loader_cpu_share", "server_wait_share", "cpu0_busy", "cpu1_busy",
             "rss_before_kb", "rss_after_kb", "bytes_per_conn", "held_s", "total_expected", "total_delivered",
             "app_requests", "servers", "server_cpu_s_each", "server_rss_end_kb_each",
-            "fd_limits", "redis_publish", "redis_connect", "first_error")
+            "fd_limits", "redis_publish", "redis_connect", "spool", "accepted", "accepted_p50_ms", "accepted_p99_ms",
+            "accepted_max_ms", "accepted_missing", "disk_bytes_per_msg", "redis_cpu_s_per_million", "first_error")
 
 
 def section_text(ctx: Context, name: str, result: dict, command: str, started: float, wall: float,
@@ -1062,18 +1291,20 @@ def section_text(ctx: Context, name: str, result: dict, command: str, started: f
         "chloed pinned to CPU 0, loadgen to CPU 1 (taskset)" if ctx.pin else "no CPU pinning (fewer than 2 CPUs or no taskset)")
     tables = "\n\n".join(f"{title}:\n\n{md_table(header, rows)}" for title, header, rows in result["tables"]) \
         if result.get("tables") else md_table(result['header'], result['rows'])
-    extra = getattr(ctx, "extra_versions", None) if name in EXTRA_SCENARIOS else None
+    quick_line = ("\n- **A `--quick` run: it checks that the scenario works end to end; its numbers are not a "
+                  "measurement.**" if ctx.quick else "")
+    extra = result.get("extra_versions") or (getattr(ctx, "extra_versions", None) if name in EXTRA_SCENARIOS else None)
     return f"""## {TITLES[section or name]}
 
 - Date: {dt.datetime.fromtimestamp(started, dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} (took {wall:.0f} s)
 - Machine: {machine()}; {pinning}
 - Versions: {versions(ctx, logs)}{'; ' + extra if extra else ''}
-- Command: `{command}`
+- Command: `{command}`{quick_line}
 
 {tables}
 
 {chr(10).join('- ' + n for n in result['notes'])}
-{targets_text(result.get('targets', []), name)}
+{targets_text(result.get('targets', []), section or name)}
 chloed under this load:
 
 {chr(10).join(issue_lines)}
@@ -1097,6 +1328,8 @@ def targets_text(targets: list[tuple[str, bool, str]], scenario: str = "") -> st
     lines = [f"- {'met' if ok else '**missed**'}: {what} ({detail})" for what, ok, detail in targets]
     if scenario == "multinode":
         head = "Issue 9 goals, in this run:"
+    elif scenario == "relay-spool":
+        head = "Issue 18 goal, in this sitting:"
     else:
         head = "Issue 6 targets, against the peers' recorded numbers (not a same-run comparison):"
     return "\n" + head + "\n\n" + "\n".join(lines) + "\n"
@@ -1160,6 +1393,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--redis-server", default=None, help="multinode: redis-server binary (default: from PATH)")
     parser.add_argument("--relay-batch", type=int, default=1, metavar="N",
                         help="relay: run chloed with relay_batch = N (1-1000; default 1, one POST per message)")
+    parser.add_argument("--spool", choices=tuple(SPOOL_CHOICES), default="memory",
+                        help="relay: chloed's relay_spool (memory, default; disk: a fresh directory under bench/.build; "
+                             "redis: on the bench's redis-server), or all three one after the other; disk, redis and "
+                             "all write RESULTS.md's relay-spool section instead of relay's")
     parser.add_argument("--proto", choices=tuple(FANOUT_PROTOS), default="ws",
                         help="fanout: Chloe-native /ws and POST /send (ws, default), the Pusher protocol layer "
                              "(/app/{key} and POST /apps/{id}/events), or both, side by side; pusher and both "
@@ -1172,6 +1409,8 @@ def main(argv: list[str]) -> int:
         parser.error("--relay-batch must be between 1 and 1000")
     if args.proto != "ws" and args.scenario != "fanout":
         parser.error("--proto pusher|both is for the fanout scenario")
+    if args.spool != "memory" and args.scenario not in ("relay", "all"):
+        parser.error("--spool is for the relay scenario")
     ctx = Context(args)
     names = SCENARIOS if args.scenario == "all" else (args.scenario,)
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in argv)
@@ -1181,7 +1420,8 @@ def main(argv: list[str]) -> int:
         result = SCENARIO_FUNCS[name](ctx)
         wall = time.time() - started
         everything[name] = result["runs"]
-        section = "fanout-pusher" if name == "fanout" and args.proto != "ws" else name
+        section = ("fanout-pusher" if name == "fanout" and args.proto != "ws" else
+                   "relay-spool" if name == "relay" and args.spool != "memory" else name)
         sections[section] = section_text(ctx, name, result, command, started, wall, section)
         log(f"{name}: done in {wall:.0f} s")
         print(md_table(result["header"], result["rows"]), file=sys.stderr)

@@ -275,6 +275,13 @@ class Relay:
         self._observe_lag = observe_lag
         self.batch = batch
         self.spool: Spool = spool if spool is not None else MemorySpool()
+        # Until the spool has started (a Redis spool waits for Redis, a disk
+        # spool reads its file back), what is submitted waits here, in
+        # order: what the spool kept goes before it. The memory spool has
+        # nothing to start.
+        self._unstarted: list[tuple[Record, Callable[[], object] | None]] | None = (
+            None if self.spool.name == "memory" else []
+        )
         self.ttl = ttl
         # Unbatched, at most this many lanes at work (a lane waiting out a
         # backoff holds its place); batched, every lane is.
@@ -298,9 +305,15 @@ class Relay:
         self._idle: list[defer.Deferred[None]] = []
 
     def start(self) -> defer.Deferred[None]:
-        """Open the spool, queueing what it kept (fails with
-        :class:`SpoolError` when it cannot be used)."""
-        return self.spool.start(self._recover)
+        """Open the spool, queueing what it kept, then what was submitted
+        meanwhile (fails with :class:`SpoolError` when it cannot be used;
+        it may be tried again)."""
+        return self.spool.start(self._recover).addCallback(self._started)
+
+    def _started(self, _: object) -> None:
+        waiting, self._unstarted = self._unstarted or [], None
+        for record, accepted in waiting:
+            self._append(record, accepted)
 
     def submit(
         self, lane: str, body: bytes, delivery: str | None = None, kind: str = MESSAGE,
@@ -333,13 +346,19 @@ class Relay:
         result: defer.Deferred[None] = defer.Deferred()
         record.result = result
         self._count(record, 1)
+        if self._unstarted is not None:
+            self._unstarted.append((record, accepted))
+        else:
+            self._append(record, accepted)
+        return result
+
+    def _append(self, record: Record, accepted: Callable[[], object] | None) -> None:
         spooled = self.spool.append(record)
         if spooled is None:
             self._enqueue(record)
         else:
             spooled.addCallbacks(self._spooled, self._spool_failed, callbackArgs=(record, accepted),
                                  errbackArgs=(record,))
-        return result
 
     def _spooled(self, _: object, record: Record, accepted: Callable[[], object] | None) -> None:
         if accepted is not None:

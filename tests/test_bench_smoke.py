@@ -114,3 +114,33 @@ def test_a_small_multinode_run_delivers_every_message_on_every_node() -> None:
     assert report["errors"] == 0
     for server in report["server_logs"]:
         assert server["issues"] == 0, server
+
+
+def test_a_small_relay_run_on_the_disk_spool_hears_accepted_then_ack_for_every_send() -> None:
+    """``relay --spool disk --quick``: 50 WebSocket clients send through a
+    chloed with ``relay_spool = "disk"`` (a fresh directory under
+    bench/.build) to the loader's app server, saturated then at half that
+    rate. Every send hears ``accepted`` (counted apart, with its own
+    latency) and then its ``ack``, nothing fails, and the spool directory is
+    gone afterwards."""
+    assert shutil.which("gcc") or shutil.which("cc"), "the bench needs a C compiler (gcc) to build bench/loadgen.c"
+    result = subprocess.run(
+        [sys.executable, RUN, "relay", "--spool", "disk", "--quick", "--reps", "1", "--no-write", "--twistd", TWISTD],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    runs = report["scenarios"]["relay"]
+    assert sorted((r["spool"], r["kind"]) for r in runs) == [("disk", "rate-half"), ("disk", "saturate")]
+    for run in runs:
+        context = json.dumps(run)
+        assert run["connected"] == run["n"] == 50, context
+        assert run["deliveries"] > 0, context  # acks in the window
+        assert run["total_delivered"] == run["total_published"] > 0, context  # every send acked
+        assert run["accepted"] == run["total_published"], context  # ... and accepted first
+        assert run["accepted_lat_n"] > 0 and 0 <= run["accepted_p50_ms"] <= run["accepted_p99_ms"], context
+        assert run["errors"] == 0 and run["error_frames"] == 0, context
+        assert not os.path.exists(os.path.join(REPO, run["spool_path"])), context
+    assert report["errors"] == 0
+    for server in report["server_logs"]:
+        assert server["issues"] == 0, server

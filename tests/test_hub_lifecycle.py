@@ -90,6 +90,7 @@ def test_accepted_then_ack_from_a_durable_spool():
     w = World(app=True)
     spool = DurableSpool()
     w.hub.relay = Relay(w.stub, URL, w.config.secret, w.clock, 10.0, None, 100, spool=spool)
+    w.hub.relay.start()
     session, sink = w.connect()
     w.send(session, {"type": "send", "data": "hi", "ref": "r1"})
     assert sink.frames == []

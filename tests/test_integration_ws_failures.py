@@ -82,7 +82,7 @@ def test_a_protocol_error_gets_its_close_code_before_eof(server, name):
 @pytest.mark.parametrize("data, code", [
     (frame(OP_TEXT, b'"\xc3\x28"'), 1007),
     (frame(OP_TEXT, b"x" * 100, length=LIMIT + 1) + b"x" * (LIMIT - 99), 1009),
-])
+], ids=["text not UTF-8", "message too large"])  # fixed ids: the frames' masks are random
 def test_a_client_answering_the_close_is_let_go_at_once(server, data, code):
     """After 1007 or 1009 (the framing still sound) a client that answers
     the close frame, as a browser does, gets the close code and then the

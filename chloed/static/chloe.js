@@ -5,7 +5,7 @@
  *   chloe.onsubscribed(function (frame) { ... });           // {channel, recovered, members?}
  *   chloe.onpresence(function (frame) { ... });             // {channel, event: 'join'|'leave', member}
  *   chloe.connect(function () {
- *     chloe.send('hi mom');                                 // or send(data, {channel, ack: fn})
+ *     chloe.send('hi mom');                 // or send(data, {channel, ack: fn, accepted: fn})
  *     chloe.subscribe('pumpkin', function (data, meta) { ... }, {token: t});
  *   });
  *
@@ -27,6 +27,21 @@
  * Sends not acknowledged yet are sent again with the same ref; with
  * `outbox: 'persistent'` they are also kept in IndexedDB (localStorage
  * where there is none) and sent again by the page after a reload.
+ *
+ * send(data, {ack, accepted}): ack(err, frame) once the app took it (err
+ * null) or it failed (err the `error` frame: upstream_rejected,
+ * upstream_failed, ...). When chloed relays through a durable spool
+ * (relay_spool "disk" or "redis") it answers `accepted` first, once the
+ * message is on stable storage: accepted(frame) is called then, and the
+ * send leaves the outbox (it is not sent again on a reconnect nor after a
+ * reload: the spool delivers it). Its ack still comes later, on the same
+ * connection; after a reconnect it may never come. With the memory spool
+ * there is no `accepted`, only the ack.
+ *
+ * A reconnect asks the server to resume the previous session
+ * (`?resume=<session id>`): with "resume" in chloed's events the app then
+ * hears `resume` (naming the `previous` session) instead of `disconnect`
+ * and `connect`.
  */
 (function (root) {
   'use strict';
@@ -37,6 +52,7 @@
   var JSONP_BATCH_CHARS = 8000;     // URL-encoded frames of one /jsonp/send (request line limits)
   var JSONP_FRAME_CHARS = 14000;    // beyond it a frame cannot go over JSONP at all
   var POLL_RETRIES = 4;             // a failed poll or send is repeated this often, then the connection is lost
+  var MAX_AWAITING_ACK = 10000;     // accepted sends whose ack is still awaited (one may never come)
 
   function noop() {}
 
@@ -66,7 +82,8 @@
     this.transport = null;
     this.session = null;
     this._channels = {};        // name -> {cb, token, lastId, seen, ring, pos}
-    this._pending = new Map();  // ref -> {frame, ack}, in the order sent
+    this._pending = new Map();  // ref -> {frame, ack, accepted}, in the order sent
+    this._awaiting = new Map(); // ref -> ack callback of a send the server `accepted`, not acked yet
     this._store = options.outbox === 'persistent' ? openStore(this.host + ':' + this.port) : null;
     this._messageHandlers = [];
     this._closeHandlers = [];
@@ -87,6 +104,13 @@
   };
 
   Chloe.prototype._httpBase = function () { return this._base(this.secure ? 'https' : 'http'); };
+
+  /* The query asking the server to resume the session of the previous
+   * connection, or '' before the first one. Taken when a connection
+   * opens: `session` changes once it is connected. */
+  Chloe.prototype._resumeQuery = function () {
+    return this.session ? 'resume=' + encodeURIComponent(this.session) : '';
+  };
 
   Chloe.prototype.onmessage = function (fn) { this._messageHandlers.push(fn); return this; };
   Chloe.prototype.onclose = function (fn) { this._closeHandlers.push(fn); return this; };
@@ -136,7 +160,7 @@
     var ref = options.ref !== undefined ? options.ref : randomRef();
     var frame = {type: 'send', data: data, ref: ref};
     if (options.channel) frame.channel = options.channel;
-    this._pending.set(ref, {frame: frame, ack: options.ack});
+    this._pending.set(ref, {frame: frame, ack: options.ack, accepted: options.accepted});
     if (this._store) this._store.put(ref, frame);
     this._write(frame);
     return ref;
@@ -338,12 +362,40 @@
     }, 1000 + Math.random() * 500);
   };
 
-  /* A send was answered (ack or error): it leaves the outbox. */
+  /* A send was answered (ack or error), or accepted by a durable spool:
+   * it leaves the outbox. */
   Chloe.prototype._answered = function (ref) {
     var pending = this._pending.get(ref);
     this._pending['delete'](ref);
     if (pending && this._store) this._store.remove(ref);
     return pending;
+  };
+
+  /* The ack callback of a send still pending, or accepted earlier and
+   * awaiting its answer; either way it is forgotten here. */
+  Chloe.prototype._settled = function (ref) {
+    if (ref === undefined || ref === null) return undefined;
+    if (this._pending.has(ref)) return this._answered(ref).ack || noop;
+    var ack = this._awaiting.get(ref);
+    if (ack) this._awaiting['delete'](ref);
+    return ack;
+  };
+
+  /* `accepted`: the spool has the send, so the outbox lets it go (it must
+   * not be sent again: the spool delivers it); its ack is awaited apart.
+   * A second `accepted` (a send repeated before the first came) finds it
+   * gone from the outbox and is ignored. */
+  Chloe.prototype._accepted = function (frame) {
+    if (frame.ref === undefined || frame.ref === null || !this._pending.has(frame.ref)) return;
+    var pending = this._answered(frame.ref);
+    if (pending.ack) {
+      this._awaiting.set(frame.ref, pending.ack);
+      // After a reconnect an ack may never come: the oldest go first.
+      while (this._awaiting.size > MAX_AWAITING_ACK) this._awaiting['delete'](this._awaiting.keys().next().value);
+    }
+    if (pending.accepted) {
+      try { pending.accepted.call(this, frame); } catch (e) { if (root.console) root.console.error(e); }
+    }
   };
 
   /* The persistent outbox (`outbox: 'persistent'`): unanswered sends kept
@@ -407,7 +459,7 @@
   }
 
   Chloe.prototype._frame = function (frame) {
-    var pending;
+    var ack;
     switch (frame.type) {
       case 'message':
         var meta = {channel: frame.channel, id: frame.id};
@@ -424,10 +476,13 @@
         }
         this._emit(this._messageHandlers, [frame.data, meta]);
         return;
+      case 'accepted':
+        this._accepted(frame);
+        return;
       case 'ack':
-        pending = this._answered(frame.ref);
-        if (pending && pending.ack) {
-          try { pending.ack.call(this, null, frame); } catch (e) { if (root.console) root.console.error(e); }
+        ack = this._settled(frame.ref);
+        if (ack) {
+          try { ack.call(this, null, frame); } catch (e) { if (root.console) root.console.error(e); }
         }
         return;
       case 'error':
@@ -437,12 +492,10 @@
           this._refused(frame);
           return;
         }
-        if (frame.ref !== undefined && frame.ref !== null && this._pending.has(frame.ref)) {
-          pending = this._answered(frame.ref);
-          if (pending.ack) {
-            try { pending.ack.call(this, frame, null); } catch (e) { if (root.console) root.console.error(e); }
-            return;
-          }
+        ack = this._settled(frame.ref);
+        if (ack && ack !== noop) {
+          try { ack.call(this, frame, null); } catch (e) { if (root.console) root.console.error(e); }
+          return;
         }
         if (frame.channel && (frame.code === 'forbidden' || frame.code === 'invalid_channel' ||
                               frame.code === 'too_many_subscriptions')) {
@@ -485,8 +538,10 @@
 
   Chloe.transports.websocket = function (chloe) {
     if (!root.WebSocket) return null;
-    var ws;
-    try { ws = new root.WebSocket(chloe._base(chloe.secure ? 'wss' : 'ws') + '/ws'); } catch (e) { return null; }
+    var ws, resume = chloe._resumeQuery();
+    try {
+      ws = new root.WebSocket(chloe._base(chloe.secure ? 'wss' : 'ws') + '/ws' + (resume ? '?' + resume : ''));
+    } catch (e) { return null; }
     var conn = connection(function () { ws.close(); });
     ws.onmessage = function (event) {
       var frame;
@@ -600,8 +655,9 @@
   /* Long-poll and JSONP: poll by cursor; a poll that failed on the network
    * is repeated with the same session and cursor (nothing is lost), a gone
    * session ends the connection. `get(query, done)` calls done(the answer,
-   * or null for a network error). Returns a function giving the session. */
-  function poller(conn, get) {
+   * or null for a network error); `first` is the query of the first poll,
+   * which opens the session. Returns a function giving the session. */
+  function poller(conn, get, first) {
     var session = null, cursor = 0, failures = 0;
     function handle(answer) {
       if (conn.closed) return;
@@ -620,7 +676,7 @@
     }
     function poll() {
       if (conn.closed) return;
-      get(session === null ? '' : 'session=' + encodeURIComponent(session) + '&cursor=' + cursor, handle);
+      get(session === null ? first : 'session=' + encodeURIComponent(session) + '&cursor=' + cursor, handle);
     }
     poll();
     return function () { return session; };
@@ -628,10 +684,10 @@
 
   Chloe.transports.sse = function (chloe) {
     if (!root.EventSource || !root.fetch) return null;
-    var session = null, source;
-    try { source = new root.EventSource(chloe._httpBase() + '/sse'); } catch (e) { return null; }
+    var session = null, source, resume = chloe._resumeQuery();
+    try { source = new root.EventSource(chloe._httpBase() + '/sse' + (resume ? '?' + resume : '')); } catch (e) { return null; }
     var conn = connection(function () { source.close(); });
-    var types = ['connected', 'message', 'subscribed', 'unsubscribed', 'ack', 'pong', 'error', 'presence'];
+    var types = ['connected', 'message', 'subscribed', 'unsubscribed', 'accepted', 'ack', 'pong', 'error', 'presence'];
     function onevent(event) {
       var frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
@@ -660,7 +716,7 @@
         else if (status === 200 && answer) done(answer);
         else done(null);
       });
-    });
+    }, chloe._resumeQuery());
     conn.send = outbox(conn, sessionPoster(chloe, session), POST_BATCH_CHARS, length);
     return conn;
   };
@@ -701,7 +757,7 @@
     var conn = connection(noop);
     var session = poller(conn, function (query, done) {
       jsonp(base + '/jsonp' + (query ? '?' + query : ''), chloe.pollTimeout, done);
-    });
+    }, chloe._resumeQuery());
     conn.send = outbox(conn, function (body, done) {
       var frames = encodeURIComponent(body);
       if (frames.length > JSONP_FRAME_CHARS) { done('too_large'); return; }
