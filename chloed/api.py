@@ -25,42 +25,20 @@ from chloed.backends.base import (
 )
 from chloed.errors import RequestError
 from chloed.hub import Hub
-from chloed.http import answer_request_error, authorize, json_body, routing_error
+from chloed.http import (
+    INVALID_REQUEST, answer_request_error, authorize, json_body, page_limit, query_arg, routing_error,
+)
 from chloed.pusher.names import is_pusher
 
 
 #: ``GET /sessions?limit=``: the default, and the most a page holds.
 SESSIONS_LIMIT = 100
 SESSIONS_MAX = 1000
-INVALID_REQUEST = "invalid_request"
 NOT_PRESENCE = "not_presence"
 
 
-def _query(request: IRequest, name: bytes) -> str | None:
-    """The query parameter ``name``, None when absent; 400 when given twice
-    or not UTF-8."""
-    values = (request.args or {}).get(name)
-    if not values:
-        return None
-    if len(values) > 1:
-        raise RequestError(400, INVALID_REQUEST, f"{name.decode()} is given more than once")
-    try:
-        return values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        raise RequestError(400, INVALID_REQUEST, f"{name.decode()} is not UTF-8") from None
-
-
-def _limit(request: IRequest) -> int:
-    text = _query(request, b"limit")
-    if text is None:
-        return SESSIONS_LIMIT
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= SESSIONS_MAX):
-        raise RequestError(400, INVALID_REQUEST, f"limit must be an integer from 1 to {SESSIONS_MAX}")
-    return int(text)
-
-
 def _cursor(request: IRequest) -> str | None:
-    text = _query(request, b"cursor")
+    text = query_arg(request, b"cursor")
     if text is not None and SESSION_CURSOR.fullmatch(text) is None:
         raise RequestError(400, INVALID_REQUEST, "cursor must be the next of an earlier page")
     return text
@@ -134,7 +112,7 @@ class Api:
         1000, 100 by default) after ``?cursor=`` (the ``next`` of the page
         before). Pusher sockets are the Pusher apps' and not listed."""
         self._authorize(request)
-        limit, cursor = _limit(request), _cursor(request)
+        limit, cursor = page_limit(request, SESSIONS_LIMIT, SESSIONS_MAX), _cursor(request)
         return self.broker.session_list(limit, cursor).addCallbacks(
             self._sessions_body, self._backend_failed, callbackArgs=(request,)
         )

@@ -18,7 +18,9 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chloed.errors import RequestError
-from chloed.http import answer_request_error, authorize, json_body, routing_error
+from chloed.http import (
+    INVALID_REQUEST, answer_request_error, authorize, json_body, page_limit, query_arg, routing_error,
+)
 from chloed.relay import Relay
 from chloed.spool.base import DeadLetter, Record
 
@@ -81,8 +83,8 @@ class DeadLetterApi:
         """A page of dead letters, oldest first; ``next`` is the ``after``
         of the next page."""
         relay = self._relay(request)
-        limit = _limit(request)
-        after = _arg(request, b"after")
+        limit = page_limit(request, PAGE_DEFAULT, PAGE_MAX)
+        after = query_arg(request, b"after")
         return relay.dead_letters(limit, after).addCallback(self._page, relay, limit, request)
 
     def _page(self, letters: list[DeadLetter], relay: Relay, limit: int, request: IRequest) -> bytes:
@@ -102,7 +104,7 @@ class DeadLetterApi:
         try:
             value = json.loads(body)
         except ValueError:
-            raise RequestError(400, "invalid_request", "the body is not JSON") from None
+            raise RequestError(400, INVALID_REQUEST, "the body is not JSON") from None
         ids: list[str] | None
         if isinstance(value, dict) and value.get("all") is True and "ids" not in value:
             ids = None
@@ -110,7 +112,7 @@ class DeadLetterApi:
               and all(isinstance(i, str) for i in value["ids"])):
             ids = value["ids"]
         else:
-            raise RequestError(400, "invalid_request", 'the body is {"ids": [id, ...]} or {"all": true}')
+            raise RequestError(400, INVALID_REQUEST, 'the body is {"ids": [id, ...]} or {"all": true}')
         return relay.replay(ids).addCallback(self._replayed, request)
 
     def _replayed(self, records: list[Record], request: IRequest) -> bytes:
@@ -126,22 +128,3 @@ class DeadLetterApi:
             raise RequestError(404, "not_found", f"no dead letter {id}")
         request.setResponseCode(204)
         return b""
-
-
-def _arg(request: IRequest, name: bytes) -> str | None:
-    values = request.args.get(name)
-    if not values:
-        return None
-    try:
-        return values[0].decode("utf-8")
-    except UnicodeDecodeError:
-        raise RequestError(400, "invalid_request", f"{name.decode()} is not UTF-8") from None
-
-
-def _limit(request: IRequest) -> int:
-    text = _arg(request, b"limit")
-    if text is None:
-        return PAGE_DEFAULT
-    if not (text.isascii() and text.isdecimal()) or not 1 <= int(text) <= PAGE_MAX:
-        raise RequestError(400, "invalid_request", f"limit is a whole number from 1 to {PAGE_MAX}")
-    return int(text)

@@ -77,6 +77,39 @@ def authorize(request: IRequest, secrets: tuple[str, ...], *, loopback: bool = F
     raise RequestError(403, "forbidden", "with no secret configured only loopback clients may call the API")
 
 
+#: The error code of a query parameter the app's API cannot use.
+INVALID_REQUEST = "invalid_request"
+
+
+def query_arg(request: IRequest, name: bytes) -> str | None:
+    """The query parameter ``name`` of an app's API call, None when absent.
+
+    :raises RequestError: 400 when it is given twice or is not UTF-8.
+    """
+    values = (request.args or {}).get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise RequestError(400, INVALID_REQUEST, f"{name.decode()} is given more than once")
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(400, INVALID_REQUEST, f"{name.decode()} is not UTF-8") from None
+
+
+def page_limit(request: IRequest, default: int, maximum: int) -> int:
+    """``?limit=`` of a paged listing: ``default`` when absent.
+
+    :raises RequestError: 400 unless a whole number from 1 to ``maximum``.
+    """
+    text = query_arg(request, b"limit")
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= maximum):
+        raise RequestError(400, INVALID_REQUEST, f"limit must be an integer from 1 to {maximum}")
+    return int(text)
+
+
 def json_body(request: IRequest, status: int, value: Any) -> bytes:
     """Set ``status`` and the JSON content type; return ``value`` encoded."""
     request.setResponseCode(status)

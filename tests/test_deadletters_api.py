@@ -85,6 +85,20 @@ def test_bad_requests_are_400():
         assert answer[0] == 400, body
 
 
+def test_oversized_or_repeated_input_is_refused():
+    """A replay body over its bound is a 413, and an after= given twice a
+    400; nothing is replayed."""
+    from chloed.deadletters import REPLAY_BODY_MAX
+
+    h = harness()
+    body = json.dumps({"ids": ["x" * 100] * (REPLAY_BODY_MAX // 100)}).encode()
+    [answer] = h.feed(request(b"POST", b"/relay/dead/replay", body))
+    assert answer[0] == 413 and body_json(answer)["error"] == "too_large"
+    [answer] = h.feed(request(b"GET", b"/relay/dead?after=a&after=b"))
+    assert answer[0] == 400 and "more than once" in body_json(answer)["message"]
+    assert h.hub.relay.spool.dead_count() == 3 and h.hub.relay.queued == 0
+
+
 def test_needs_the_secret():
     """Without the bearer secret the dead letters are not shown."""
     h = harness()
