@@ -298,7 +298,6 @@ class Relay:
         self._waiting: OrderedDict[Record, None] = OrderedDict()
         self.queued_bytes = 0
         self.running = 0
-        self.queued = 0
         self.queued_events = 0
         self.in_flight = 0
         self.stats = RelayStats()
@@ -379,7 +378,6 @@ class Relay:
         self._enqueue(record)
 
     def _count(self, record: Record, sign: int) -> None:
-        self.queued += sign
         self.queued_bytes += sign * len(record.body)
         if record.kind == EVENT:
             self.queued_events += sign
@@ -387,6 +385,11 @@ class Relay:
             self._waiting[record] = None
         else:
             self._waiting.pop(record, None)
+
+    @property
+    def queued(self) -> int:
+        """Records queued, spooling or in flight."""
+        return len(self._waiting)
 
     def oldest(self) -> float | None:
         """When the oldest record still waiting arrived."""

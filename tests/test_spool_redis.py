@@ -14,25 +14,9 @@ from twisted.internet import defer, reactor, task
 from chloed.backends.redis.link import RedisLink
 from chloed.spool.base import MESSAGE, DeadLetter, Record, SpoolError
 from chloed.spool.redis import OWNER_PREFIX, STREAM_PREFIX, STREAMS_KEY, RedisSpool
+from tests.backends.support import until
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 (fixture)
 from tests.servers import free_port
-
-TIMEOUT = 5.0
-
-
-def until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> defer.Deferred[None]:
-    """Fires once ``predicate()`` holds, checking each 5 ms (a bounded wait
-    for a connection to come or go, not a sleep)."""
-    deadline = reactor.seconds() + timeout
-
-    @defer.inlineCallbacks
-    def check() -> Any:
-        while not predicate():
-            if reactor.seconds() > deadline:
-                raise AssertionError("timed out waiting for a condition")
-            yield task.deferLater(reactor, 0.005, lambda: None)
-
-    return check()
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ and length and copies the range from the old file when compacting.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
@@ -583,10 +584,8 @@ class DiskSpool:
             os.rename(tmp, self.log_path)
         except BaseException:
             os.close(fd)
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
         old, self._fd = self._fd, fd
         os.close(old)
@@ -599,33 +598,18 @@ class DiskSpool:
     def _close(self) -> None:
         for fd in (self._fd, self._lock_fd):
             if fd >= 0:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
         self._fd = self._lock_fd = -1
 
     # -- opening (a thread) --------------------------------------------------
 
     def _load(self) -> _Loaded:
         """Lock the directory, replay the log, compact it."""
-        path = self.path
         try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-        except FileExistsError:
-            raise SpoolError(f"relay spool {path}: not a directory") from None
-        except OSError as e:
-            raise SpoolError(f"relay spool {path}: cannot create the directory: {_why(e)}") from None
-        lock_path = os.path.join(path, LOCK_NAME)
-        try:
-            self._lock_fd = os.open(lock_path, _FILE_FLAGS, 0o600)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._close()
-            raise SpoolError(f"relay spool {path}: in use by another chloed (it holds {lock_path})") from None
-        except OSError as e:
-            self._close()
-            raise SpoolError(f"relay spool {path}: cannot lock {lock_path}: {_why(e)}") from None
+            self._lock_fd = _lock(self.path)
+        except SpoolError as e:
+            raise SpoolError(f"relay spool {e}") from None
         try:
             return self._open_log()
         except BaseException:
@@ -751,13 +735,11 @@ def _number(key: str) -> int | None:
     return None
 
 
-def probe(path: str) -> None:
-    """What chloed checks of ``relay_spool_path`` before it starts (the
-    reactor not running yet, so a blocking look costs nobody): that the
-    directory can be made, is not locked by another chloed, and takes a
-    file. The spool's own start reads the log.
+def _lock(path: str) -> int:
+    """Make the directory ``path`` if need be and lock it: the lock file's
+    descriptor, whose closing releases it.
 
-    :raises SpoolError: saying what is wrong, for one line and exit 1.
+    :raises SpoolError: ``<path>: why`` it cannot be had.
     """
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
@@ -769,15 +751,27 @@ def probe(path: str) -> None:
     try:
         fd = os.open(lock_path, _FILE_FLAGS, 0o600)
     except OSError as e:
-        raise SpoolError(f"{path}: cannot write in it: {_why(e)}") from None
+        raise SpoolError(f"{path}: cannot lock {lock_path}: {_why(e)}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        os.close(fd)
         raise SpoolError(f"{path}: in use by another chloed (it holds {lock_path})") from None
     except OSError as e:
-        raise SpoolError(f"{path}: cannot lock {lock_path}: {_why(e)}") from None
-    finally:
         os.close(fd)
+        raise SpoolError(f"{path}: cannot lock {lock_path}: {_why(e)}") from None
+    return fd
+
+
+def probe(path: str) -> None:
+    """What chloed checks of ``relay_spool_path`` before it starts (the
+    reactor not running yet, so a blocking look costs nobody): that the
+    directory can be made, is not locked by another chloed, and takes a
+    file. The spool's own start reads the log.
+
+    :raises SpoolError: saying what is wrong, for one line and exit 1.
+    """
+    os.close(_lock(path))
     probe_path = os.path.join(path, ".probe")
     try:
         fd = os.open(probe_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

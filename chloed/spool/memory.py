@@ -84,7 +84,7 @@ class MemorySpool:
         record.key = "m%d" % next(self._keys)
 
     def done(self, record: Record) -> None:
-        pass
+        """Nothing to forget: the relay's queue was the only place it was."""
 
     def bury(self, letter: DeadLetter) -> None:
         self.dead.add(letter)
