@@ -37,6 +37,11 @@ UPSTREAM_REJECTED = "upstream_rejected"
 UPSTREAM_FAILED = "upstream_failed"
 SLOW_CONSUMER = "slow_consumer"
 SHUTTING_DOWN = "shutting_down"
+TOKEN_REQUIRED = "token_required"
+TOKEN_INVALID = "token_invalid"
+TOKEN_EXPIRED = "token_expired"
+TOKEN_REVOKED = "token_revoked"
+TOO_MANY_CONNECTIONS = "too_many_connections"
 
 ERROR_CODES = frozenset(
     {
@@ -52,6 +57,11 @@ ERROR_CODES = frozenset(
         UPSTREAM_FAILED,
         SLOW_CONSUMER,
         SHUTTING_DOWN,
+        TOKEN_REQUIRED,
+        TOKEN_INVALID,
+        TOKEN_EXPIRED,
+        TOKEN_REVOKED,
+        TOO_MANY_CONNECTIONS,
     }
 )
 
@@ -144,11 +154,37 @@ def reserved(channel: str) -> bool:
     return channel.startswith(RESERVED_PREFIX)
 
 
+#: A user's own channel is ``#u:<user id>``: every session of the user is in
+#: it (server-side), ``/send user=`` publishes to it. ``#`` is in no channel
+#: name a browser or the app can give, so nobody else can name it.
+USER_PREFIX = "#u:"
+MAX_USER_CHARS = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def valid_user(user: object) -> bool:
+    """Whether ``user`` can be a user id: 1 to 128 characters, no control
+    characters (it is a key in the backend and appears in frames)."""
+    return (
+        isinstance(user, str) and 0 < len(user) <= MAX_USER_CHARS and _CONTROL.search(user) is None
+        and not _SURROGATE.search(user)
+    )
+
+
+def user_channel(user: str) -> str:
+    return USER_PREFIX + user
+
+
+def is_user_channel(name: str) -> bool:
+    return name.startswith(USER_PREFIX)
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One validated frame from a browser.
 
-    :param type: ``subscribe``, ``unsubscribe``, ``send`` or ``ping``.
+    :param type: ``subscribe``, ``unsubscribe``, ``send``, ``ping``,
+        ``auth`` or ``refresh``.
     :param data: the raw JSON ``data`` of a ``send``, as bytes, so it is
         relayed without being decoded and encoded again.
     """
@@ -242,6 +278,15 @@ def parse_object(obj: Any) -> Frame:
         )
     if kind == "unsubscribe":
         return Frame("unsubscribe", channel=_channel(obj, ref, required=True), ref=ref)
+    if kind == "auth" or kind == "refresh":
+        # auth: the connection token, and the user cursor of a reconnect;
+        # refresh: a new connection token, or a new channel token (channel).
+        channel = _channel(obj, ref, required=False) if kind == "refresh" else None
+        token = _optional_str(obj, "token", MAX_TOKEN_CHARS, ref, channel)
+        if token is None:
+            raise ProtocolError(BAD_FRAME, f"{kind} needs a token", ref=ref, channel=channel)
+        since = _optional_str(obj, "since", MAX_SINCE_CHARS, ref, channel) if kind == "auth" else None
+        return Frame(kind, channel=channel, since=since, token=token, ref=ref)
     if kind == "send":
         channel = _channel(obj, ref, required=False)
         if "data" not in obj:
@@ -255,7 +300,7 @@ def parse_object(obj: Any) -> Frame:
         return Frame("send", channel=channel, data=data, ref=ref)
     raise ProtocolError(
         UNKNOWN_TYPE,
-        "type must be subscribe, unsubscribe, send or ping",
+        "type must be subscribe, unsubscribe, send, ping, auth or refresh",
         ref=ref,
     )
 
@@ -305,7 +350,10 @@ def message(channel: str | None, id: str | None, data: bytes) -> Encoded:
 
     :param data: the published data as JSON bytes, spliced in unparsed.
     """
-    head = dumps({"type": "message", "channel": channel, "id": id})
+    if channel is not None and channel[:3] == USER_PREFIX:
+        head = dumps({"type": "message", "channel": None, "user": channel[3:], "id": id})
+    else:
+        head = dumps({"type": "message", "channel": channel, "id": id})
     return Encoded(head[:-1] + b',"data":' + data + b"}", "message", channel, id)
 
 

@@ -21,13 +21,16 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from chloed import frames, lograte, tokens
+from chloed.auth import Authenticator
 from chloed.backends.base import Backend, Presence, Reply
+from chloed.commands import Commands
 from chloed.config import Config
 from chloed.errors import ProtocolError, RelayRejected
 from chloed.frames import Frame
 from chloed.lograte import ClientErrors
 from chloed.relay import Relay, delivery_id, event_body, lifecycle_body
 from chloed.spool.base import EVENT
+from chloed.transports._http import origin_allowed
 from chloed.session import Session, Sink
 
 log = Logger()
@@ -101,11 +104,19 @@ class Hub:
         # Streaming sessions whose connection went, while their browser
         # may resume them (``resume`` in events): id -> (session, timer).
         self._departed: dict[str, tuple[Session, IDelayedCall]] = {}
+        #: Connection tokens, users and token deadlines.
+        self.auth = Authenticator(self)
+        self.commands = Commands(self)
+        broker.serve_control(self.commands.handle)
+        # Sessions per client address, for max_connections_per_ip.
+        self.per_ip: Counter[str] = Counter()
         self._handlers: dict[str, Callable[[Session, Frame], None]] = {
             "subscribe": self._subscribe,
             "unsubscribe": self._unsubscribe,
             "send": self._send,
             "ping": self._ping,
+            "auth": self._auth,
+            "refresh": self.auth.refresh,
         }
 
     # -- session life -----------------------------------------------------
@@ -118,8 +129,21 @@ class Hub:
         """Whether a new browser may connect (not draining, under the limit)."""
         return not self.draining and len(self.broker.sessions) < self.config.max_connections
 
+    def ip_full(self, host: str | None) -> bool:
+        """Whether ``host`` has ``max_connections_per_ip`` sessions already
+        (counted, a refusal); never for an exempt address."""
+        limit = self.config.max_connections_per_ip
+        if not limit or host is None or self.config.ip_exempt(host):
+            return False
+        if self.per_ip[host] < limit:
+            return False
+        self.auth.refused["ip"] += 1
+        return True
+
     def open_session(
-        self, transport: str, sink: Sink | None = None, id: str | None = None, resume: str | None = None
+        self, transport: str, sink: Sink | None = None, id: str | None = None, resume: str | None = None,
+        ip: str | None = None, origin: str | None = None, token: str | None = None,
+        user_since: str | None = None,
     ) -> Session:
         """A new session; its first frame, ``connected``, is delivered
         (written, or held until the backend has counted the session).
@@ -131,10 +155,27 @@ class Hub:
             connection went within ``session_grace``): the app hears
             ``resume`` instead of that one's ``disconnect`` and this one's
             ``connect``.
+        :param ip: the client's address, counted for ``max_connections_per_ip``.
+        :param origin: the page's ``Origin``, for namespaces' ``allowed_origins``.
+        :param token: a connection token given on the URL (SSE, polls), and
+            ``user_since`` the user cursor of a reconnecting tab; a token
+            without ``sub`` is a channel token only (the URL's channels').
         """
         session = Session(
             id or self._new_id(), transport, self.config.outbound_buffer_bytes, self._on_overflow
         )
+        if ip is not None and self.config.max_connections_per_ip and not self.config.ip_exempt(ip):
+            session.ip = ip
+            self.per_ip[ip] += 1
+        session.origin = origin
+        identity = refusal = None
+        if token is not None and tokens.is_connection_token(token):
+            try:
+                identity = self.auth.identify(token)
+            except ProtocolError as exc:
+                refusal = exc
+            else:
+                session.user = identity.member  # (so the app's connect event names it)
         counted = self.broker.add_session(session)
         if sink is None:
             self._start_grace(session)
@@ -158,6 +199,15 @@ class Hub:
             counted.addBoth(self._counted, session, sink)
         elif sink is not None:
             self._attach(session, sink)
+        if refusal is not None:
+            self.auth.refuse(session, refusal.code, refusal.message)
+        elif identity is not None:
+            self.auth.begin(session, identity, user_since)
+        elif self.config.require_connection_token and transport != "pusher":
+            if sink is None or transport == "sse":
+                self.auth.refuse(session, frames.TOKEN_REQUIRED, "this server needs a connection token (?token=)")
+            else:
+                self.auth.expect(session)
         return session
 
     def counted(self, session: Session) -> Deferred[None] | None:
@@ -244,6 +294,13 @@ class Hub:
             return
         session.closed = True
         self._limited.discard(session.id)
+        self.auth.closed(session)
+        if session.ip is not None:
+            count = self.per_ip[session.ip] - 1
+            if count > 0:
+                self.per_ip[session.ip] = count
+            else:
+                del self.per_ip[session.ip]
         grace: IDelayedCall | None = session.grace
         if grace is not None and grace.active():
             grace.cancel()
@@ -343,14 +400,35 @@ class Hub:
             self._refuse_rate(session, raw)
             return
         try:
-            frame = frames.parse(raw, self.config.max_message_bytes)
-            self._handlers[frame.type](session, frame)
+            if not self.auth.hold(session, raw):
+                self._dispatch(session, raw)
         except ProtocolError as exc:
-            # Counted each, logged at most once a minute per session.
-            self.client_errors.report(
-                session.tag, lograte.FRAME_ERROR, f"{exc.code}: {exc.message}", session=session.tag, code=exc.code
-            )
-            session.deliver(frames.from_protocol_error(exc))
+            self._frame_error(session, exc)
+
+    def handle(self, session: Session, raw: bytes | str) -> None:
+        """Handle a frame admitted already (one held while the session's
+        token was checked)."""
+        try:
+            self._dispatch(session, raw)
+        except ProtocolError as exc:
+            self._frame_error(session, exc)
+
+    def _dispatch(self, session: Session, raw: bytes | str) -> None:
+        frame = frames.parse(raw, self.config.max_message_bytes)
+        if (
+            session.auth is None and frame.type != "auth" and frame.type != "ping"
+            and self.config.require_connection_token
+        ):
+            self.auth.refuse(session, frames.TOKEN_REQUIRED, "this server needs a connection token: send auth first")
+            return
+        self._handlers[frame.type](session, frame)
+
+    def _frame_error(self, session: Session, exc: ProtocolError) -> None:
+        # Counted each, logged at most once a minute per session.
+        self.client_errors.report(
+            session.tag, lograte.FRAME_ERROR, f"{exc.code}: {exc.message}", session=session.tag, code=exc.code
+        )
+        session.deliver(frames.from_protocol_error(exc))
 
     def admit(self, session: Session) -> bool:
         """Whether one more frame of ``session`` is within ``rate_limit``
@@ -496,17 +574,45 @@ class Hub:
         channel = frame.channel
         assert channel is not None
         grant = None
+        options = self.config.channel_options(channel)
+        if options is None:
+            raise ProtocolError(
+                frames.INVALID_CHANNEL, f"no namespace {channel.partition(':')[0]!r} on this server",
+                ref=frame.ref, channel=channel,
+            )
+        if session.origin is not None and options.namespace is not None and not origin_allowed(
+            session.origin, options.allowed_origins
+        ):
+            raise ProtocolError(
+                frames.FORBIDDEN, f"pages of this origin may not join {options.namespace}:* channels",
+                ref=frame.ref, channel=channel,
+            )
+        identity = session.auth
         if frames.reserved(channel):
             self._admit_reserved(frame)
-        elif tokens.needs_token(channel):
+        elif identity is not None and channel in identity.channels and frame.token is None:
+            # The connection token opens it.
+            grant = tokens.Grant(identity.channels, identity.member)
+        elif tokens.needs_token(channel) or options.require_token:
             try:
-                grant = tokens.verify(frame.token, channel, self.config.secret)
+                grant = tokens.verify(frame.token, channel, self.config.secret, presence=self.is_presence(channel))
             except ProtocolError as exc:
                 exc.ref = frame.ref
                 raise
-            if grant.user is not None:
+            if identity is not None:
+                grant = tokens.Grant(grant.channels, identity.member, grant.exp, grant.jti)
+            elif grant.user is not None:
                 session.user = grant.user
             session.granted = grant.channels if session.granted is None else session.granted | grant.channels
+        elif self.is_presence(channel):
+            # A namespace's presence channel that needs no token: its
+            # members are the connections' users.
+            if identity is None:
+                raise ProtocolError(
+                    frames.FORBIDDEN, "presence channels need a user: a connection token, or a token with user",
+                    ref=frame.ref, channel=channel,
+                )
+            grant = tokens.Grant(frozenset(), identity.member)
         if channel not in session.channels and len(session.channels) >= self.config.max_subscriptions:
             raise ProtocolError(
                 frames.TOO_MANY_SUBSCRIPTIONS,
@@ -533,11 +639,34 @@ class Hub:
             exc.ref = frame.ref
             raise
 
+    def is_presence(self, channel: str) -> bool:
+        """Whether ``channel`` tracks members: ``presence-…``, or in a
+        namespace with ``presence = true``."""
+        if channel.startswith("presence-"):
+            return True
+        options = self.config.channel_options(channel)
+        return options is not None and options.presence
+
     def _subscribe(self, session: Session, frame: Frame) -> None:
-        """A ``subscribe`` frame: answered once the backend has it in."""
+        """A ``subscribe`` frame: answered once the backend has it in (a
+        token with a ``jti`` once it is known not to be revoked)."""
+        grant = self._admit(session, frame)
+        if grant is not None and grant.jti is not None:
+            self.broker.revoked(grant.jti, "", 0.0).addCallback(self._unless_revoked, session, frame, grant)
+            return
+        self._join(session, frame, grant)
+
+    def _unless_revoked(self, revoked: bool, session: Session, frame: Frame, grant: Any) -> None:
+        if session.closed:
+            return
+        if revoked:
+            session.deliver(frames.error(frames.TOKEN_REVOKED, "this token was revoked", frame.ref, frame.channel))
+            return
+        self._join(session, frame, grant)
+
+    def _join(self, session: Session, frame: Frame, grant: Any) -> None:
         channel = frame.channel
         assert channel is not None
-        grant = self._admit(session, frame)
         fresh = channel not in session.channels
         session.channels.add(channel)
         self.broker.subscribe(channel, session, frame.since).addCallback(
@@ -559,12 +688,15 @@ class Hub:
     ) -> None:
         """The session is in: ``subscribed`` (with the members on a presence
         channel), then the replay."""
-        if fresh and grant is not None and channel.startswith("presence-"):
+        presence = self.is_presence(channel)
+        if fresh and grant is not None and presence:
             if session.presence is None:
                 session.presence = {}
             session.presence[channel] = grant.user
             self.presence.join(channel, session.id, grant.user)
-        if channel.startswith("presence-"):
+        if grant is not None and grant.exp:
+            self.auth.watch_channel(session, channel, grant.exp)
+        if presence:
             session.deliver(frames.encode({
                 "type": "subscribed", "channel": channel, "recovered": recovered,
                 "members": self.presence.members(channel),
@@ -581,6 +713,8 @@ class Hub:
         assert channel is not None
         if self.broker.unsubscribe(channel, session):
             session.channels.discard(channel)
+            if session.expiries is not None:
+                session.expiries.pop(channel, None)
             self._part(session, channel)
             self._event("unsubscribe", session, channel)
         session.deliver(frames.unsubscribed(channel))
@@ -591,6 +725,56 @@ class Hub:
 
     def _ping(self, session: Session, frame: Frame) -> None:
         session.deliver(frames.PONG)
+
+    def _auth(self, session: Session, frame: Frame) -> None:
+        assert frame.token is not None
+        self.auth.authenticate(session, frame.token, frame.since)
+
+    # -- what the app does to sessions (chloed.commands) ----------------------
+
+    def server_subscribe(self, session: Session, channel: str) -> None:
+        """Subscribe ``session`` to ``channel`` because the app said so (no
+        token asked); it hears ``subscribed`` with ``server: true``."""
+        if session.closed or channel in session.channels:
+            return
+        if len(session.channels) >= self.config.max_subscriptions:
+            log.info(
+                "server-side subscription of {session} to {channel} skipped: it has {n} already",
+                session=session.tag, channel=channel, n=len(session.channels),
+            )
+            return
+        session.channels.add(channel)
+
+        def joined(answer: Any) -> None:
+            if answer is None or session.closed or channel not in session.channels:
+                return
+            recovered, missed = answer
+            session.deliver(frames.encode(
+                {"type": "subscribed", "channel": channel, "recovered": recovered, "server": True}
+            ))
+            for message in missed:
+                session.deliver(message)
+            self._event("subscribe", session, channel)
+
+        self.broker.subscribe(channel, session).addCallback(joined).addErrback(
+            lambda f: log.failure("subscribing {session} to {channel} failed", f, session=session.tag, channel=channel)
+        )
+
+    def server_unsubscribe(self, session: Session, channel: str, reason: str = "server") -> None:
+        """End ``session``'s subscription to ``channel``, telling it why."""
+        if channel not in session.channels:
+            return
+        self.broker.unsubscribe(channel, session)
+        session.channels.discard(channel)
+        if session.expiries is not None:
+            session.expiries.pop(channel, None)
+        self._part(session, channel)
+        self._event("unsubscribe", session, channel)
+        session.deliver(frames.encode({"type": "unsubscribed", "channel": channel, "reason": reason}))
+
+    def token_ended(self, session: Session, channel: str) -> None:
+        """The token ``session`` joined ``channel`` with ran out unrefreshed."""
+        self.server_unsubscribe(session, channel, "token_expired")
 
     def _send(self, session: Session, frame: Frame) -> None:
         """A browser's ``send``: published to its channel (``client_publish``),
@@ -604,7 +788,18 @@ class Hub:
                 frames.FORBIDDEN, f"only Chloe publishes to {frames.RESERVED_PREFIX}* channels",
                 ref=frame.ref, channel=channel,
             )
-        publishing = self.config.client_publish and channel is not None
+        options = self.config.channel_options(channel) if channel is not None else None
+        if channel is not None and options is None:
+            raise ProtocolError(
+                frames.INVALID_CHANNEL, f"no namespace {channel.partition(':')[0]!r} on this server",
+                ref=frame.ref, channel=channel,
+            )
+        if options is not None and len(frame.data) > options.max_message_bytes:
+            raise ProtocolError(
+                frames.TOO_LARGE, f"messages to {options.namespace}:* are limited to {options.max_message_bytes} bytes",
+                ref=frame.ref, channel=channel,
+            )
+        publishing = options is not None and options.client_publish
         relaying = self.relay is not None and "message" in self.config.events
         if not publishing and not relaying:
             why = (

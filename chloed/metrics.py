@@ -240,8 +240,27 @@ class Metrics:
         if not public:
             # The limit in force: max_connections, capped below the open-file limit.
             state["max_connections"] = hub.config.max_connections
+            state["users"] = len(hub.auth.users)
+            state["limits"] = self.limits()
             state["process"] = process_stats(self.proc)
         return state
+
+    def limits(self) -> dict[str, Any]:
+        """Each limit of users, addresses and history, and its refusals:
+        ``history_bytes`` is what this process's history holds (None with
+        Redis, which holds it)."""
+        hub = self.hub
+        assert hub is not None
+        config, refused = hub.config, hub.auth.refused
+        return {
+            "max_connections_per_user": config.max_connections_per_user,
+            "refused_per_user": refused["user"],
+            "max_connections_per_ip": config.max_connections_per_ip,
+            "refused_per_ip": refused["ip"],
+            "tokens_refused": refused["token"],
+            "history_memory": config.history_memory,
+            "history_bytes": getattr(hub.broker, "history_bytes", None) if hub.broker.backend == "memory" else None,
+        }
 
     def connections(self) -> dict[str, int]:
         """Open connections per transport, every served transport named."""
@@ -262,7 +281,9 @@ class Metrics:
         assert hub is not None
         listed, hidden, hidden_subscribers = [], 0, 0
         for channel in hub.broker.channels.values():
-            if public and (tokens.needs_token(channel.name) or is_pusher(channel.name)):
+            if frames.is_user_channel(channel.name) or (
+                public and (tokens.needs_token(channel.name) or is_pusher(channel.name))
+            ):
                 hidden += 1
                 hidden_subscribers += len(channel.subscribers)
             else:
@@ -343,6 +364,23 @@ class ChloeCollector(Collector):
                        "Sessions dropped because more than outbound_buffer_bytes waited for them.",
                        hub.slow_consumers)
         yield _counter("chloe_rate_limited_total", "Browser frames refused with rate_limited.", hub.rate_limited)
+        limits = metrics.limits()
+        yield _gauge("chloe_users", "Users with a session on this node (by their connection tokens).",
+                     len(hub.auth.users))
+        refused = CounterMetricFamily(
+            "chloe_connections_refused_total",
+            "Connections refused by max_connections_per_user or max_connections_per_ip.", labels=["limit"],
+        )
+        refused.add_metric(["user"], limits["refused_per_user"])
+        refused.add_metric(["ip"], limits["refused_per_ip"])
+        yield refused
+        yield _counter("chloe_tokens_refused_total",
+                       "Connection tokens refused: missing, invalid, expired, revoked.", limits["tokens_refused"])
+        yield _gauge("chloe_history_memory_bytes", "history_memory: the bytes all channels' history may hold.",
+                     limits["history_memory"])
+        if limits["history_bytes"] is not None:
+            yield _gauge("chloe_history_bytes", "Bytes the history of every channel holds (memory backend).",
+                         limits["history_bytes"])
         client_errors = CounterMetricFamily(
             "chloe_client_errors_total",
             "Client mistakes by kind: WebSockets failed with 1002, 1007 or 1009; upgrades refused with a 4xx.",

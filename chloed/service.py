@@ -376,7 +376,9 @@ def make_service(
     config = cap_connections(config, open_files)
     service = ChloeService()
     metrics = Metrics(reactor)
-    broker = make_backend(config.backend, reactor, config.history_size, config.history_ttl, config.history_memory)
+    broker = make_backend(
+        config.backend, reactor, config.history_size, config.history_ttl, config.history_memory, config.policy
+    )
     relay, pool = None, None
     if config.application_server_url is not None:
         if http is None:

@@ -15,7 +15,7 @@ response lost in flight is simply sent again by the next poll.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from chloed.frames import Encoded
 from chloed.redact import session_tag
@@ -45,7 +45,7 @@ class Session:
     __slots__ = (
         "id", "transport", "channels", "user", "sink", "pending", "pending_bytes",
         "seq", "limit", "waiter", "closed", "_on_overflow", "grace", "presence",
-        "tat", "event_tat", "granted", "lane", "__weakref__",
+        "tat", "event_tat", "granted", "lane", "auth", "expiries", "ip", "origin", "__weakref__",
     )
 
     def __init__(
@@ -81,6 +81,14 @@ class Session:
         # The relay lane of its messages and events, when not its id: a
         # resumed session goes on with the lane of the one it resumed.
         self.lane: str | None = None
+        # Its connection token's identity (chloed.tokens.Identity), once
+        # checked; the ends of its channel tokens (channel -> exp), while
+        # it has any; the address counted by max_connections_per_ip (None
+        # when exempt) and the page's Origin (for namespaces' origins).
+        self.auth: Any = None
+        self.expiries: dict[str, float] | None = None
+        self.ip: str | None = None
+        self.origin: str | None = None
         self._on_overflow = on_overflow
 
     def __repr__(self) -> str:

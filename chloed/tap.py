@@ -2,7 +2,8 @@
 ``makeService``.
 
 Flags win over the file; ``CHLOE_SECRET`` stands in for ``--secret``. A bad
-option stops start-up with one line naming it on stderr and exit status 1
+option stops start-up with one line naming it on stderr (a line for each
+mistake, when it is several: ``[namespaces.…]``) and exit status 1
 (a ``UsageError`` when the options are parsed outside twistd).
 """
 
@@ -47,8 +48,8 @@ class Options(usage.Options):
                 raise ConfigError("log-format", f"must be text or json, not {self['log-format']!r}")
         except ConfigError as exc:
             if parent is not None:
-                # Under twistd: one line, not twistd's usage text before it.
-                sys.stderr.write(f"chloe: {exc}\n")
+                # Under twistd: a line a mistake, not twistd's usage text before them.
+                sys.stderr.writelines(f"chloe: {line}\n" for line in str(exc).splitlines())
                 raise SystemExit(1) from None
             raise usage.UsageError(str(exc)) from None
         if self["log-format"] == "json" and parent is not None:

@@ -1,10 +1,15 @@
-"""Channel tokens: JWTs the app mints to let a browser into ``private-`` and
-``presence-`` channels.
+"""Tokens: JWTs the app mints for a browser.
 
-A token is HS256-signed with one of the configured secrets (the first signs,
-any verifies, so keys rotate) and carries ``channels`` (the channels it opens),
-``exp``, and optionally ``user`` (``{"id": …, "info": {…}}``, required on
-presence channels).
+A *channel token* lets a browser into ``private-`` and ``presence-``
+channels. It is HS256-signed with one of the configured secrets (the first
+signs, any verifies, so keys rotate) and carries ``channels`` (the channels
+it opens), ``exp``, and optionally ``user`` (``{"id": …, "info": {…}}``,
+required on presence channels) and ``jti``.
+
+A *connection token* names the user of a connection: ``sub`` (the user id),
+``exp``, and optionally ``iat``, ``info``, ``channels`` (which it opens, as a
+channel token's do) and ``jti``. HS256 with a secret, or RS256/ES256 with
+``token_public_key``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import jwt
 
 from chloed.errors import ProtocolError
-from chloed.frames import FORBIDDEN
+from chloed.frames import FORBIDDEN, TOKEN_EXPIRED, TOKEN_INVALID, valid_user
 
 PRIVATE_PREFIXES = ("private-", "presence-")
 # Signs the status feed's tokens when no secret is configured: made at
@@ -36,10 +41,17 @@ class Grant:
 
     channels: frozenset[str]
     user: Any
+    exp: float = 0.0
+    jti: str | None = None
 
 
-def verify(token: str | None, channel: str, secrets: tuple[str, ...]) -> Grant:
-    """Check ``token`` opens ``channel``.
+def verify(token: str | None, channel: str, secrets: tuple[str, ...], presence: bool | None = None) -> Grant:
+    """Check ``token`` opens ``channel``. A connection token (with ``sub``)
+    may be one too: its ``channels`` open channels, its ``sub`` and ``info``
+    are the user.
+
+    :param presence: whether ``channel`` is a presence channel (by default,
+        whether it is named ``presence-…``): the token must name a user.
 
     :raises ProtocolError: ``forbidden``, saying why, for a missing, expired,
         tampered or wrong-channel token.
@@ -73,10 +85,114 @@ def verify(token: str | None, channel: str, secrets: tuple[str, ...]) -> Grant:
     if not isinstance(allowed, list) or channel not in allowed:
         raise refuse(f"the token does not open {channel}")
     user = claims.get("user")
-    if channel.startswith("presence-"):
+    if user is None and isinstance(claims.get("sub"), str):
+        user = {"id": claims["sub"], "info": claims.get("info")}
+    if channel.startswith("presence-") if presence is None else presence:
         if not isinstance(user, dict) or not isinstance(user.get("id"), (str, int)):
             raise refuse('presence channels need a token with user {"id", "info"}')
-    return Grant(frozenset(c for c in allowed if isinstance(c, str)), user)
+    jti = claims.get("jti")
+    return Grant(
+        frozenset(c for c in allowed if isinstance(c, str)), user, float(claims["exp"]),
+        jti if isinstance(jti, str) and jti else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified connection token says the connection is."""
+
+    user: str
+    info: Any
+    channels: frozenset[str]
+    exp: float
+    iat: float
+    jti: str | None
+
+    @property
+    def member(self) -> dict[str, Any]:
+        """As a presence member and in lifecycle events: ``{"id", "info"}``."""
+        return {"id": self.user, "info": self.info}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# The signature and the claims' presence are PyJWT's to check; the times,
+# against the hub's clock, are identify's.
+_ON_OUR_CLOCK: Any = {"require": ["exp", "sub"], "verify_exp": False, "verify_iat": False, "verify_nbf": False}
+
+#: The asymmetric algorithms a ``token_public_key`` verifies.
+PUBLIC_ALGORITHMS = ("RS256", "ES256")
+
+
+def is_connection_token(token: str) -> bool:
+    """Whether ``token`` names a user (has ``sub``): a connection token,
+    not only a channel token. Unverified: only to tell which to verify."""
+    try:
+        return "sub" in jwt.decode(token, options={"verify_signature": False})
+    except (jwt.InvalidTokenError, UnicodeError):
+        return False
+
+
+def identify(
+    token: str, secrets: tuple[str, ...], public_keys: tuple[tuple[str, Any], ...] = (), now: float | None = None
+) -> Identity:
+    """Verify a connection token.
+
+    :param public_keys: ``(algorithm, key)`` pairs of ``token_public_key``.
+    :param now: the time its ``exp`` and ``nbf`` are held to: the hub's
+        clock (the wall clock's by default), which also times its expiry.
+    :raises ProtocolError: ``token_expired``, or ``token_invalid`` saying why.
+    """
+
+    def invalid(why: str) -> ProtocolError:
+        return ProtocolError(TOKEN_INVALID, why)
+
+    try:
+        algorithm = jwt.get_unverified_header(token).get("alg")
+    except (jwt.InvalidTokenError, UnicodeError):
+        raise invalid("the token is not a JWT") from None
+    if algorithm == "HS256":
+        keys: list[tuple[str, Any]] = [("HS256", secret) for secret in secrets]
+    elif algorithm in PUBLIC_ALGORITHMS:
+        keys = [pair for pair in public_keys if pair[0] == algorithm]
+    else:
+        raise invalid(f"tokens are signed HS256, RS256 or ES256, not {str(algorithm)[:16]!r}")
+    if not keys:
+        raise invalid(f"this server has no key to verify {algorithm} tokens")
+    claims = None
+    for name, key in keys:
+        try:
+            claims = jwt.decode(token, key, algorithms=[name], options=_ON_OUR_CLOCK)
+            break
+        except jwt.InvalidSignatureError:
+            continue
+        except (jwt.InvalidTokenError, UnicodeError, ValueError, TypeError) as exc:
+            raise invalid(f"the token is not a valid connection token ({type(exc).__name__})") from None
+    if claims is None:
+        raise invalid("the token's signature does not match")
+    when = time.time() if now is None else now
+    exp, iat, nbf = claims["exp"], claims.get("iat", 0), claims.get("nbf", 0)
+    if not all(_number(value) for value in (exp, iat, nbf)):
+        raise invalid("exp, iat and nbf must be numbers")
+    if exp <= when:
+        raise ProtocolError(TOKEN_EXPIRED, "the connection token has expired")
+    if nbf > when:
+        raise invalid("the token is not valid yet (nbf)")
+    user = claims["sub"]
+    if not valid_user(user):
+        raise invalid("sub must be a string of 1 to 128 characters, without control characters")
+    jti = claims.get("jti")
+    if jti is not None and not valid_user(jti):
+        raise invalid("jti must be a string of 1 to 128 characters, without control characters")
+    allowed = claims.get("channels", [])
+    if not isinstance(allowed, list):
+        raise invalid("channels must be a list of channel names")
+    return Identity(
+        user, claims.get("info"), frozenset(c for c in allowed if isinstance(c, str)),
+        float(claims["exp"]), float(iat), jti,
+    )
 
 
 def feed_keys(secrets: tuple[str, ...]) -> tuple[str, ...]:

@@ -29,8 +29,8 @@ def test_defaults_are_the_spec_table():
     """With no options, every option has the default SPEC section 1 documents
     (and rate_limit, which issue 7 added, history_memory and public_status,
     which issue 14 added, relay_batch and the send_batch limits, which issue
-    16 added, and pusher, which issue 17 added; conf/chloe.toml documents
-    them)."""
+    16 added, pusher, which issue 17 added, and the users' and namespaces'
+    options, which issue 19 added; conf/chloe.toml documents them)."""
     assert dataclasses.asdict(Config()) == {
         "listen": ("tcp:8901",),
         "application_server_url": None,
@@ -64,6 +64,13 @@ def test_defaults_are_the_spec_table():
         "history_memory": 67108864,
         "public_status": False,
         "pusher": None,
+        "require_connection_token": False,
+        "token_public_key": None,
+        "token_refresh_margin": 10.0,
+        "max_connections_per_user": 0,
+        "max_connections_per_ip": 0,
+        "ip_limit_exempt": ("127.0.0.0/8", "::1/128"),
+        "namespaces": (),
     }
 
 
@@ -243,6 +250,25 @@ def test_table_is_an_unknown_key(tmp_path):
         ("events", ["message", "publish"]),
         ("events", [1]),
         ("application_server_url", 5),
+        ("require_connection_token", "true"),
+        ("require_connection_token", 1),
+        ("token_public_key", 5),
+        ("token_public_key", ["a.pem"]),
+        ("token_public_key", "/nonexistent/keys.pem"),
+        ("token_refresh_margin", -1),
+        ("token_refresh_margin", "10"),
+        ("token_refresh_margin", float("inf")),
+        ("max_connections_per_user", -1),
+        ("max_connections_per_user", 1.5),
+        ("max_connections_per_user", True),
+        ("max_connections_per_ip", -1),
+        ("max_connections_per_ip", "10"),
+        ("ip_limit_exempt", ["localhost"]),
+        ("ip_limit_exempt", ["10.0.0.1/8"]),
+        ("ip_limit_exempt", ["10.0.0.0/33"]),
+        ("ip_limit_exempt", [""]),
+        ("ip_limit_exempt", 127),
+        ("namespaces", 5),
     ],
 )
 def test_wrong_values_name_the_option(option, value):
@@ -341,3 +367,73 @@ def test_batch_options_are_bounded(name, value, why):
     """The batch sizes refuse what is not a whole number in their range, by name."""
     error = refused({name: value})
     assert error.option == name and why in str(error)
+
+
+def test_users_options_read_from_a_file(tmp_path):
+    """The connection-token and per-user/per-IP options are read as written;
+    networks are kept the standard way."""
+    cfg = config.load(
+        write(
+            tmp_path,
+            'require_connection_token = true\ntoken_refresh_margin = 0\n'
+            'max_connections_per_user = 3\nmax_connections_per_ip = 50\n'
+            'ip_limit_exempt = ["10.0.0.0/8", "2001:DB8::/32", "192.0.2.7"]\nsecret = "s"\n',
+        )
+    )
+    assert (
+        cfg.require_connection_token,
+        cfg.token_refresh_margin,
+        cfg.max_connections_per_user,
+        cfg.max_connections_per_ip,
+        cfg.ip_limit_exempt,
+    ) == (True, 0.0, 3, 50, ("10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"))
+    cfg.check()
+
+
+def test_no_network_is_exempt():
+    """ip_limit_exempt may be empty (every address counts) or one string."""
+    assert config.from_mapping({"ip_limit_exempt": []}).ip_limit_exempt == ()
+    assert config.from_mapping({"ip_limit_exempt": "10.1.0.0/16"}).ip_limit_exempt == ("10.1.0.0/16",)
+
+
+def test_host_bits_are_refused_naming_the_network():
+    """A network written with host bits (a likely typo) is refused, quoting it."""
+    error = refused({"ip_limit_exempt": ["127.0.0.0/8", "192.168.1.1/24"]})
+    assert error.option == "ip_limit_exempt" and "'192.168.1.1/24'" in str(error)
+
+
+@pytest.mark.parametrize(
+    "host, exempt",
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),  # an IPv4 peer of a dual-stack socket
+        ("10.0.0.1", False),
+        ("::2", False),
+        ("::ffff:10.0.0.1", False),
+        ("", True),  # a UNIX socket's peer has no address
+        ("/run/chloe.sock", True),
+    ],
+)
+def test_ip_exempt_by_default(host, exempt):
+    """By default only this machine's addresses, and peers without an IP
+    address, are outside the per-IP limit."""
+    assert Config().ip_exempt(host) is exempt
+
+
+def test_ip_exempt_configured():
+    """ip_exempt follows ip_limit_exempt, IPv4 and IPv6 alike."""
+    cfg = config.from_mapping({"ip_limit_exempt": ["10.0.0.0/8", "2001:db8::/32"]})
+    assert [cfg.ip_exempt(h) for h in ("10.2.3.4", "11.0.0.1", "127.0.0.1", "2001:db8::5", "2001:db9::5")] == [
+        True, False, False, True, False,
+    ]
+
+
+def test_require_connection_token_needs_a_key():
+    """require_connection_token without a secret or a public key could
+    accept no browser at all: check() refuses it, naming the option."""
+    with pytest.raises(ConfigError) as info:
+        Config(require_connection_token=True).check()
+    assert info.value.option == "require_connection_token"
+    Config(require_connection_token=True, secret=("s",)).check()

@@ -356,8 +356,11 @@ def test_dumps_is_compact_utf8_and_refuses_nan():
 
 
 def test_error_codes_are_the_spec_list():
-    """The error codes are exactly those of SPEC section 2."""
-    assert frames.ERROR_CODES == {
+    """The error codes are exactly those of SPEC section 2, and the
+    connection tokens' and limits' (issue 19)."""
+    assert frames.ERROR_CODES - {
+        "token_required", "token_invalid", "token_expired", "token_revoked", "too_many_connections",
+    } == {
         "bad_frame", "unknown_type", "too_large", "invalid_channel", "forbidden",
         "too_many_subscriptions", "rate_limited", "no_application", "upstream_rejected",
         "upstream_failed", "slow_consumer", "shutting_down",
@@ -463,3 +466,31 @@ def test_framed_caches_each_framing_separately():
         assert frame.framed(ws) == b'ws:{"type":"pong"}'
         assert frame.framed(sse) == b'data: {"type":"pong"}\n\n'
     assert counts == {"ws": 1, "sse": 1}
+
+
+def test_user_messages_name_the_user_not_a_channel():
+    """A message on a user's channel is ``channel: null`` with ``user``."""
+    frame = frames.message(frames.user_channel("alice"), "1-2", b'{"a":1}')
+    assert frames.loads(frame.payload) == {"type": "message", "channel": None, "user": "alice", "id": "1-2", "data": {"a": 1}}
+
+
+@pytest.mark.parametrize(
+    "user,ok",
+    [("alice", True), ("x" * 128, True), ("x" * 129, False), ("", False), ("a\nb", False), ("a\x7f", False),
+     (None, False), (7, False), ("é~#:", True), ("\ud800", False)],
+)
+def test_valid_user(user, ok):
+    """A user id is 1 to 128 characters without control characters."""
+    assert frames.valid_user(user) is ok
+
+
+def test_auth_and_refresh_frames():
+    """auth carries a token and a user cursor; refresh a token and maybe a channel."""
+    assert frames.parse(b'{"type":"auth","token":"t","since":"1-2"}', 1000) == frames.Frame("auth", since="1-2", token="t")
+    assert frames.parse(b'{"type":"refresh","token":"t","channel":"private-a"}', 1000) == frames.Frame(
+        "refresh", channel="private-a", token="t"
+    )
+    for raw in (b'{"type":"auth"}', b'{"type":"refresh","token":""}', b'{"type":"auth","token":5}'):
+        with pytest.raises(ProtocolError) as caught:
+            frames.parse(raw, 1000)
+        assert caught.value.code == "bad_frame"

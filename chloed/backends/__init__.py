@@ -15,23 +15,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from chloed.backends.base import Backend, BackendUnavailable
+from chloed.backends.base import Backend, BackendUnavailable, Policy
 from chloed.backends.memory import HISTORY_MEMORY, MemoryBackend
 
 __all__ = ["Backend", "BackendUnavailable", "make_backend"]
 
 
 def make_backend(
-    backend: str, clock: Any, history_size: int, history_ttl: float, history_memory: int = HISTORY_MEMORY
+    backend: str, clock: Any, history_size: int, history_ttl: float, history_memory: int = HISTORY_MEMORY,
+    policy: Policy | None = None,
 ) -> Backend:
     """The backend ``backend`` (the ``backend`` option) names.
 
     A Redis backend has to be connected: its ``service()`` is added to the
     server's services. ``history_memory`` bounds the memory backend's
-    history (with Redis the history lives in Redis).
+    history (with Redis the history lives in Redis); ``policy`` gives
+    each channel its own history size and time to live.
     """
     if backend == "memory":
-        return MemoryBackend(clock, history_size, history_ttl, history_memory)
+        return MemoryBackend(clock, history_size, history_ttl, history_memory, policy)
     from chloed.backends.redis import RedisBroker
 
-    return RedisBroker(clock, history_size, history_ttl, backend)
+    return RedisBroker(clock, history_size, history_ttl, backend, policy=policy)

@@ -142,6 +142,25 @@ class SessionListing:
     scope: str
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """``GET /channels/NAME/history``: ``messages`` as ``(id, data JSON
+    bytes)``, oldest first; ``position``, the cursor a browser subscribes
+    from (``since``) to get everything after them; ``recovered`` false when
+    some published after the ``since`` asked for are gone; ``more`` when
+    more follow the page."""
+
+    messages: list[tuple[str, bytes]]
+    position: str
+    recovered: bool
+    more: bool
+
+
+#: ``policy(channel) -> (history_size, history_ttl)``: what a channel keeps
+#: (its namespace's, a user channel's, or the globals).
+Policy = Callable[[str], tuple[int, float]]
+
+
 class LocalChannel(Protocol):
     """A channel as this process holds it: its local subscribers."""
 
@@ -156,8 +175,9 @@ class LocalChannel(Protocol):
 def is_presence(name: str) -> bool:
     """Whether ``name`` is a presence channel: ``presence-...``, or a
     namespaced one whose own name is (a Pusher app's ``pusher~<id>~presence-...``;
-    ``~`` is in no channel name itself)."""
-    return name.rpartition("~")[2].startswith("presence-")
+    ``~`` is in no channel name itself); never a user's own channel
+    (``#u:<id>``, whatever the id)."""
+    return name[:1] != "#" and name.rpartition("~")[2].startswith("presence-")
 
 
 class Presence(Protocol):
@@ -295,6 +315,49 @@ class Backend(Protocol):
         Every string of the cursor alphabet (``[A-Za-z0-9_.~-]``) is a
         position in that order: none is refused. Fails with
         :class:`BackendUnavailable` when it cannot be read now."""
+
+    def position(self) -> Deferred[str]:
+        """The last message id given out (on every node), as a cursor: a
+        join with ``since`` this misses nothing published after it."""
+
+    def read_history(self, name: str, since: str | None, limit: int) -> Deferred[HistoryPage]:
+        """A page of ``name``'s history: without ``since`` its newest
+        ``limit`` messages, with it the first ``limit`` after it."""
+
+    # -- users -------------------------------------------------------------
+
+    def user_join(self, user: str, session: Subscriber, limit: int) -> Deferred[bool]:
+        """Count ``session`` as one of ``user``'s; False (not counted) when
+        the user has ``limit`` sessions already, on every node (0: no limit)."""
+
+    def user_leave(self, user: str, session: Subscriber) -> None:
+        """``session`` of ``user`` ended."""
+
+    def user_sessions(self, user: str) -> Deferred[list[SessionInfo]]:
+        """``user``'s sessions, on every node."""
+
+    def user_channels(self, user: str) -> Deferred[list[str]]:
+        """The channels ``user``'s new sessions are subscribed to
+        server-side (``POST /subscribe`` with ``persist``)."""
+
+    def persist_channel(self, user: str, channel: str, keep: bool) -> Deferred[None]:
+        """Add ``channel`` to ``user``'s persisted subscriptions (``keep``),
+        or remove it."""
+
+    def revoke(self, jti: str | None, user: str | None, before: float | None, until: float) -> Deferred[None]:
+        """Refuse from now on the token ``jti`` (until ``until``, epoch
+        seconds), or ``user``'s tokens issued before ``before``."""
+
+    def revoked(self, jti: str | None, user: str, iat: float) -> Deferred[bool]:
+        """Whether a token (its ``jti``, ``sub`` and ``iat``) was revoked."""
+
+    def control(self, command: dict[str, Any]) -> Deferred[int]:
+        """Run ``command`` on every node (each node's control handler, this
+        one's too); fires with how many sessions it targets (a session: 1
+        or 0; a user: its sessions on every node), counted before it ran."""
+
+    def serve_control(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Where the commands of :meth:`control` go on this node (the hub)."""
 
     def make_presence(self, clock: IReactorTime, grace: float) -> Presence:
         """The presence of this backend (in this process, or shared); made

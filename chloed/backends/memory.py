@@ -40,9 +40,10 @@ from twisted.logger import Logger
 
 from chloed import frames
 from chloed.backends.base import (
-    ChannelInfo, ChannelListing, PublishResult, Replay, ReplayMany, Reply, SessionInfo, SessionListing, Subscriber,
-    listed,
+    ChannelInfo, ChannelListing, HistoryPage, Policy, PublishResult, Replay, ReplayMany, Reply, SessionInfo,
+    SessionListing, Subscriber, listed,
 )
+from chloed.backends.users import Users
 from chloed.frames import Encoded
 from chloed.redact import session_tag
 
@@ -77,6 +78,13 @@ HISTORY_MEMORY = 64 * 1024 * 1024
 HISTORY_OVERHEAD = 256
 
 
+def message_data(frame: Encoded) -> bytes:
+    """The published JSON a ``message`` frame (:func:`chloed.frames.message`)
+    holds: what follows its head (whose strings cannot hold ``,"data":``)."""
+    payload = frame.payload
+    return payload[payload.index(b',"data":') + 8:-1]
+
+
 def history_cost(frame: Encoded) -> int:
     """The bytes a retained message is counted as: its JSON three times
     (the JSON, and the WebSocket and SSE framings cached on the frame by
@@ -87,10 +95,13 @@ def history_cost(frame: Encoded) -> int:
 class Channel:
     """One channel: its subscribers, and the history kept for resume."""
 
-    __slots__ = ("name", "subscribers", "history", "dropped_seq", "last_id", "created_seq")
+    __slots__ = ("name", "subscribers", "history", "dropped_seq", "last_id", "created_seq", "size", "ttl")
 
-    def __init__(self, name: str, created_seq: int) -> None:
+    def __init__(self, name: str, created_seq: int, size: int = 0, ttl: float = 0.0) -> None:
         self.name = name
+        # What its history keeps: messages and seconds (its policy's).
+        self.size = size
+        self.ttl = ttl
         # What came before this seq belongs to an earlier, forgotten life of
         # the channel: only time can tell whether any of it was missed.
         self.created_seq = created_seq
@@ -109,6 +120,8 @@ class Broker:
     :param clock: the reactor's time, for ids and history expiry.
     :param history_size: messages kept per channel.
     :param history_ttl: seconds a message is kept.
+    :param policy: ``(history_size, history_ttl)`` per channel, when not
+        the same for every channel (namespaces, users' channels).
 
     ``published`` (messages given an id) and ``delivered`` (frames handed to
     subscribers) are counted once per publish, never per subscriber;
@@ -121,11 +134,13 @@ class Broker:
     backend_state = "up"
 
     def __init__(
-        self, clock: IReactorTime, history_size: int, history_ttl: float, history_memory: int = HISTORY_MEMORY
+        self, clock: IReactorTime, history_size: int, history_ttl: float, history_memory: int = HISTORY_MEMORY,
+        policy: Policy | None = None,
     ) -> None:
         self._clock = clock
         self.history_size = history_size
         self.history_ttl = history_ttl
+        self.policy: Policy = policy if policy is not None else (lambda name: (history_size, history_ttl))
         # The bytes the history of every channel may hold together, and
         # what it holds (see history_cost); the channels that hold any, the
         # least recently published to first, lose theirs first.
@@ -168,11 +183,15 @@ class Broker:
         """
         channel = self.channels.get(name)
         if channel is None:
-            channel = self.channels[name] = Channel(name, self._seq)
+            channel = self.channels[name] = self._new_channel(name, self._seq)
         channel.subscribers[subscriber] = None
         if since is None:
             return True, []
         return self.replay(name, since)
+
+    def _new_channel(self, name: str, created_seq: int) -> Channel:
+        size, ttl = self.policy(name)
+        return Channel(name, created_seq, size, ttl)
 
     def unsubscribe(self, name: str, subscriber: Subscriber) -> bool:
         """Remove ``subscriber``; True when it was subscribed."""
@@ -211,11 +230,8 @@ class Broker:
             return False, [(seq, frame) for seq, _, frame in history]
         # A channel is forgotten only once its history is empty: whatever it
         # held after ``since`` is gone unless it cannot have expired yet.
-        unexpired = (
-            self.history_size > 0
-            and after.ms >= (now - self.history_ttl) * 1000
-            and after.seq >= self._evicted_seq
-        )
+        size, ttl = (channel.size, channel.ttl) if channel is not None else self.policy(name)
+        unexpired = size > 0 and after.ms >= (now - ttl) * 1000 and after.seq >= self._evicted_seq
         if channel is None:
             return unexpired or after.seq >= self._seq, []
         missed = [(seq, frame) for seq, _, frame in history if seq > after.seq]
@@ -246,7 +262,7 @@ class Broker:
             frame = frames.message(name, id, data)
             channel = self.channels.get(name)
             if channel is None:
-                channel = self.channels[name] = Channel(name, seq - 1)
+                channel = self.channels[name] = self._new_channel(name, seq - 1)
             self._retain(channel, seq, now, frame)
             channel.last_id = id
             result.ids[name] = id
@@ -332,7 +348,7 @@ class Broker:
     def _retain(self, channel: Channel, seq: int, now: float, frame: Encoded) -> None:
         history = channel.history
         cost = history_cost(frame)
-        if self.history_size <= 0 or self.history_ttl <= 0:
+        if channel.size <= 0 or channel.ttl <= 0:
             channel.dropped_seq = seq
             return
         if frames.reserved(channel.name) or cost > self.history_memory:
@@ -345,7 +361,7 @@ class Broker:
         holding = self._holding
         holding[channel.name] = channel
         holding.move_to_end(channel.name)
-        while len(history) > self.history_size:
+        while len(history) > channel.size:
             self._drop_oldest(channel)
         self._expire(channel, now)
         while self.history_bytes > self.history_memory:
@@ -362,7 +378,7 @@ class Broker:
 
     def _expire(self, channel: Channel, now: float) -> None:
         history = channel.history
-        oldest = now - self.history_ttl
+        oldest = now - channel.ttl
         while history and history[0][1] <= oldest:
             self._drop_oldest(channel)
 
@@ -382,6 +398,26 @@ class Broker:
 
     def channel_names(self) -> Iterator[str]:
         return iter(self.channels)
+
+    def position(self) -> str:
+        """The last id given out, as a cursor (see :meth:`Backend.position`)."""
+        return f"{int(self._clock.seconds() * 1000)}-{self._seq}"
+
+    def read_history(self, name: str, since: str | None, limit: int) -> HistoryPage:
+        """A page of ``name``'s history (see :class:`HistoryPage`)."""
+        if since is None:
+            channel = self.channels.get(name)
+            if channel is not None:
+                self._expire(channel, self._clock.seconds())
+            entries = [frame for _, _, frame in channel.history][-limit:] if channel is not None else []
+            recovered, more = True, False
+        else:
+            recovered, missed = self._missed(name, since)
+            entries = [frame for _, frame in missed[:limit]]
+            more = len(missed) > limit
+        messages = [(frame.id or "", message_data(frame)) for frame in entries]
+        position = messages[-1][0] if messages else self.position()
+        return HistoryPage(messages, position, recovered, more)
 
 
 # -- presence ----------------------------------------------------------------
@@ -497,9 +533,10 @@ class MemoryBackend:
     backend_state = "up"
 
     def __init__(
-        self, clock: IReactorTime, history_size: int, history_ttl: float, history_memory: int = HISTORY_MEMORY
+        self, clock: IReactorTime, history_size: int, history_ttl: float, history_memory: int = HISTORY_MEMORY,
+        policy: Policy | None = None,
     ) -> None:
-        self._use(Broker(clock, history_size, history_ttl, history_memory))
+        self._use(Broker(clock, history_size, history_ttl, history_memory, policy))
 
     @classmethod
     def over(cls, local: Broker) -> "MemoryBackend":
@@ -515,6 +552,8 @@ class MemoryBackend:
         # The listed session ids, sorted, as the first page of the latest
         # walk of GET /sessions found them (see session_list).
         self._roll: list[str] | None = None
+        self.users = Users(local._clock)
+        self._control: Callable[[dict[str, Any]], None] | None = None
 
     # The counters and the fan-out timer are the engine's.
     @property
@@ -539,6 +578,7 @@ class MemoryBackend:
         return None
 
     def sweep(self) -> int:
+        self.users.sweep()
         return self.local.sweep()
 
     # -- the session registry -------------------------------------------
@@ -638,6 +678,52 @@ class MemoryBackend:
 
     def make_presence(self, clock: IReactorTime, grace: float) -> Presence:
         return Presence(clock, grace, self.local.announce)
+
+    def position(self) -> Deferred[str]:
+        return succeed(self.local.position())
+
+    def read_history(self, name: str, since: str | None, limit: int) -> Deferred[HistoryPage]:
+        return succeed(self.local.read_history(name, since, limit))
+
+    # -- users ---------------------------------------------------------------
+
+    def user_join(self, user: str, session: Subscriber, limit: int) -> Deferred[bool]:
+        return succeed(self.users.join(user, session, limit))
+
+    def user_leave(self, user: str, session: Subscriber) -> None:
+        self.users.leave(user, session)
+
+    def user_sessions(self, user: str) -> Deferred[list[SessionInfo]]:
+        return succeed([SessionInfo.of(session, None) for session in self.users.sessions(user)])
+
+    def user_channels(self, user: str) -> Deferred[list[str]]:
+        return succeed(self.users.channels(user))
+
+    def persist_channel(self, user: str, channel: str, keep: bool) -> Deferred[None]:
+        self.users.persist(user, channel, keep)
+        return succeed(None)
+
+    def revoke(self, jti: str | None, user: str | None, before: float | None, until: float) -> Deferred[None]:
+        self.users.revoke(jti, user, before, until)
+        return succeed(None)
+
+    def revoked(self, jti: str | None, user: str, iat: float) -> Deferred[bool]:
+        return succeed(self.users.revoked(jti, user, iat))
+
+    def control(self, command: dict[str, Any]) -> Deferred[int]:
+        """Counted, then run here: this process is every node."""
+        if "session" in command:
+            targets = 1 if command["session"] in self.sessions else 0
+        elif "user" in command:
+            targets = len(self.users.sessions(command["user"]))
+        else:
+            targets = 0  # (a token's sessions are not counted)
+        if self._control is not None:
+            self._control(command)
+        return succeed(targets)
+
+    def serve_control(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        self._control = handler
 
     # -- sessions held by other nodes: one process has none ----------------
 

@@ -70,7 +70,7 @@ class PusherWebSocket(ChloeWebSocket):
             return
         super().onOpen()
 
-    def open_session(self, resume: str | None = None) -> Session:
+    def open_session(self, resume: str | None = None, origin: str | None = None) -> Session:
         assert self.app is not None
         return self.factory.pusher.opened(self.app, self)
 

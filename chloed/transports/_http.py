@@ -118,6 +118,25 @@ def valid_callback(name: str) -> bool:
     return len(name) <= MAX_CALLBACK_CHARS and CALLBACK_RE.fullmatch(name) is not None
 
 
+def client_host(request: IRequest) -> str | None:
+    """The address a request came from (None for a UNIX socket's peer)."""
+    host = getattr(request.getClientAddress(), "host", None)
+    return host if isinstance(host, str) else None
+
+
+def session_options(request: IRequest, max_per_ip: int) -> dict[str, Any]:
+    """What a URL that opens a session says of it beyond its channels: the
+    client's address (when counted per IP), the page's origin, and a
+    connection token with the user cursor of a reconnecting tab."""
+    since = arg(request, b"user_since")
+    return {
+        "ip": client_host(request) if max_per_ip else None,
+        "origin": request_origin(request),
+        "token": arg(request, b"token"),
+        "user_since": since if since is not None and 0 < len(since) <= 64 else None,
+    }
+
+
 def arg(request: IRequest, name: bytes) -> str | None:
     """The first value of a query argument, decoded, or None."""
     values = request.args.get(name)

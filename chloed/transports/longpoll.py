@@ -42,7 +42,9 @@ from chloed.errors import ProtocolError
 from chloed.backends.base import Reply
 from chloed.hub import Hub
 from chloed.session import Session
-from chloed.transports._http import BrowserResource, arg, args, browser_headers, preflight, valid_callback
+from chloed.transports._http import (
+    BrowserResource, arg, args, browser_headers, preflight, session_options, valid_callback,
+)
 from chloed.transports._reply import (
     BACKEND_UNAVAILABLE,
     UNKNOWN_SESSION,
@@ -284,10 +286,13 @@ class PollResource(BrowserResource):
         hub = self.hub
         if not hub.accepting():
             return answer.error(503, "unavailable", "this server takes no more connections now")
+        options = session_options(request, hub.config.max_connections_per_ip)
+        if hub.ip_full(options["ip"]):
+            return answer.error(429, frames.TOO_MANY_CONNECTIONS, "too many connections from this address")
         channels = args(request, b"channel")
         if channels is None:
             return answer.error(400, "bad_request", "channel names are UTF-8")
-        session = hub.open_session(self.transport)
+        session = hub.open_session(self.transport, **options)
         if channels:
             hub.subscribe_all(session, channels, arg(request, b"since"), arg(request, b"token"))
         counted = hub.counted(session)

@@ -23,12 +23,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET
 
+from chloed import frames
 from chloed.frames import Encoded
 from chloed.http import error
 from chloed.hub import Hub
 from chloed.session import Session
 from chloed.transports._flow import OutboundFlow
-from chloed.transports._http import BrowserResource, arg, args, browser_headers, preflight
+from chloed.transports._http import BrowserResource, arg, args, browser_headers, preflight, session_options
 
 log = Logger()
 
@@ -112,6 +113,9 @@ class SSEResource(BrowserResource):
             return error(request, 403, "forbidden_origin", "this origin is not allowed")
         if not hub.accepting():
             return error(request, 503, "unavailable", "this server takes no more connections now")
+        options = session_options(request, hub.config.max_connections_per_ip)
+        if hub.ip_full(options["ip"]):
+            return error(request, 429, frames.TOO_MANY_CONNECTIONS, "too many connections from this address")
         channels = args(request, b"channel")
         if channels is None:
             return error(request, 400, "bad_request", "channel names are UTF-8")
@@ -121,7 +125,7 @@ class SSEResource(BrowserResource):
         request.setHeader(b"x-accel-buffering", b"no")
         stream = SSEStream(hub, request)
         request.write(b"retry: 1000\n\n")
-        session = stream.session = hub.open_session("sse", stream, resume=arg(request, b"resume"))
+        session = stream.session = hub.open_session("sse", stream, resume=arg(request, b"resume"), **options)
         if channels:
             hub.subscribe_all(session, channels, since or None, arg(request, b"token"))
         self.streams.add(stream)

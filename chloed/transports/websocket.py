@@ -250,6 +250,8 @@ class ChloeWebSocket(WebSocketServerProtocol):
             raise ConnectionDeny(403, "origin not allowed")
         if not hub.accepting():
             raise ConnectionDeny(503, "too many connections" if not hub.draining else "shutting down")
+        if hub.config.max_connections_per_ip and hub.ip_full(self._peer_host()):
+            raise ConnectionDeny(429, "too many connections from this address")
         return None
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
@@ -297,15 +299,18 @@ class ChloeWebSocket(WebSocketServerProtocol):
         if type(transport) is tcp.Server:
             self._sock = transport.socket
         resume = (self.http_request_params or {}).get("resume")
+        origin = (self.http_headers or {}).get("origin")
         for name in _UPGRADE_LEFTOVERS:
             setattr(self, name, None)
-        self.session = self.open_session(resume[0] if resume else None)
+        self.session = self.open_session(resume[0] if resume else None, origin)
         self.factory.heartbeat.add(self)
 
-    def open_session(self, resume: str | None = None) -> Session:
+    def open_session(self, resume: str | None = None, origin: str | None = None) -> Session:
         """The hub's session of this connection (its ``connected`` is
-        written); ``resume``: the ``?resume=`` of its URL."""
-        return self.factory.hub.open_session("websocket", self, resume=resume)
+        written); ``resume``: the ``?resume=`` of its URL, ``origin`` its page's."""
+        hub = self.factory.hub
+        ip = self._peer_host() if hub.config.max_connections_per_ip else None
+        return hub.open_session("websocket", self, resume=resume, ip=ip, origin=origin)
 
     def onFrameEnd(self) -> bool | None:
         """A frame has come in whole: the peer is alive (see
