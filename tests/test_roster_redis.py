@@ -80,19 +80,25 @@ class Node:
             cursor = listing.next
 
 
-@pytest.fixture
-def nodes(redis_server: RedisServer) -> Iterator[Callable[[str], Node]]:  # noqa: F811
-    """Make nodes on the test's Redis; all are disconnected after."""
-    made: list[Node] = []
+def made_nodes(url: str, kind: Callable[[str, str], Any]) -> Iterator[Callable[[str], Any]]:
+    """Make nodes of ``kind`` on Redis at ``url``; all are disconnected after
+    (the body of a ``nodes`` fixture)."""
+    made: list[Any] = []
 
-    def make(name: str) -> Node:
-        node = Node(redis_server.url, name)
+    def make(name: str) -> Any:
+        node = kind(url, name)
         made.append(node)
         return node
 
     yield make
     for node in made:
         pytest_twisted.blockon(node.broker.disconnect())
+
+
+@pytest.fixture
+def nodes(redis_server: RedisServer) -> Iterator[Callable[[str], Node]]:  # noqa: F811
+    """Make nodes on the test's Redis; all are disconnected after."""
+    yield from made_nodes(redis_server.url, Node)
 
 
 @defer.inlineCallbacks

@@ -7,13 +7,17 @@ holds what the nodes share:
     a hash ``{ms, seq}``: the last message id given out, cluster-wide. Ids are
     ``"<ms>-<seq>"`` as on one node, ``seq`` counting every message of the
     cluster and ``ms`` never going back, so one id is a cursor over every
-    channel on every node (what an SSE ``Last-Event-ID`` needs).
+    channel on every node (what an SSE ``Last-Event-ID`` needs). Asking
+    for the position pushes ``ms`` on to Redis's clock (see
+    ``POSITION_SCRIPT``).
 ``chloe:h:<channel>``
     a Stream holding the channel's history under the message ids themselves,
     trimmed with ``XDEL`` (which, unlike ``MAXLEN``, moves the stream's
     ``max-deleted-entry-id``, so a resume knows exactly when it missed
-    something) to ``history_size`` entries and ``history_ttl`` seconds, and
-    expiring ``history_ttl`` after its last message.
+    something) to the channel's ``history_size`` entries and ``history_ttl``
+    seconds (its policy's: its namespace's, a user channel's, or the
+    globals), and expiring ``history_ttl`` after its last message. A user's
+    own channel (``#u:<user id>``) is a channel like any other here.
 ``chloe:s:<session>``
     which node holds a session, for ``/send`` to one session and for browser
     frames POSTed to the wrong node.
@@ -29,11 +33,18 @@ holds what the nodes share:
     the node's sessions, ``"<session id> <row>"`` in a sorted set, for
     ``GET /sessions`` on any node; written lazily, never waited on (see
     :mod:`.roster`).
+``chloe:u:<user>``, ``chloe:uc:<user>``
+    each user's sessions (session id → node, counted while the node is
+    alive) and persisted server-side subscriptions (see :mod:`.users`).
+``chloe:rv:j:<jti>``, ``chloe:rv:u:<user>``
+    revoked tokens (see :mod:`.control`).
 pub/sub ``chloe:<db>:c:<channel>``, ``chloe:<db>:all``, ``chloe:<db>:n:<node>``
     live messages: ``"<id> <excluded session> <data>"`` (the data is the JSON
     ``/send`` was given, spliced into frames unparsed); presence
-    announcements on the channel's, ``"p …"``; on a node's own, messages to
-    one session (``"<session> <id> <excluded session> <data>"``) and the
+    announcements on the channel's, ``"p …"``; the app's commands to every
+    node on everyone's, ``"k <JSON>"`` (see :mod:`.control`); on a node's
+    own, messages to one session (``"<session> <id> <excluded session>
+    <data>"``) and the
     frames and polls other nodes hand over, ``"f …"``, ``"q …"``, ``"r …"``
     (see :mod:`.handover`). Pub/sub ignores the database number, so the
     channels carry it.
@@ -66,7 +77,8 @@ The modules, each importing only those after it: :mod:`.broker` (the
 node's channels and sessions, publishing, live delivery), :mod:`.joins`
 (subscribers on their way in), :mod:`.handover` (other nodes' requests for
 this node's sessions), :mod:`.presence`, :mod:`.roster` (every node's
-sessions), :mod:`.channel` (per-channel and
+sessions), :mod:`.users` (every user's sessions), :mod:`.control` (the
+app's commands, revocations), :mod:`.channel` (per-channel and
 per-join state), :mod:`.census` (subscriber counts), :mod:`.link` (the two
 connections), :mod:`.keys` and :mod:`.scripts` (key names, Lua).
 """

@@ -20,11 +20,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from chloed import frames
-from chloed.backends.base import ChannelInfo, ChannelListing, PublishResult, Replay, SessionListing, Subscriber
+from chloed.backends.base import (
+    ChannelInfo, ChannelListing, HistoryPage, Policy, PublishResult, Replay, SessionInfo, SessionListing, Subscriber,
+)
 from chloed.backends.memory import Broker, Channel
 from chloed.backends.redis.census import COUNTS_TTL, Census, polling
-from chloed.backends.redis.channel import RedisChannel, _Join, _Snapshot
+from chloed.backends.redis.channel import RedisChannel, Retention, _Join, _Snapshot
 from chloed.backends.redis.channels import ChannelSubscriptions
+from chloed.backends.redis.control import Control
 from chloed.backends.redis.delivery import Delivery
 from chloed.backends.redis.handover import Handover
 from chloed.backends.redis.joins import Joins
@@ -36,8 +39,10 @@ from chloed.backends.redis.link import ConnectedWhileRunning, RedisLink, ignore
 from chloed.backends.redis.presence import RedisPresence
 from chloed.backends.redis.roster import Roster
 from chloed.backends.redis.scripts import (
-    DIRECT_SCRIPT, OCCUPANCY_SCRIPT, PUBLISH_SCRIPT, SNAPSHOT_SCRIPT, SUBSCRIBERS_SCRIPT,
+    DIRECT_SCRIPT, HISTORY_SCRIPT, OCCUPANCY_SCRIPT, POSITION_SCRIPT, PUBLISH_SCRIPT, SNAPSHOT_SCRIPT,
+    SUBSCRIBERS_SCRIPT,
 )
+from chloed.backends.redis.users import Users
 from chloed.frames import Encoded
 
 log = Logger(namespace="chloed.backends.redis")  # as before redis.py became a package
@@ -49,6 +54,8 @@ class RedisBroker(Broker):
     :param url: ``redis://host:port/db``.
     :param reactor: connects to Redis; the clock unless given.
     :param node: this node's name in Redis (random unless given).
+    :param policy: ``(history_size, history_ttl)`` per channel (None: the
+        globals for every channel); asked once per channel a call names.
     """
 
     backend = "redis"
@@ -62,15 +69,14 @@ class RedisBroker(Broker):
         url: str,
         reactor: Any = None,
         node: str | None = None,
+        policy: Policy | None = None,
     ) -> None:
-        super().__init__(clock, history_size, history_ttl)
+        super().__init__(clock, history_size, history_ttl, policy=policy)
         self.url = url
         self.host, self.port, self.db = parse_url(url)
         self._reactor = reactor if reactor is not None else clock
         self.node = node or secrets.token_hex(8)
         self.pubsub = f"chloe:{self.db}:"
-        self._ttl_ms = int(history_ttl * 1000)
-        self._keeps = history_size > 0 and self._ttl_ms > 0
         self.channels: dict[str, RedisChannel] = {}  # type: ignore[assignment]  # invariant dict, RedisChannels only
         # Lambdas: the delivery and the channels' subscriptions are made below.
         self._link = RedisLink(
@@ -94,20 +100,27 @@ class RedisBroker(Broker):
             ttl_ms=lambda: self.census.node_ttl_ms,
         )
         self.census.on_beat = self.roster.refresh
+        # Each user's sessions on every node; written again whenever the
+        # census is (Redis came back, or had given this node up).
+        self.users = Users(call=call, ignore=ignore, node=self.node, connected=self._connected)
+        self.census.on_recount = self.users.rewrite
+        # The app's commands to every node, and its revocations.
+        self._control = Control(clock, call=call, pubsub=self.pubsub, node=self.node)
         self._joins = Joins(
             self.channels, census=self.census, snapshot=self._snapshot, later=self._link.later,
-            connected=self._connected, forget=self._maybe_forget, ttl_ms=self._ttl_ms, keeps=self._keeps,
+            connected=self._connected, forget=self._maybe_forget,
         )
         # Frames and polls of sessions held by another node, or by this one.
         self._handover = Handover(self._reactor, call=call, ignore=ignore, pubsub=self.pubsub, node=self.node)
         self._delivery = Delivery(
             self.channels, self.sessions, pubsub=self.pubsub, node=self.node, node_kinds=self._handover.kinds(),
-            offer=self._joins.offer, fan_out=self._fan_out, count=self._count, presence=lambda: self.presence,
+            everyone_kinds=self._control.kinds(), offer=self._joins.offer, fan_out=self._fan_out,
+            count=self._count, presence=lambda: self.presence,
         )
         self._channel_subscriptions = ChannelSubscriptions(
             self.channels, link=self._link, pubsub=self.pubsub, connected=self._connected, snapshot=self._snapshot,
             deliver=self._delivery.deliver_live, try_join=self._joins.try_join, presence=lambda: self.presence,
-            ttl_ms=self._ttl_ms, keeps=self._keeps,
+            retention=lambda name: Retention.of(self.policy, name),
         )
 
     # -- connections ------------------------------------------------------
@@ -153,8 +166,9 @@ class RedisBroker(Broker):
         self.roster.start()
         if self.presence is not None:
             self.presence.start()
-        # Sessions older than SESSION_TTL stay reachable by /send.
-        self._renewal = LoopingCall(self._register_all)
+        # Sessions older than SESSION_TTL stay reachable by /send, and
+        # counted as their users'.
+        self._renewal = LoopingCall(self._renew)
         self._renewal.clock = self._clock
         self._renewal.start(SESSION_TTL / 4, now=False).addErrback(
             lambda f: log.failure("renewing session keys stopped", f)
@@ -231,6 +245,10 @@ class RedisBroker(Broker):
     def _register_all(self) -> None:
         for session_id in list(self.sessions):
             self._register(session_id)
+
+    def _renew(self) -> None:
+        self._register_all()
+        self.users.rewrite()
 
     def _register(self, session_id: str) -> None:
         if self._connected():
@@ -335,7 +353,11 @@ class RedisBroker(Broker):
             + [HISTORY_PREFIX + name for name in names]
             + [COUNTS_PREFIX + name for name in names]
         )
-        args = [data, self.history_size, self._ttl_ms, self.pubsub + "c:", exclude or "", len(names)] + names
+        kept = [self._retention(name) for name in names]
+        args = (
+            [data, self.pubsub + "c:", exclude or "", len(names)]
+            + names + [k.size for k in kept] + [k.ttl_ms for k in kept]
+        )
 
         def done(reply: list[Any]) -> PublishResult:
             result = PublishResult()
@@ -380,20 +402,63 @@ class RedisBroker(Broker):
 
     # -- what channels hold -------------------------------------------------
 
+    def _retention(self, name: str) -> Retention:
+        """What ``name``'s history keeps: its policy's (asked once per
+        channel this node holds, once per call for the others)."""
+        channel = self.channels.get(name)
+        return channel.retention if channel is not None else Retention.of(self.policy, name)
+
     def history(self, name: str, since: str) -> Deferred[Replay]:
         """What Redis retains of ``name`` after ``since`` (one atomic read),
         and whether that is everything published after it."""
         after = parse_key(since)
         read = format_key(after) if after is not None else "0-0"
+        retention = self._retention(name)
 
         def answer(snapshot: _Snapshot) -> Replay:
             recovered = (
                 after is not None and after <= snapshot.head
-                and snapshot.recovered(0, after, self._ttl_ms, self._keeps)
+                and snapshot.recovered(0, after, retention)
             )
             return recovered, [frames.message(name, id, data) for _, id, data in snapshot.entries(0)]
 
         return self._snapshot([name], [read]).addCallback(answer)
+
+    def position(self) -> Deferred[str]:  # type: ignore[override]  # Redis answers later
+        """The cluster's last id given out, as a cursor: its seq, under an
+        ms pushed on to Redis's clock (``POSITION_SCRIPT``), so that a join
+        from it within a channel's ttl is recovered however long ago the
+        last message was."""
+        d = self._link.call("eval", POSITION_SCRIPT, [IDS_KEY], [])
+        return d.addCallback(lambda reply: f"{int(reply[0])}-{int(reply[1])}")
+
+    def read_history(  # type: ignore[override]  # Redis answers later
+        self, name: str, since: str | None, limit: int
+    ) -> Deferred[HistoryPage]:
+        """A page of ``name``'s history, read in one script: without
+        ``since`` its newest ``limit`` messages; with it the first ``limit``
+        after it, ``recovered`` as a join's (a cursor not of this cluster
+        reads from the oldest, not recovered). ``position`` is the last
+        message of the page, or the cluster's position when it is empty."""
+        after = parse_key(since) if since is not None else None
+        if since is None:
+            args: list[Any] = [limit, "", "", ""]
+        else:
+            read = after if after is not None else (0, 0)
+            args = [limit, format_key(read), read[0], read[1]]
+        retention = self._retention(name)
+
+        def page(reply: list[Any]) -> HistoryPage:
+            snapshot = _Snapshot(reply[:5])
+            messages = [(id, data) for _, id, data in snapshot.entries(0)]
+            position = messages[-1][0] if messages else f"{int(reply[6])}-{snapshot.head[1]}"
+            recovered = since is None or (
+                after is not None and after <= snapshot.head and after[1] <= snapshot.head[1]
+                and snapshot.recovered(0, after, retention)
+            )
+            return HistoryPage(messages, position, recovered, bool(int(reply[5])))
+
+        return self._link.call("eval", HISTORY_SCRIPT, [IDS_KEY, HISTORY_PREFIX + name], args).addCallback(page)
 
     def occupy(self, name: str, occupied: bool) -> Deferred[bool]:
         """Whether the cluster's subscribers of ``name`` went with this
@@ -444,3 +509,51 @@ class RedisBroker(Broker):
     def sweep(self) -> int:
         """History lives in Redis, which expires it: nothing to sweep."""
         return 0
+
+    # -- users (see .users) and the app's commands (see .control) -----------
+
+    def user_join(self, user: str, session: Subscriber, limit: int) -> Deferred[bool]:
+        """Count ``session`` as ``user``'s, unless the user has ``limit``
+        sessions (0: no limit) on the nodes alive already: one script."""
+        return self.users.join(user, session, limit)
+
+    def user_leave(self, user: str, session: Subscriber) -> None:
+        """``session`` of ``user`` ended (sent without waiting). The user
+        channel's count here goes first, on the same connection: once the
+        user's sessions no longer list it, receipts no longer count it."""
+        self.census.report_now(frames.user_channel(user))
+        self.users.leave(user, session)
+
+    def user_sessions(self, user: str) -> Deferred[list[SessionInfo]]:
+        """``user``'s sessions on the nodes alive, by node then id: this
+        node's as they are, the others' channels and transport as their
+        rosters last said (within the roster's flush delay)."""
+        return self.users.sessions(user, self.sessions)
+
+    def user_channels(self, user: str) -> Deferred[list[str]]:
+        """``user``'s persisted server-side subscriptions."""
+        return self.users.channels(user)
+
+    def persist_channel(self, user: str, channel: str, keep: bool) -> Deferred[None]:
+        """Keep ``channel`` among ``user``'s persisted subscriptions, or not."""
+        return self.users.persist(user, channel, keep)
+
+    def revoke(self, jti: str | None, user: str | None, before: float | None, until: float) -> Deferred[None]:
+        """Refuse the token ``jti`` until ``until``, or ``user``'s tokens
+        issued before ``before`` (now when None), on every node."""
+        return self._control.revoke(jti, user, before, until)
+
+    def revoked(self, jti: str | None, user: str, iat: float) -> Deferred[bool]:
+        """Whether the token was revoked (one round trip)."""
+        return self._control.revoked(jti, user, iat)
+
+    def control(self, command: dict[str, Any]) -> Deferred[int]:
+        """Have every node's handler (this one's too) run ``command``; fires
+        with the sessions it targets on the nodes alive, counted in the
+        script that publishes it; fails with :class:`BackendUnavailable`
+        while Redis is away."""
+        return self._control.send(command)
+
+    def serve_control(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Where the commands of :meth:`control` go on this node."""
+        self._control.handler = handler

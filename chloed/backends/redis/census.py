@@ -112,6 +112,10 @@ class Census:
         # Called on each beat: what else the node keeps alive with it (its
         # roster of sessions).
         self.on_beat: Callable[[], object] | None = None
+        # Called on each recount, once the node's entry is on its way: what
+        # else counts only while the node is alive, and may have been
+        # dropped while Redis had given it up (its users' sessions).
+        self.on_recount: Callable[[], object] | None = None
 
     def start(self) -> None:
         self._stopped = False
@@ -161,6 +165,15 @@ class Census:
     def _soon(self) -> None:
         if self._report is None and not self._stopped:
             self._report = self._clock.callLater(REPORT_DELAY, self.report)
+
+    def report_now(self, name: str) -> None:
+        """Write channel ``name``'s count now if it changed, not with the
+        next report: a channel whose changes are seldom batched with
+        others' (a user's own), when something sent after it must find
+        Redis counting it so (a user's session leaving)."""
+        if name in self._dirty:
+            self._dirty.discard(name)
+            self._write(name)
 
     def everything_changed(self) -> None:
         """Report every channel again (an hour passed)."""
@@ -276,6 +289,8 @@ class Census:
         self._dirty = set()
         self._sessions_dirty = False
         begun = self._enlist("again" if self._counted else "begin").addCallbacks(lambda _: True, self._lost_count)
+        if self.on_recount is not None:
+            self.on_recount()
         writes = [begun] + [self._write(name) for name in names]
 
         def written(results: list[bool]) -> Any:

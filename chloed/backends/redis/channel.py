@@ -1,17 +1,42 @@
 """The broker's state per channel (:class:`RedisChannel`) and per join on its
-way in (:class:`_Join`), and :data:`SNAPSHOT_SCRIPT`'s reply (:class:`_Snapshot`)."""
+way in (:class:`_Join`), what a channel's history keeps (:class:`Retention`),
+and :data:`SNAPSHOT_SCRIPT`'s reply (:class:`_Snapshot`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from chloed.backends.base import Subscriber
+from chloed.backends.base import Policy, Subscriber
 from chloed.backends.memory import Channel
 from chloed.backends.redis.census import polling
 from chloed.backends.redis.keys import ZERO, Key, parse_key
 from chloed.frames import Encoded
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What a channel's history keeps in Redis, as its policy says:
+    ``size`` messages, each for ``ttl_ms``."""
+
+    size: int
+    ttl_ms: int
+
+    @classmethod
+    def of(cls, policy: Policy, name: str) -> "Retention":
+        size, ttl = policy(name)
+        return cls(int(size), int(ttl * 1000))
+
+    @property
+    def keeps(self) -> bool:
+        """Whether the history keeps anything."""
+        return self.size > 0 and self.ttl_ms > 0
+
+
+#: A channel made without its policy (a test's): its history keeps nothing.
+KEEPS_NOTHING = Retention(0, 0)
 
 
 class _Snapshot:
@@ -26,12 +51,13 @@ class _Snapshot:
         self.fresh = bool(int(reply[3]))
         self.streams = reply[4:]
 
-    def recovered(self, index: int, after: Key, ttl_ms: float, keeps: bool) -> bool:
+    def recovered(self, index: int, after: Key, retention: Retention) -> bool:
         """Whether stream ``index`` holds everything published after ``after``
-        (the memory broker's rule, on what Redis says it trimmed)."""
+        (the memory broker's rule, on what Redis says it trimmed), the
+        stream keeping what ``retention`` says."""
         if after > self.head:
             return False
-        unexpired = keeps and after[0] >= self.now_ms - ttl_ms
+        unexpired = retention.keeps and after[0] >= self.now_ms - retention.ttl_ms
         stream = self.streams[index]
         if not stream[0]:
             return unexpired or after >= self.head
@@ -92,14 +118,17 @@ class RedisChannel(Channel):
         is read again after Redis came back.
     :ivar arriving: subscribers whose join has told Redis its counts but
         which are not among ``subscribers`` yet: counted already.
+    :ivar retention: what its history keeps (its policy's, asked once).
     """
 
     __slots__ = (
         "joining", "confirmed", "ready", "subscribing", "checking", "cursor", "buffer", "polling", "arriving",
+        "retention",
     )
 
-    def __init__(self, name: str) -> None:
-        super().__init__(name, 0)
+    def __init__(self, name: str, retention: Retention = KEEPS_NOTHING) -> None:
+        super().__init__(name, 0, retention.size, retention.ttl_ms / 1000)
+        self.retention = retention
         self.joining: list[_Join] = []
         self.arriving: dict[Subscriber, None] = {}
         # how many of the subscribers poll (for receipts: queued, not delivered)

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chloed.backends.base import BackendUnavailable, is_presence
-from chloed.backends.redis.channel import RedisChannel, _Join, _Snapshot
+from chloed.backends.redis.channel import RedisChannel, Retention, _Join, _Snapshot
 from chloed.backends.redis.joins import Snapshotter
 from chloed.backends.redis.keys import ZERO, format_key, parse_key
 from chloed.backends.redis.link import RedisLink, ignore
@@ -38,8 +38,7 @@ class ChannelSubscriptions:
         a channel to its subscribers.
     :param try_join: lets a join in if its channels are ready.
     :param presence: the node's presence, None while it has none.
-    :param ttl_ms: the history's time to live.
-    :param keeps: whether the history keeps anything.
+    :param retention: what a channel's history keeps (its policy's).
     """
 
     def __init__(
@@ -53,8 +52,7 @@ class ChannelSubscriptions:
         deliver: Callable[[RedisChannel, str, bytes, str | None], None],
         try_join: Callable[[_Join], None],
         presence: Callable[[], RedisPresence | None],
-        ttl_ms: int,
-        keeps: bool,
+        retention: Callable[[str], Retention],
     ) -> None:
         self._channels = channels
         self._link = link
@@ -64,14 +62,13 @@ class ChannelSubscriptions:
         self._deliver = deliver
         self._try_join = try_join
         self._presence = presence
-        self._ttl_ms = ttl_ms
-        self._keeps = keeps
+        self._retention = retention
 
     def channel(self, name: str) -> RedisChannel:
         """The channel ``name`` of this node, made and subscribed if new."""
         channel = self._channels.get(name)
         if channel is None:
-            channel = self._channels[name] = RedisChannel(name)
+            channel = self._channels[name] = RedisChannel(name, self._retention(name))
             self.subscribe(channel)
         return channel
 
@@ -143,7 +140,7 @@ class ChannelSubscriptions:
         buffered, channel.buffer = channel.buffer or [], None
         if since:
             after = parse_key(since) or ZERO
-            if not snapshot.recovered(0, after, self._ttl_ms, self._keeps):
+            if not snapshot.recovered(0, after, channel.retention):
                 log.warn("redis: some messages of {channel} were lost while Redis was away", channel=channel.name)
             for key, id, data in snapshot.entries(0):
                 self._deliver(channel, id, data, None)

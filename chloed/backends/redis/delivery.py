@@ -37,6 +37,8 @@ class Delivery:
     :param node: this node's name.
     :param node_kinds: what takes each kind of message on this node's own
         channel (by its first two bytes), but messages to one session.
+    :param everyone_kinds: the same on everyone's channel, but messages to
+        every session (whose first byte is a digit: they start with an id).
     :param offer: hands a live message to a join on its way in.
     :param fan_out: delivers a frame to subscribers.
     :param count: counts one delivered publish.
@@ -51,6 +53,7 @@ class Delivery:
         pubsub: str,
         node: str,
         node_kinds: Mapping[bytes, Callable[[bytes], None]],
+        everyone_kinds: Mapping[bytes, Callable[[bytes], None]],
         offer: Offer,
         fan_out: FanOut,
         count: Count,
@@ -60,6 +63,7 @@ class Delivery:
         self._sessions = sessions
         self._channel_prefix = (pubsub + "c:").encode("ascii")
         self._node_kinds = node_kinds
+        self._everyone_kinds = everyone_kinds
         self._offer = offer
         self._fan_out = fan_out
         self._count = count
@@ -68,7 +72,7 @@ class Delivery:
         # this node's channels) and, on those, by its first two bytes.
         self._routes: dict[bytes, Callable[[bytes], None]] = {
             (pubsub + "n:" + node).encode("ascii"): self._on_node,
-            (pubsub + "all").encode("ascii"): self._to_everyone,
+            (pubsub + "all").encode("ascii"): self._on_everyone,
         }
         self._channel_kinds = {b"p ": self._presence_event}
 
@@ -79,7 +83,8 @@ class Delivery:
         if route is not None:
             route(payload)
         elif channel_name.startswith(self._channel_prefix):
-            self._on_channel(channel_name[len(self._channel_prefix):].decode("ascii"), payload)
+            # UTF-8: a user's channel (#u:<user id>) may hold any character.
+            self._on_channel(channel_name[len(self._channel_prefix):].decode("utf-8"), payload)
 
     def deliver_live(self, channel: RedisChannel, id: str, data: bytes, exclude: str | None) -> None:
         """One message of ``channel``: encoded once, to every subscriber,
@@ -103,6 +108,9 @@ class Delivery:
 
     def _on_node(self, payload: bytes) -> None:
         self._node_kinds.get(payload[:2], self._to_one_session)(payload)
+
+    def _on_everyone(self, payload: bytes) -> None:
+        self._everyone_kinds.get(payload[:2], self._to_everyone)(payload)
 
     def _presence_event(self, channel: RedisChannel, payload: bytes) -> None:
         """``"p …"``: a presence announcement."""

@@ -42,8 +42,6 @@ class Joins:
     :param later: tries a step again a moment later.
     :param connected: whether the command connection is up now.
     :param forget: drops a channel nobody subscribes to or joins any more.
-    :param ttl_ms: the history's time to live.
-    :param keeps: whether the history keeps anything.
     """
 
     def __init__(
@@ -55,8 +53,6 @@ class Joins:
         later: Callable[..., None],
         connected: Callable[[], bool],
         forget: Callable[[RedisChannel], None],
-        ttl_ms: int,
-        keeps: bool,
     ) -> None:
         self._channels = channels
         self._census = census
@@ -64,8 +60,6 @@ class Joins:
         self._later = later
         self._connected = connected
         self._forget = forget
-        self._ttl_ms = ttl_ms
-        self._keeps = keeps
 
     def try_join(self, join: _Join) -> None:
         """Once its channels are ready: one script writes this node's counts
@@ -142,7 +136,8 @@ class Joins:
         for index, name in enumerate(names):
             if name not in join.names:
                 continue  # unsubscribed meanwhile
-            recovered[name] = after is not None and snapshot.recovered(index, after, self._ttl_ms, self._keeps)
+            retention = self._channels[name].retention
+            recovered[name] = after is not None and snapshot.recovered(index, after, retention)
             streams.append([(key, name, id, data) for key, id, data in snapshot.entries(index)])
         missed = [frames.message(name, id, data) for _, name, id, data in heapq.merge(*streams)]
         self._finish(join, snapshot.head, recovered, missed)

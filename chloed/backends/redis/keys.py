@@ -15,6 +15,10 @@ NODES_KEY = "chloe:nodes"
 OCCUPANCY_PREFIX = "chloe:o:"  # channel -> {nodes with subscribers of it}, for occupied/vacated
 COUNTS_PREFIX = "chloe:r:"  # channel -> {node: "<streaming> <polling>"}, for receipts
 ROSTER_PREFIX = "chloe:roster:"  # node -> sorted set of "<session id> <row>", for GET /sessions
+USERS_PREFIX = "chloe:u:"  # user -> {session id: node}, for per-user limits, /users/ID, /disconnect
+USER_CHANNELS_PREFIX = "chloe:uc:"  # user -> {channel}: its sessions' persisted server-side subscriptions
+REVOKED_JTI_PREFIX = "chloe:rv:j:"  # jti -> until when (ms), expiring then
+REVOKED_USER_PREFIX = "chloe:rv:u:"  # user -> tokens issued before when (epoch s) are refused
 
 Key = tuple[int, int]
 ZERO: Key = (0, 0)

@@ -99,19 +99,20 @@ redis.call('HSET', KEYS[1], 'ms', sms)
 """
 
 # KEYS: chloe:ids, chloe:nodes, the n streams, the n channels' counts.
-# ARGV: data, history size, history ttl (ms), pub/sub prefix, excluded
-# session, n, the n channel names. Per channel: the next id, XADD + trim +
-# expiry, PUBLISH, and the receipt; one atomic step. Returns the ids, then
-# delivered, queued, and 1 when they are a lower bound.
+# ARGV: data, pub/sub prefix, excluded session, n, the n channel names,
+# their n history sizes, their n history ttls (ms): each channel's own
+# (its policy's), so a publish to several stays one step. Per channel: the
+# next id, XADD + trim + expiry, PUBLISH, and the receipt; one atomic step.
+# Returns the ids, then delivered, queued, and 1 when they are a lower
+# bound.
 PUBLISH_SCRIPT = COUNT_FUNCTION + NEXT_ID + """
-local size = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
-local n = tonumber(ARGV[6])
+local n = tonumber(ARGV[4])
 local ids = {}
 local delivered, queued = 0, 0
 local alive, lower = census(KEYS[2], now)
 for i = 1, n do
   local stream = KEYS[2 + i]
+  local size, ttl = tonumber(ARGV[4 + n + i]), tonumber(ARGV[4 + 2 * n + i])
   local id = sms .. '-' .. string.format('%.0f', redis.call('HINCRBY', KEYS[1], 'seq', 1))
   if size > 0 and ttl > 0 then
     redis.call('XADD', stream, id, 'd', ARGV[1])
@@ -130,7 +131,7 @@ for i = 1, n do
     if #gone > 0 then redis.call('XDEL', stream, unpack(gone)) end
     redis.call('PEXPIRE', stream, ttl)
   end
-  redis.call('PUBLISH', ARGV[4] .. ARGV[6 + i], id .. ' ' .. ARGV[5] .. ' ' .. ARGV[1])
+  redis.call('PUBLISH', ARGV[2] .. ARGV[4 + i], id .. ' ' .. ARGV[3] .. ' ' .. ARGV[1])
   ids[#ids + 1] = id
   delivered, queued = count(alive, KEYS[2 + n + i], delivered, queued)
 end
@@ -401,4 +402,177 @@ for _, node in ipairs(alive) do
   end
 end
 return {out, false, false}
+"""
+
+
+# The position (KEYS[1] chloe:ids): the last seq given out, under an ms
+# pushed on to Redis's clock (never back: NEXT_ID takes the larger), so a
+# cursor is as young as it can be (a resume from it within a channel's ttl
+# is recovered, however long ago the last message was) and every id given
+# out after it is above it. Returns the ms and the seq.
+POSITION_SCRIPT = NOW + """
+local head = redis.call('HMGET', KEYS[1], 'ms', 'seq')
+local ms = tonumber(head[1] or 0)
+if now > ms then
+  ms = now
+  redis.call('HSET', KEYS[1], 'ms', string.format('%.0f', ms))
+end
+return {string.format('%.0f', ms), head[2] or '0'}
+"""
+
+# A page of a channel's history (KEYS: chloe:ids, the stream; ARGV: the
+# page's size, and the cursor, its ms and its seq, '' for the newest
+# messages). Answers as SNAPSHOT_SCRIPT does for one stream (the server's
+# time, the position, 1, then whether the stream exists, the newest entry
+# trimmed away, the first entry kept, and the page, oldest first), then 1
+# when more follow the page, then the ms of the position now, pushed on as
+# POSITION_SCRIPT's is when the page is empty (its cursor then). A cursor
+# above the position (or with a seq above it) is not of this cluster: its
+# page starts at the oldest entry.
+HISTORY_SCRIPT = NOW + """
+local limit = tonumber(ARGV[1])
+local head = redis.call('HMGET', KEYS[1], 'ms', 'seq')
+local hms, hseq = tonumber(head[1] or 0), tonumber(head[2] or 0)
+local stream, more, got = {0}, 0, 0
+local ms = hms
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  local deleted, first = '0-0', '0-0'
+  for j = 1, #info, 2 do
+    if info[j] == 'max-deleted-entry-id' then deleted = info[j + 1]
+    elseif info[j] == 'recorded-first-entry-id' then first = info[j + 1] end
+  end
+  local entries = {}
+  if ARGV[2] == '' then
+    local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit)
+    for j = #newest, 1, -1 do entries[#entries + 1] = newest[j] end
+  else
+    local from = '(' .. ARGV[2]
+    if tonumber(ARGV[3]) > hms or tonumber(ARGV[4]) > hseq then from = '-' end
+    entries = redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', limit + 1)
+    if #entries > limit then
+      more = 1
+      entries[#entries] = nil
+    end
+  end
+  got = #entries
+  stream = {1, deleted, first, entries}
+end
+if got == 0 and now > ms then
+  ms = now
+  redis.call('HSET', KEYS[1], 'ms', string.format('%.0f', ms))
+end
+local sms = string.format('%.0f', ms)
+return {string.format('%.0f', now), string.format('%.0f', hms), head[2] or '0', 1, stream, more, sms}
+"""
+
+# Users. A user's hash chloe:u:<user> holds session id -> node; a session
+# counts while its node is alive in chloe:nodes (census(); the node asking
+# always is), and the entries of nodes gone are dropped as they are met.
+
+# A session of a user (KEYS: chloe:nodes, the user's hash; ARGV: session
+# id, this node, the user's limit, 0 for none, the hash's ttl s): counted
+# unless the user has limit sessions already on the nodes alive (one
+# counted already stays so). Returns 1 when counted, 0 when refused.
+USER_JOIN_SCRIPT = COUNT_FUNCTION + NOW + """
+local alive = census(KEYS[1], now)
+alive[ARGV[2]] = true
+local held, again = 0, false
+local entries = redis.call('HGETALL', KEYS[2])
+for j = 1, #entries, 2 do
+  if not alive[entries[j + 1]] then
+    redis.call('HDEL', KEYS[2], entries[j])
+  elseif entries[j] == ARGV[1] then
+    again = true
+  else
+    held = held + 1
+  end
+end
+local limit = tonumber(ARGV[3])
+if not again and limit > 0 and held >= limit then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+# This node's sessions of users, written or removed (KEYS: the user's hash
+# of each entry; ARGV: this node, the hashes' ttl s, then per key a session
+# id and '1', held here: written, the expiry pushed on, or '0', gone:
+# removed if this node's, not a node's that took the session over).
+USERS_SCRIPT = """
+for i = 1, #KEYS do
+  local session = ARGV[1 + 2 * i]
+  if ARGV[2 + 2 * i] == '1' then
+    redis.call('HSET', KEYS[i], session, ARGV[1])
+    redis.call('EXPIRE', KEYS[i], ARGV[2])
+  elseif redis.call('HGET', KEYS[i], session) == ARGV[1] then
+    redis.call('HDEL', KEYS[i], session)
+  end
+end
+return 1
+"""
+
+# A user's sessions on the nodes alive (KEYS: chloe:nodes, the user's hash;
+# ARGV: the rosters' key prefix, this node): session id, node and its
+# roster member ("<id> <row>", see ROSTER_SCRIPT; '' for this node's own,
+# or one not written yet) of each.
+USER_SESSIONS_SCRIPT = COUNT_FUNCTION + NOW + """
+local alive = census(KEYS[1], now)
+alive[ARGV[2]] = true
+local out = {}
+local entries = redis.call('HGETALL', KEYS[2])
+for j = 1, #entries, 2 do
+  local session, node = entries[j], entries[j + 1]
+  if not alive[node] then
+    redis.call('HDEL', KEYS[2], session)
+  else
+    local member = ''
+    if node ~= ARGV[2] then
+      local found = redis.call('ZRANGEBYLEX', ARGV[1] .. node, '[' .. session .. ' ', '(' .. session .. '!',
+        'LIMIT', 0, 1)
+      if found[1] then member = found[1] end
+    end
+    out[#out + 1] = session
+    out[#out + 1] = node
+    out[#out + 1] = member
+  end
+end
+return out
+"""
+
+# A command to every node (KEYS: chloe:nodes, then the target's key: the
+# user's hash, or the session's chloe:s:; ARGV: the pub/sub channel, the
+# payload, what KEYS[2] is, 'user', 'session' or '' for none, this node):
+# how many sessions it targets on the nodes alive, counted before the
+# PUBLISH, in one step. Returns the count.
+CONTROL_SCRIPT = COUNT_FUNCTION + NOW + """
+local n = 0
+if ARGV[3] ~= '' then
+  local alive = census(KEYS[1], now)
+  alive[ARGV[4]] = true
+  if ARGV[3] == 'user' then
+    local entries = redis.call('HGETALL', KEYS[2])
+    for j = 2, #entries, 2 do
+      if alive[entries[j]] then n = n + 1 end
+    end
+  else
+    local node = redis.call('GET', KEYS[2])
+    if node and alive[node] then n = 1 end
+  end
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return n
+"""
+
+# A token revoked by its jti (KEYS[1] chloe:rv:j:<jti>; ARGV[1]: until
+# when, epoch ms): refused until the latest until it was given, the key
+# expiring then (on Redis's clock).
+REVOKE_SCRIPT = NOW + """
+local until_ms = tonumber(ARGV[1])
+local old = tonumber(redis.call('GET', KEYS[1]) or 0)
+if old > until_ms then until_ms = old end
+if until_ms > now then
+  redis.call('SET', KEYS[1], string.format('%.0f', until_ms), 'PX', string.format('%.0f', until_ms - now))
+end
+return 1
 """
