@@ -19,20 +19,20 @@ kinds of deadline live in one :class:`~chloed.deadlines.Deadlines` heap.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from chloed import frames, tokens
+from chloed.backends.base import Backend
+from chloed.config import Config
 from chloed.deadlines import Deadlines
 from chloed.errors import ProtocolError
-from chloed.frames import Frame
+from chloed.frames import Encoded, Frame
 from chloed.session import Session
 from chloed.tokens import Identity
-
-if TYPE_CHECKING:
-    from chloed.hub import Hub
 
 log = Logger()
 
@@ -51,10 +51,26 @@ def token_frame(kind: str, expires: float, channel: str | None = None) -> frames
     return frames.encode(frame)
 
 
+class Host(Protocol):
+    """What the authenticator asks of the hub (:class:`chloed.hub.Hub`)."""
+
+    config: Config
+    broker: Backend
+    clock: IReactorTime
+
+    def end_session(self, session: Session, last: Encoded | None) -> None: ...
+
+    def handle(self, session: Session, raw: bytes | str) -> None: ...
+
+    def server_subscribe(self, session: Session, channel: str) -> None: ...
+
+    def token_ended(self, session: Session, channel: str) -> None: ...
+
+
 class Authenticator:
     """The hub's connection tokens, users and token deadlines."""
 
-    def __init__(self, hub: "Hub") -> None:
+    def __init__(self, hub: Host) -> None:
         self.hub = hub
         self.config = hub.config
         self.broker = hub.broker
@@ -63,6 +79,8 @@ class Authenticator:
         #: This node's authenticated sessions, by user and by token ``jti``.
         self.users: dict[str, dict[Session, None]] = {}
         self._jtis: dict[str, dict[Session, None]] = {}
+        # Channel tokens with a jti: jti -> the (session, channel) joined with it.
+        self._channel_jtis: dict[str, dict[tuple[Session, str], None]] = {}
         # Sessions whose token is being checked: their frames meanwhile.
         self.held: dict[str, list[bytes | str]] = {}
         #: Refusals: ``user`` (max_connections_per_user), ``ip``
@@ -142,9 +160,10 @@ class Authenticator:
     def _in(self, answer: Any, session: Session, identity: Identity, cursor: str) -> Any:
         if answer is None or session.closed:
             return None
-        _, missed = answer
+        recovered, missed = answer
         session.deliver(frames.encode({
             "type": "authenticated", "user": identity.user, "id": cursor, "expires": int(identity.exp),
+            "recovered": recovered,
         }))
         for message in missed:
             session.deliver(message)
@@ -208,6 +227,8 @@ class Authenticator:
     def closed(self, session: Session) -> None:
         """``session`` ended: it leaves its user (and its user's channel)."""
         self.held.pop(session.id, None)
+        for channel in list(session.expiries or ()):
+            self.unwatch_channel(session, channel)
         identity = session.auth
         if identity is None:
             return
@@ -221,6 +242,10 @@ class Authenticator:
     def sessions_with(self, jti: str) -> list[Session]:
         return list(self._jtis.get(jti, ()))
 
+    def subscriptions_with(self, jti: str) -> list[tuple[Session, str]]:
+        """The subscriptions joined with a channel token of ``jti``."""
+        return list(self._channel_jtis.get(jti, ()))
+
     # -- token lifetimes ----------------------------------------------------
 
     def _watch(self, session: Session, channel: str | None, exp: float) -> None:
@@ -231,7 +256,8 @@ class Authenticator:
     def _current(self, session: Session, channel: str | None) -> float | None:
         if channel is None:
             return session.auth.exp if session.auth is not None else None
-        return (session.expiries or {}).get(channel)
+        entry = (session.expiries or {}).get(channel)
+        return entry[0] if entry is not None else None
 
     def _expiring(self, session: Session, channel: str | None, exp: float) -> None:
         if not session.closed and self._current(session, channel) == exp:
@@ -246,12 +272,27 @@ class Authenticator:
         else:
             self.hub.token_ended(session, channel)
 
-    def watch_channel(self, session: Session, channel: str, exp: float) -> None:
-        """``session`` joined ``channel`` with a token that ends at ``exp``."""
+    def watch_channel(self, session: Session, channel: str, exp: float, jti: str | None) -> None:
+        """``session`` joined ``channel`` with a token that ends at ``exp``
+        (and is revoked by ``jti``)."""
+        self.unwatch_channel(session, channel)
         if session.expiries is None:
             session.expiries = {}
-        session.expiries[channel] = exp
+        session.expiries[channel] = (exp, jti)
+        if jti is not None:
+            self._channel_jtis.setdefault(jti, {})[(session, channel)] = None
         self._watch(session, channel, exp)
+
+    def unwatch_channel(self, session: Session, channel: str) -> None:
+        """``session`` left ``channel``: its token no longer matters."""
+        entry = session.expiries.pop(channel, None) if session.expiries is not None else None
+        if entry is None or entry[1] is None:
+            return
+        joined = self._channel_jtis.get(entry[1])
+        if joined is not None:
+            joined.pop((session, channel), None)
+            if not joined:
+                del self._channel_jtis[entry[1]]
 
     def refresh(self, session: Session, frame: Frame) -> None:
         """A ``refresh`` frame: a fresh connection token or channel token."""
@@ -300,7 +341,7 @@ class Authenticator:
             if revoked:
                 session.deliver(frames.error(frames.TOKEN_REVOKED, "this token was revoked", ref, channel))
                 return
-            self.watch_channel(session, channel, grant.exp)
+            self.watch_channel(session, channel, grant.exp, grant.jti)
             session.deliver(token_frame("refreshed", grant.exp, channel))
 
         checked.addCallback(answer).addErrback(self._failed, session)

@@ -9,15 +9,14 @@ user index, a token's by its ``jti``. Nothing here scans every session.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 
 from chloed import frames
+from chloed.auth import Authenticator
+from chloed.frames import Encoded
 from chloed.session import Session
-
-if TYPE_CHECKING:
-    from chloed.hub import Hub
 
 log = Logger()
 
@@ -28,10 +27,24 @@ def disconnect_frame(reason: str, reconnect: bool) -> frames.Encoded:
     return frames.encode({"type": "disconnect", "reason": reason, "reconnect": reconnect})
 
 
+class Host(Protocol):
+    """What the commands ask of the hub (:class:`chloed.hub.Hub`)."""
+
+    auth: Authenticator
+
+    def find(self, session_id: str) -> Session | None: ...
+
+    def end_session(self, session: Session, last: Encoded | None) -> None: ...
+
+    def server_subscribe(self, session: Session, channel: str) -> None: ...
+
+    def server_unsubscribe(self, session: Session, channel: str, reason: str = "server") -> None: ...
+
+
 class Commands:
     """Applies control commands to this node's sessions."""
 
-    def __init__(self, hub: "Hub") -> None:
+    def __init__(self, hub: Host) -> None:
         self.hub = hub
         self._ops = {
             "disconnect": self._disconnect,
@@ -75,6 +88,8 @@ class Commands:
         auth = self.hub.auth
         if "jti" in command:
             sessions = auth.sessions_with(command["jti"])
+            for session, channel in auth.subscriptions_with(command["jti"]):
+                self.hub.server_unsubscribe(session, channel, "token_revoked")
         else:
             before = float(command.get("before", 0))
             sessions = [

@@ -166,3 +166,15 @@ def routing_error(request: IRequest, failure: Any) -> bytes:
         request.setHeader(b"allow", allowed.encode("ascii"))
         return error(request, 405, "method_not_allowed", f"this endpoint takes {allowed}")
     return error(request, 404, "not_found", "no such endpoint")
+
+
+def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a browser from ``origin`` may use Chloe.
+
+    A request with no ``Origin`` header is not from a browser page (curl, a
+    server) and is let through: ``Origin`` protects browsers' users, it does
+    not authenticate anyone.
+    """
+    if origin is None or "*" in allowed:
+        return True
+    return origin.rstrip("/") in allowed

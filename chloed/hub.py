@@ -27,10 +27,10 @@ from chloed.commands import Commands
 from chloed.config import Config
 from chloed.errors import ProtocolError, RelayRejected
 from chloed.frames import Frame
+from chloed.http import origin_allowed
 from chloed.lograte import ClientErrors
 from chloed.relay import Relay, delivery_id, event_body, lifecycle_body
 from chloed.spool.base import EVENT
-from chloed.transports._http import origin_allowed
 from chloed.session import Session, Sink
 
 log = Logger()
@@ -695,7 +695,7 @@ class Hub:
             session.presence[channel] = grant.user
             self.presence.join(channel, session.id, grant.user)
         if grant is not None and grant.exp:
-            self.auth.watch_channel(session, channel, grant.exp)
+            self.auth.watch_channel(session, channel, grant.exp, grant.jti)
         if presence:
             session.deliver(frames.encode({
                 "type": "subscribed", "channel": channel, "recovered": recovered,
@@ -713,8 +713,7 @@ class Hub:
         assert channel is not None
         if self.broker.unsubscribe(channel, session):
             session.channels.discard(channel)
-            if session.expiries is not None:
-                session.expiries.pop(channel, None)
+            self.auth.unwatch_channel(session, channel)
             self._part(session, channel)
             self._event("unsubscribe", session, channel)
         session.deliver(frames.unsubscribed(channel))
@@ -749,9 +748,16 @@ class Hub:
             if answer is None or session.closed or channel not in session.channels:
                 return
             recovered, missed = answer
-            session.deliver(frames.encode(
-                {"type": "subscribed", "channel": channel, "recovered": recovered, "server": True}
-            ))
+            frame: dict[str, Any] = {"type": "subscribed", "channel": channel, "recovered": recovered, "server": True}
+            user = session.user
+            if self.is_presence(channel) and isinstance(user, dict) and "id" in user:
+                # A member as its user, as if it had joined with a token.
+                if session.presence is None:
+                    session.presence = {}
+                session.presence[channel] = user
+                self.presence.join(channel, session.id, user)
+                frame["members"] = self.presence.members(channel)
+            session.deliver(frames.encode(frame))
             for message in missed:
                 session.deliver(message)
             self._event("subscribe", session, channel)
@@ -766,8 +772,7 @@ class Hub:
             return
         self.broker.unsubscribe(channel, session)
         session.channels.discard(channel)
-        if session.expiries is not None:
-            session.expiries.pop(channel, None)
+        self.auth.unwatch_channel(session, channel)
         self._part(session, channel)
         self._event("unsubscribe", session, channel)
         session.deliver(frames.encode({"type": "unsubscribed", "channel": channel, "reason": reason}))

@@ -82,11 +82,11 @@ class Session:
         # resumed session goes on with the lane of the one it resumed.
         self.lane: str | None = None
         # Its connection token's identity (chloed.tokens.Identity), once
-        # checked; the ends of its channel tokens (channel -> exp), while
+        # checked; its channel tokens (channel -> (exp, jti)), while
         # it has any; the address counted by max_connections_per_ip (None
         # when exempt) and the page's Origin (for namespaces' origins).
         self.auth: Any = None
-        self.expiries: dict[str, float] | None = None
+        self.expiries: dict[str, tuple[float, str | None]] | None = None
         self.ip: str | None = None
         self.origin: str | None = None
         self._on_overflow = on_overflow

@@ -389,3 +389,53 @@ def test_a_namespace_may_take_pages_of_some_origins_only():
     good, good_sink = world.connect(origin="https://good.example")
     world.send(good, {"type": "subscribe", "channel": "site:x"})
     assert good_sink.frames[-1]["type"] == "subscribed"
+
+
+def test_authenticated_says_whether_the_gap_was_recovered():
+    world = World(session_grace=5)
+    session, sink = world.login("alice")
+    assert sink.frames[0]["recovered"] is True
+    cursor = sink.frames[0]["id"]
+    world.hub.connection_lost(session)
+    world.to_user("alice", data="lost")
+    world.clock.advance(6)
+    _, again = world.login("alice", since=cursor)
+    assert again.frames[0]["recovered"] is False
+
+
+def test_revoking_a_channel_tokens_jti_ends_the_subscriptions_it_opened():
+    world = World()
+    session, sink = world.connect()
+    token = jwt.encode({"channels": ["private-a"], "exp": int(world.now()) + 60, "jti": "c1"}, SECRET, algorithm="HS256")
+    world.send(session, {"type": "subscribe", "channel": "private-a", "token": token})
+    assert sink.frames[-1]["type"] == "subscribed"
+    world.backend.control({"op": "revoke", "jti": "c1"})
+    assert sink.frames[-1] == {"type": "unsubscribed", "channel": "private-a", "reason": "token_revoked"}
+    assert not session.closed and world.hub.auth.subscriptions_with("c1") == []
+
+
+def test_a_server_side_subscription_to_a_presence_channel_makes_the_user_a_member():
+    world = World()
+    session, sink = world.login("alice", info={"name": "A"})
+    world.backend.control({"op": "subscribe", "session": session.id, "channel": "presence-room"})
+    assert sink.frames[-1]["members"] == [{"id": "alice", "info": {"name": "A"}}]
+    assert world.hub.presence.members("presence-room") == [{"id": "alice", "info": {"name": "A"}}]
+
+
+def test_status_reports_the_limits_and_the_history_memory():
+    from chloed.metrics import Metrics
+
+    world = World(max_connections_per_user=1)
+    world.login("alice")
+    third, _ = world.connect()
+    world.send(third, {"type": "auth", "token": world.token("alice")})
+    world.backend.publish(["news"], frames.dumps("kept"))
+    metrics = Metrics(world.clock).attach(world.hub)
+    status = metrics.status()
+    assert status["users"] == 1
+    limits = status["limits"]
+    assert limits["refused_per_user"] == 1 and limits["max_connections_per_user"] == 1
+    assert limits["history_bytes"] > 0 and limits["history_memory"] == world.config.history_memory
+    exposition = metrics.exposition().decode()
+    assert 'chloe_connections_refused_total{limit="user"} 1.0' in exposition
+    assert "chloe_history_bytes " in exposition and "chloe_users 1.0" in exposition

@@ -227,11 +227,11 @@ def test_send_errors(chloed, headers, body, status, code):
 @pytest.mark.parametrize(
     "ctype, body, field",
     [
-        ("application/x-www-form-urlencoded", b"data=secret&user=u1", "user"),
+        ("application/x-www-form-urlencoded", b"data=secret&users=u1", "users"),
         ("application/x-www-form-urlencoded", b"data=secret&chanel=room", "chanel"),
         ("application/x-www-form-urlencoded", b"data=secret&bogus=1", "bogus"),
         ("application/json", b'{"data": "secret", "chanel": "room"}', "chanel"),
-        ("application/json", b'{"data": "secret", "user": "u1"}', "user"),
+        ("application/json", b'{"data": "secret", "users": "u1"}', "users"),
     ],
 )
 def test_send_with_an_unknown_field_is_refused_not_broadcast(chloed, browsers, ctype, body, field):

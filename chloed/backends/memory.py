@@ -565,6 +565,11 @@ class MemoryBackend:
         return self.local.delivered
 
     @property
+    def history_bytes(self) -> int:
+        """What the history of every channel holds (see :func:`history_cost`)."""
+        return self.local.history_bytes
+
+    @property
     def observe_fanout(self) -> Callable[[float], None] | None:
         return self.local.observe_fanout
 

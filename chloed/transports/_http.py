@@ -12,22 +12,10 @@ from twisted.web.error import UnsupportedMethod
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
-from chloed.http import error, json_error_body, method_not_allowed
+from chloed.http import error, json_error_body, method_not_allowed, origin_allowed
 
 CALLBACK_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]{0,63}(?:\.[A-Za-z_$][A-Za-z0-9_$]{0,63})*")
 MAX_CALLBACK_CHARS = 255
-
-
-def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
-    """Whether a browser from ``origin`` may use Chloe.
-
-    A request with no ``Origin`` header is not from a browser page (curl, a
-    server) and is let through: ``Origin`` protects browsers' users, it does
-    not authenticate anyone.
-    """
-    if origin is None or "*" in allowed:
-        return True
-    return origin.rstrip("/") in allowed
 
 
 def request_origin(request: IRequest) -> str | None:
