@@ -105,7 +105,7 @@ def page_limit(request: IRequest, default: int, maximum: int) -> int:
     text = query_arg(request, b"limit")
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= maximum):
+    if not (text.isascii() and text.isdigit() and len(text) <= 9 and 1 <= int(text) <= maximum):
         raise RequestError(400, INVALID_REQUEST, f"limit must be an integer from 1 to {maximum}")
     return int(text)
 

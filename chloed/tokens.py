@@ -14,6 +14,7 @@ channel token's do) and ``jti``. HS256 with a secret, or RS256/ES256 with
 
 from __future__ import annotations
 
+import math
 import time
 from secrets import token_urlsafe
 from dataclasses import dataclass
@@ -114,6 +115,12 @@ class Identity:
         return {"id": self.user, "info": self.info}
 
 
+#: Seconds a token's ``iat`` may be ahead of this server's clock (clocks
+#: drift); more, and it could never be revoked by ``before``.
+IAT_LEEWAY = 60
+_YEAR_9999 = 253402300800
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -174,8 +181,11 @@ def identify(
         raise invalid("the token's signature does not match")
     when = time.time() if now is None else now
     exp, iat, nbf = claims["exp"], claims.get("iat", 0), claims.get("nbf", 0)
-    if not all(_number(value) for value in (exp, iat, nbf)):
-        raise invalid("exp, iat and nbf must be numbers")
+    if not all(_number(value) and math.isfinite(value) and abs(value) < _YEAR_9999 for value in (exp, iat, nbf)):
+        raise invalid("exp, iat and nbf must be numbers of seconds since 1970")
+    if iat > when + IAT_LEEWAY:
+        # (A token issued in the future would outlive every revocation.)
+        raise invalid("the token is issued in the future (iat)")
     if exp <= when:
         raise ProtocolError(TOKEN_EXPIRED, "the connection token has expired")
     if nbf > when:

@@ -16,6 +16,7 @@ from twisted.web.static import Data
 
 from chloed import __version__, frames, tokens
 from chloed.api import Api
+from chloed.control import PATHS as CONTROL_PATHS, ControlApi
 from chloed.deadletters import DeadLetterApi
 from chloed.errors import RequestError
 from chloed.http import answer_request_error, authorize, error
@@ -92,12 +93,15 @@ class IndexPage(JsonMethodsResource):
 class Root(Resource):
     """Named children first (``/ws``, ``/chloe.js``, ``/``); every other
     path goes whole to a Klein app: the one of ``whole`` named by its first
-    segment, else the API."""
+    segment, else the API. ``/users/…`` is the control API's (``GET
+    /users/ID``) but for a request signed with a Pusher ``auth_key``:
+    ``pusher_users``'s, when Pusher apps are served."""
 
     def __init__(self, fallback: IResource, whole: dict[bytes, IResource] | None = None) -> None:
         super().__init__()
         self._fallback = fallback
         self._whole = whole or {}
+        self.pusher_users: IResource | None = None
 
     def getChild(self, path: bytes, request: Any) -> IResource:
         try:
@@ -105,6 +109,8 @@ class Root(Resource):
         except UnicodeDecodeError:
             # Klein cannot route it (and would log a traceback trying).
             return _BadPath()
+        if path == b"users" and self.pusher_users is not None and b"auth_key" in request.args:
+            return self.pusher_users
         # Give Klein back the segment twisted.web just consumed.
         request.postpath.insert(0, request.prepath.pop())
         return self._whole.get(path, self._fallback)
@@ -186,6 +192,7 @@ def make_site(hub: Hub, metrics: Metrics | None = None, pusher: PusherProtocol |
     ops = Ops(hub, metrics).resource()
     whole = {path: ops for path in OPS_PATHS}
     whole[b"relay"] = DeadLetterApi(hub.relay, hub.config.secret).resource()
+    whole.update(dict.fromkeys(CONTROL_PATHS, ControlApi(hub).resource()))
     root = Root(Api(hub).resource(), whole)
     root.putChild(b"", IndexPage(hub, metrics))
     # The reactor turn WebSocket writes are coalesced in, and /send's
@@ -210,7 +217,7 @@ def make_site(hub: Hub, metrics: Metrics | None = None, pusher: PusherProtocol |
         root.putChild(b"app", app_sockets(hub, pusher, turn))
         pusher_api = PusherApi(pusher)
         root.putChild(b"apps", pusher_api)
-        root.putChild(b"users", PusherApi(pusher, by_key=True))
+        root.pusher_users = PusherApi(pusher, by_key=True)
     site = ChloeSite(root, reactor=hub.clock)
     # The largest body any endpoint takes: a batch of browser frames, or
     # of messages to /send.

@@ -14,7 +14,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import jwt
 
@@ -552,6 +552,22 @@ WS_FRAMES: list[tuple[str, str | bytes, Any]] = [
     ("send ref true", '{"type":"send","data":1,"ref":true}', "bad_frame"),
     ("send ref 129 characters", '{"type":"send","data":1,"ref":"' + "r" * 129 + '"}', "bad_frame"),
     ("send ref 128 characters", '{"type":"send","data":1,"ref":"' + "r" * 128 + '"}', ("ack", "r" * 128)),
+    # auth and refresh that are no frame of theirs (the session stays)
+    ("auth without token", '{"type":"auth"}', "bad_frame"),
+    ("auth token a number", '{"type":"auth","token":5}', "bad_frame"),
+    ("auth token empty", '{"type":"auth","token":""}', "bad_frame"),
+    ("auth token null", '{"type":"auth","token":null}', "bad_frame"),
+    ("auth token a list", '{"type":"auth","token":["a.b.c"]}', "bad_frame"),
+    ("auth token of 8193 characters", '{"type":"auth","token":"' + "t" * 8193 + '"}', "bad_frame"),
+    ("auth since of 65 characters", '{"type":"auth","token":"a.b.c","since":"' + "1" * 65 + '"}', "bad_frame"),
+    ("auth since a number", '{"type":"auth","token":"a.b.c","since":5}', "bad_frame"),
+    ("refresh without a connection token", '{"type":"refresh","token":"a.b.c"}', "bad_frame"),
+    ("refresh without token", '{"type":"refresh"}', "bad_frame"),
+    ("refresh channel not a name", '{"type":"refresh","channel":"a b","token":"a.b.c"}', "invalid_channel"),
+    # namespaces (the fuzzed chloed has one: chat)
+    ("subscribe to a namespace not configured", _sub('"nope:x"', ',"ref":"ns"'),
+     {"code": "invalid_channel", "ref": "ns", "channel": "nope:x"}),
+    ("send to a namespace not configured", '{"type":"send","channel":"nope:x","data":1}', "invalid_channel"),
     # ping
     ("ping with stray fields", '{"type":"ping","channel":7,"data":[1],"x":{}}', [{"type": "pong"}]),
     ("ping ref object", '{"type":"ping","ref":{"a":1}}', "bad_frame"),
@@ -670,6 +686,206 @@ TOKENS: list[tuple[str, str, Any]] = [
      lambda: hand_signed(b'{"alg":"HS256","kid":[1]}', json.dumps(_claims()).encode(), SECRET)),
     ("leading space", "private-room", lambda: " " + _valid()),
     ("Bearer prefix", "private-room", lambda: "Bearer " + _valid()),
+]
+
+
+# -- connection tokens: (name, token, error code, error code on the URL) -----
+# Each is sent in an ``auth`` frame on a new WebSocket: the error, then the
+# connection closes (but for too_large: a frame over the limit is refused as
+# any frame is, and the session stays). Those with a code for the URL are
+# also the ``?token=`` of a new long-poll, JSONP and SSE session, which
+# must end with that error (the others have no ``sub``: on a URL they are
+# channel tokens, as before issue 19). Made when the case runs (they carry
+# times).
+
+
+def _user(**extra: Any) -> dict[str, Any]:
+    claims: dict[str, Any] = {"sub": "fuzz-user", "exp": later(), "iat": int(time.time())}
+    claims.update(extra)
+    return {k: v for k, v in claims.items() if v is not _DROP}
+
+
+def _user_token(**extra: Any) -> Callable[[], str]:
+    return lambda: mint(_user(**extra), SECRET)
+
+
+def _user_raw(payload: bytes) -> Callable[[], str]:
+    return lambda: hand_signed(_HS256, payload, SECRET)
+
+
+def _hmac_signed(algorithm: str, payload: bytes) -> str:
+    """A JWT signed with our secret by an HMAC other than HS256."""
+    digest = {"HS384": hashlib.sha384, "HS512": hashlib.sha512}[algorithm]
+    signing_input = b64url(('{"alg":"%s","typ":"JWT"}' % algorithm).encode()) + "." + b64url(payload)
+    return signing_input + "." + b64url(hmac.new(SECRET.encode(), signing_input.encode(), digest).digest())
+
+
+def _swap_payload(token: str, claims: dict[str, Any]) -> str:
+    header, _, signature = token.split(".")
+    return ".".join([header, b64url(json.dumps(claims).encode()), signature])
+
+
+CONNECTION_TOKENS: list[tuple[str, Callable[[], str], str, str | None]] = [
+    ("garbage", lambda: "garbage", "token_invalid", None),
+    ("three junk segments", lambda: "a.b.c", "token_invalid", None),
+    ("empty JSON segments", lambda: "e30.e30.e30", "token_invalid", None),
+    ("not base64", lambda: "@@@.@@@.@@@", "token_invalid", None),
+    ("header nested 2000 deep", lambda: b64url(b"[" * 2000 + b"]" * 2000) + ".e30.c2ln", "token_invalid", None),
+    ("a channel token (no sub)", lambda: mint({"channels": ["private-room"], "exp": later()}, SECRET),
+     "token_invalid", None),
+    ("Bearer prefix", lambda: "Bearer " + mint(_user(), SECRET), "token_invalid", None),
+    ("sub of 129 characters", _user_token(sub="u" * 129), "token_invalid", "token_invalid"),
+    ("sub of 10000 characters", _user_token(sub="u" * 10000), "too_large", "token_invalid"),
+    ("sub empty", _user_token(sub=""), "token_invalid", "token_invalid"),
+    ("sub a number", _user_token(sub=5), "token_invalid", "token_invalid"),
+    ("sub null", _user_token(sub=None), "token_invalid", "token_invalid"),
+    ("sub a list", _user_token(sub=["a"]), "token_invalid", "token_invalid"),
+    ("sub with a nul", _user_token(sub="a\x00b"), "token_invalid", "token_invalid"),
+    ("sub with a newline", _user_token(sub="a\nb"), "token_invalid", "token_invalid"),
+    ("sub a lone surrogate", _user_raw(b'{"sub":"\\ud800","exp":9999999999}'), "token_invalid",
+     "token_invalid"),
+    ("expired", _user_token(exp=later(-3600)), "token_expired", "token_expired"),
+    ("no exp", _user_token(exp=_DROP), "token_invalid", "token_invalid"),
+    ("exp a string", _user_token(exp="never"), "token_invalid", "token_invalid"),
+    ("exp 1e400", _user_raw(b'{"sub":"fuzz-user","exp":1e400}'), "token_invalid", "token_invalid"),
+    ("exp NaN", _user_raw(b'{"sub":"fuzz-user","exp":NaN}'), "token_invalid", "token_invalid"),
+    ("iat a string", _user_token(iat="yesterday"), "token_invalid", "token_invalid"),
+    ("iat 1e400", _user_raw(b'{"sub":"fuzz-user","exp":9999999999,"iat":1e400}'), "token_invalid",
+     "token_invalid"),
+    ("not valid before an hour from now", _user_token(nbf=later(3600)), "token_invalid", "token_invalid"),
+    ("jti of 129 characters", _user_token(jti="j" * 129), "token_invalid", "token_invalid"),
+    ("jti a number", _user_token(jti=5), "token_invalid", "token_invalid"),
+    ("signed with another secret", lambda: mint(_user(), _OTHER_SECRET), "token_invalid", "token_invalid"),
+    ("alg none, unsigned", lambda: b64url(b'{"alg":"none","typ":"JWT"}') + "." + b64url(
+        json.dumps(_user()).encode()) + ".", "token_invalid", "token_invalid"),
+    ("alg HS512 with our secret", lambda: _hmac_signed("HS512", json.dumps(_user()).encode()), "token_invalid",
+     "token_invalid"),
+    ("alg RS256 header, HS256 signature",
+     lambda: hand_signed(b'{"alg":"RS256","typ":"JWT"}', json.dumps(_user()).encode(), SECRET), "token_invalid",
+     "token_invalid"),
+    ("tampered payload", lambda: _swap_payload(mint(_user(sub="someone"), SECRET), _user()), "token_invalid",
+     "token_invalid"),
+    ("signature stripped", lambda: mint(_user(), SECRET).rsplit(".", 1)[0] + ".", "token_invalid",
+     "token_invalid"),
+]
+
+
+# -- the control API and GET /channels/NAME/history --------------------------
+# (name, method, path, body, status, error code); the bearer secret is sent.
+# The fuzzed chloed has one namespace, chat: a channel nope:x is in none.
+
+_BIG_USER = "u" * 10000
+
+CONTROL_REQUESTS: list[tuple[str, str, str, bytes | None, int, str]] = [
+    ("disconnect body empty", "POST", "/disconnect", b"", 400, "invalid_request"),
+    ("disconnect body truncated", "POST", "/disconnect", b'{"user":', 400, "invalid_request"),
+    ("disconnect body an array", "POST", "/disconnect", b'[{"user":"u"}]', 400, "invalid_request"),
+    ("disconnect body null", "POST", "/disconnect", b"null", 400, "invalid_request"),
+    ("disconnect body NaN", "POST", "/disconnect", b'{"user":"u","reason":NaN}', 400, "invalid_request"),
+    ("disconnect body nested 5000 deep", "POST", "/disconnect", b"[" * 5000 + b"]" * 5000, 400,
+     "invalid_request"),
+    ("disconnect body not UTF-8", "POST", "/disconnect", b'{"user":"\xff"}', 400, "invalid_request"),
+    ("disconnect body a lone surrogate", "POST", "/disconnect", b'{"user":"\\ud800"}', 400, "invalid_request"),
+    ("disconnect body of 70 KB", "POST", "/disconnect", b'{"reason":"' + b"r" * 70000 + b'"}', 413, "too_large"),
+    ("disconnect unknown field", "POST", "/disconnect", b'{"user":"u","bogus":1}', 400, "invalid_request"),
+    ("disconnect misspelt user", "POST", "/disconnect", b'{"usr":"u"}', 400, "invalid_request"),
+    ("disconnect unknown field of 10000 characters", "POST", "/disconnect",
+     b'{"user":"u","' + b"f" * 10000 + b'":1}', 400, "invalid_request"),
+    ("disconnect no target", "POST", "/disconnect", b'{"reason":"r"}', 400, "invalid_request"),
+    ("disconnect session and user", "POST", "/disconnect", b'{"session":"s","user":"u"}', 400, "invalid_request"),
+    ("disconnect user of 10000 characters", "POST", "/disconnect", b'{"user":"' + _BIG_USER.encode() + b'"}', 400,
+     "invalid_user"),
+    ("disconnect user of 129 characters", "POST", "/disconnect", b'{"user":"' + b"u" * 129 + b'"}', 400,
+     "invalid_user"),
+    ("disconnect user empty", "POST", "/disconnect", b'{"user":""}', 400, "invalid_user"),
+    ("disconnect user with a nul", "POST", "/disconnect", b'{"user":"a\\u0000b"}', 400, "invalid_user"),
+    ("disconnect user a number", "POST", "/disconnect", b'{"user":5}', 400, "invalid_user"),
+    ("disconnect user an object", "POST", "/disconnect", b'{"user":{"id":"u"}}', 400, "invalid_user"),
+    ("disconnect session a number", "POST", "/disconnect", b'{"session":5}', 400, "invalid_request"),
+    ("disconnect session empty", "POST", "/disconnect", b'{"session":""}', 400, "invalid_request"),
+    ("disconnect unknown session", "POST", "/disconnect", b'{"session":"no-such-session"}', 404, "unknown_session"),
+    ("disconnect session of 10000 characters", "POST", "/disconnect",
+     b'{"session":"' + b"s" * 10000 + b'"}', 404, "unknown_session"),
+    ("disconnect session a JWT", "POST", "/disconnect", b'{"session":"eyJhbGciOiJIUzI1NiJ9.e30.c2ln"}', 404,
+     "unknown_session"),
+    ("disconnect reason of 201 characters", "POST", "/disconnect", b'{"user":"u","reason":"' + b"r" * 201 + b'"}',
+     400, "invalid_request"),
+    ("disconnect reason a list", "POST", "/disconnect", b'{"user":"u","reason":["r"]}', 400, "invalid_request"),
+    ("disconnect reconnect a string", "POST", "/disconnect", b'{"user":"u","reconnect":"false"}', 400,
+     "invalid_request"),
+    ("disconnect reconnect 0", "POST", "/disconnect", b'{"user":"u","reconnect":0}', 400, "invalid_request"),
+    ("subscribe without channel", "POST", "/subscribe", b'{"user":"u"}', 400, "invalid_request"),
+    ("subscribe channel of a namespace not configured", "POST", "/subscribe", b'{"user":"u","channel":"nope:x"}',
+     400, "invalid_channel"),
+    ("subscribe a reserved channel", "POST", "/subscribe", b'{"user":"u","channel":"chloe.status"}', 400,
+     "invalid_channel"),
+    ("subscribe a user channel", "POST", "/subscribe", b'{"user":"u","channel":"#u:other"}', 400,
+     "invalid_channel"),
+    ("subscribe channel with a space", "POST", "/subscribe", b'{"user":"u","channel":"a b"}', 400,
+     "invalid_channel"),
+    ("subscribe channel of 10000 characters", "POST", "/subscribe",
+     b'{"user":"u","channel":"' + b"c" * 10000 + b'"}', 400, "invalid_channel"),
+    ("subscribe channel a list", "POST", "/subscribe", b'{"user":"u","channel":["a"]}', 400, "invalid_channel"),
+    ("subscribe persist with a session", "POST", "/subscribe", b'{"session":"s","channel":"a","persist":true}',
+     400, "invalid_request"),
+    ("subscribe persist a string", "POST", "/subscribe", b'{"user":"u","channel":"a","persist":"yes"}', 400,
+     "invalid_request"),
+    ("subscribe user of 10000 characters", "POST", "/subscribe",
+     b'{"user":"' + _BIG_USER.encode() + b'","channel":"a"}', 400, "invalid_user"),
+    ("subscribe reason (a field of disconnect)", "POST", "/subscribe", b'{"user":"u","channel":"a","reason":"r"}',
+     400, "invalid_request"),
+    ("subscribe unknown session", "POST", "/subscribe", b'{"session":"nope","channel":"a"}', 404,
+     "unknown_session"),
+    ("unsubscribe channel of a namespace not configured", "POST", "/unsubscribe",
+     b'{"user":"u","channel":"nope:x","persist":true}', 400, "invalid_channel"),
+    ("unsubscribe no target", "POST", "/unsubscribe", b'{"channel":"a"}', 400, "invalid_request"),
+    ("unsubscribe body a string", "POST", "/unsubscribe", b'"a"', 400, "invalid_request"),
+    ("revoke nothing named", "POST", "/revoke", b"{}", 400, "invalid_request"),
+    ("revoke jti and user", "POST", "/revoke", b'{"jti":"j","user":"u"}', 400, "invalid_request"),
+    ("revoke jti empty", "POST", "/revoke", b'{"jti":""}', 400, "invalid_request"),
+    ("revoke jti of 10000 characters", "POST", "/revoke", b'{"jti":"' + b"j" * 10000 + b'"}', 400,
+     "invalid_request"),
+    ("revoke jti a number", "POST", "/revoke", b'{"jti":5}', 400, "invalid_request"),
+    ("revoke jti with a control character", "POST", "/revoke", b'{"jti":"a\\u001fb"}', 400, "invalid_request"),
+    ("revoke jti with before", "POST", "/revoke", b'{"jti":"j","before":5}', 400, "invalid_request"),
+    ("revoke user with until", "POST", "/revoke", b'{"user":"u","until":5}', 400, "invalid_request"),
+    ("revoke until negative", "POST", "/revoke", b'{"jti":"j","until":-1}', 400, "invalid_request"),
+    ("revoke until 1e400", "POST", "/revoke", b'{"jti":"j","until":1e400}', 400, "invalid_request"),
+    ("revoke until of 5000 digits", "POST", "/revoke", b'{"jti":"j","until":' + b"9" * 5000 + b"}", 400,
+     "invalid_request"),
+    ("revoke until past year 9999", "POST", "/revoke", b'{"jti":"j","until":253402300800}', 400,
+     "invalid_request"),
+    ("revoke until true", "POST", "/revoke", b'{"jti":"j","until":true}', 400, "invalid_request"),
+    ("revoke before a string", "POST", "/revoke", b'{"user":"u","before":"now"}', 400, "invalid_request"),
+    ("revoke user of 10000 characters", "POST", "/revoke", b'{"user":"' + _BIG_USER.encode() + b'"}', 400,
+     "invalid_user"),
+    ("revoke unknown field", "POST", "/revoke", b'{"jti":"j","exp":5}', 400, "invalid_request"),
+    ("user of 10000 characters", "GET", "/users/" + _BIG_USER, None, 400, "invalid_user"),
+    ("user of 129 characters", "GET", "/users/" + "u" * 129, None, 400, "invalid_user"),
+    ("user with a nul", "GET", "/users/a%00b", None, 400, "invalid_user"),
+    ("user with a newline", "GET", "/users/a%0Ab", None, 400, "invalid_user"),
+    ("user not UTF-8", "GET", "/users/%FF", None, 400, "bad_request"),
+    ("users without an id", "GET", "/users", None, 404, "not_found"),
+    ("history limit negative", "GET", "/channels/news/history?limit=-1", None, 400, "invalid_request"),
+    ("history limit 0", "GET", "/channels/news/history?limit=0", None, 400, "invalid_request"),
+    ("history limit 1001", "GET", "/channels/news/history?limit=1001", None, 400, "invalid_request"),
+    ("history limit of 5000 digits", "GET", "/channels/news/history?limit=" + "9" * 5000, None, 400,
+     "invalid_request"),
+    ("history limit letters", "GET", "/channels/news/history?limit=ten", None, 400, "invalid_request"),
+    ("history limit twice", "GET", "/channels/news/history?limit=1&limit=2", None, 400, "invalid_request"),
+    ("history since letters", "GET", "/channels/news/history?since=abc", None, 400, "invalid_request"),
+    ("history since of 65 characters", "GET", "/channels/news/history?since=" + "1" * 32 + "-" + "1" * 32, None,
+     400, "invalid_request"),
+    ("history since a JWT", "GET", "/channels/news/history?since=eyJhbGciOiJIUzI1NiJ9.e30.c2ln", None, 400,
+     "invalid_request"),
+    ("history since not UTF-8", "GET", "/channels/news/history?since=%FF", None, 400, "invalid_request"),
+    ("history of a namespace not configured", "GET", "/channels/nope:x/history", None, 400, "invalid_channel"),
+    ("history of a user channel", "GET", "/channels/%23u%3Aalice/history", None, 400, "invalid_channel"),
+    ("history of a bad name", "GET", "/channels/a%20b/history", None, 400, "invalid_channel"),
+    ("GET /disconnect", "GET", "/disconnect", None, 405, "method_not_allowed"),
+    ("DELETE /users/u", "DELETE", "/users/u", None, 405, "method_not_allowed"),
+    ("POST /channels/news/history", "POST", "/channels/news/history", b"{}", 405, "method_not_allowed"),
+    ("POST /revoke/more", "POST", "/revoke/more", b"{}", 404, "not_found"),
 ]
 
 
@@ -816,8 +1032,33 @@ SEND_REQUESTS: list[tuple[str, dict[str, str], bytes, bool, int, str]] = [
     ("form session twice", _FORM, b"data=x&session=a&session=b", True, 400, "bad_request"),
     ("form session and channel", _FORM, b"data=x&session=s&channel=a", True, 400, "bad_request"),
     ("form unknown session", _FORM, b"data=x&session=nope", True, 404, "unknown_session"),
+    # users (issue 19)
+    ("user of 9000 characters", _JSON, b'{"data":1,"user":"' + b"u" * 9000 + b'"}', True, 400, "invalid_user"),
+    ("user of 129 characters", _JSON, b'{"data":1,"user":"' + b"u" * 129 + b'"}', True, 400, "invalid_user"),
+    ("user empty", _JSON, b'{"data":1,"user":""}', True, 400, "invalid_user"),
+    ("user a number", _JSON, b'{"data":1,"user":5}', True, 400, "invalid_user"),
+    ("user an object", _JSON, b'{"data":1,"user":{}}', True, 400, "invalid_user"),
+    ("user list empty", _JSON, b'{"data":1,"user":[]}', True, 400, "invalid_user"),
+    ("user list with null", _JSON, b'{"data":1,"user":["a",null]}', True, 400, "invalid_user"),
+    ("user with a nul", _JSON, b'{"data":1,"user":"a\\u0000b"}', True, 400, "invalid_user"),
+    ("user with a DEL", _JSON, b'{"data":1,"user":"a\\u007fb"}', True, 400, "invalid_user"),
+    ("user a lone surrogate", _JSON, b'{"data":1,"user":"\\ud800"}', True, 400, "bad_request"),
+    ("user and session", _JSON, b'{"data":1,"user":"u","session":"s"}', True, 400, "bad_request"),
+    ("form user empty", _FORM, b"data=x&user=", True, 400, "invalid_user"),
+    ("form user of 9000 characters", _FORM, b"data=x&user=" + b"u" * 9000, True, 400, "invalid_user"),
+    ("form user with a nul", _FORM, b"data=x&user=a%00b", True, 400, "invalid_user"),
+    ("form user not UTF-8", _FORM, b"data=x&user=%FF", True, 400, "bad_request"),
+    ("form user and session", _FORM, b"data=x&user=u&session=s", True, 400, "bad_request"),
+    # namespaces: the fuzzed chloed has chat, its data held to 1000 bytes
+    ("channel of a namespace not configured", _JSON, b'{"data":1,"channel":"nope:x"}', True, 400,
+     "invalid_channel"),
+    ("form channel of a namespace not configured", _FORM, b"data=x&channel=nope:x", True, 400, "invalid_channel"),
+    ("data over its namespace's limit", _JSON, b'{"data":"' + b"x" * 1200 + b'","channel":"chat:a"}', True, 413,
+     "too_large"),
+    ("data over the limit of one namespace of two", _JSON,
+     b'{"data":"' + b"x" * 1200 + b'","channel":["plain","chat:a"]}', True, 413, "too_large"),
     # an unknown form field is a 400 that names it, never a broadcast
-    ("form unknown target user", _FORM, b"data=x&user=u1", True, 400, "bad_request"),
+    ("form misspelt user", _FORM, b"data=x&users=u1", True, 400, "bad_request"),
     ("form misspelt channel", _FORM, b"data=x&chanel=room", True, 400, "bad_request"),
     ("form bogus field", _FORM, b"data=x&bogus=1", True, 400, "bad_request"),
     ("form unknown field beside a channel", _FORM, b"data=x&channel=a&extra=1", True, 400, "bad_request"),
@@ -851,6 +1092,7 @@ POLL_OPENS: list[tuple[str, str, list[str]]] = [
     ("poll since of 65 characters", "channel=ok&since=" + "1" * 65, ["bad_frame"]),
     ("poll good and bad channels", "channel=ok&channel=a%20b&channel=", ["invalid_channel", "invalid_channel"]),
     ("poll nine channels, limit eight", "&".join(f"channel=c{i}" for i in range(9)), ["too_many_subscriptions"]),
+    ("poll channel of a namespace not configured", "channel=nope:x", ["invalid_channel"]),
 ]
 
 # Polling an existing session with a bad cursor: (name, cursor query part).

@@ -53,8 +53,16 @@ BIG = 65536
 SPEC_CODES = frozenset({
     "bad_frame", "unknown_type", "too_large", "invalid_channel", "forbidden", "too_many_subscriptions",
     "rate_limited", "no_application", "upstream_rejected", "upstream_failed", "slow_consumer", "shutting_down",
+    # issue 19: connection tokens
+    "token_required", "token_invalid", "token_expired", "token_revoked", "too_many_connections",
 })
-SERVER_FRAME_TYPES = frozenset({"error", "subscribed", "unsubscribed", "ack", "pong", "message", "presence", "connected"})
+#: The errors after which a session ends (the connection is closed).
+ENDING_CODES = frozenset({"token_required", "token_invalid", "token_expired", "token_revoked",
+                          "too_many_connections"})
+SERVER_FRAME_TYPES = frozenset({
+    "error", "subscribed", "unsubscribed", "ack", "pong", "message", "presence", "connected",
+    "authenticated", "token_expiring", "refreshed", "disconnect",
+})
 CALLBACK_PART = r"[A-Za-z_$][A-Za-z0-9_$]{0,63}"
 CALLBACK_RE = re.compile(rf"{CALLBACK_PART}(?:\.{CALLBACK_PART})*")
 
@@ -69,6 +77,12 @@ if "rate_limit" in {f.name for f in dataclasses.fields(Config)}:
     # The fuzzing sends hundreds of frames a second on purpose: what is
     # checked is the answer to each, not the rate limit.
     CONFIG += "rate_limit = 0\n"
+# One namespace (a TOML table: last), so that nope:x is in none; its data
+# is held to less than the global limit.
+CONFIG += """
+[namespaces.chat]
+max_message_bytes = 1000
+"""
 
 
 # -- the listening browser ---------------------------------------------------
@@ -143,11 +157,29 @@ class Peer:
         self.send(payload)
         return self.until_sentinel()
 
-    def until_sentinel(self) -> list[dict[str, Any]]:
+    def exchange_or_end(self, payload: str | bytes) -> tuple[list[dict[str, Any]], bool]:
+        """As :meth:`exchange`, for a payload that may end the session: the
+        answers, and whether the connection closed after them."""
+        self.send(payload)
+        answers: list[dict[str, Any]] = []
+        try:
+            self.until_sentinel(answers)
+        except ConnectionClosed:
+            # (the close may have come before the sentinel could be sent:
+            # what came before the close is still to be read)
+            try:
+                while True:
+                    answers.append(self.recv())
+            except ConnectionClosed:
+                return answers, True
+        return answers, False
+
+    def until_sentinel(self, answers: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         self.sentinels += 1
         sentinel = f"sentinel-{self.sentinels}"
         self.send(json.dumps({"type": "unsubscribe", "channel": sentinel}))
-        answers = []
+        if answers is None:
+            answers = []
         while True:
             frame = self.recv()
             if frame == {"type": "unsubscribed", "channel": sentinel}:
@@ -698,6 +730,105 @@ def raw_http_case(name: str, data: bytes, half_close: bool, status: int | None) 
     return Case("raw HTTP", name, run)
 
 
+def _ended_with(answers: list[dict[str, Any]], closed: bool, code: str) -> None:
+    """The session answered ``code``, then ended, if the code ends it."""
+    errors = [f for f in answers if f.get("type") == "error"]
+    assert [e["code"] for e in errors] == [code], answers
+    assert_error_frame(errors[0], code)
+    assert closed == (code in ENDING_CODES), (answers, closed)
+    assert not any(f.get("type") == "authenticated" for f in answers), answers
+
+
+def auth_token_case(name: str, make: Callable[[], str], code: str, xfail: str | None) -> Case:
+    """A connection token in the ``auth`` frame of a new WebSocket."""
+    def run(h: Harness) -> None:
+        peer = Peer(h.server)
+        try:
+            answers, closed = peer.exchange_or_end(json.dumps({"type": "auth", "token": make()}))
+        finally:
+            peer.close()
+        _ended_with(answers, closed, code)
+
+    return Case("auth token", name, run, xfail)
+
+
+def url_token_cases(name: str, make: Callable[[], str], code: str, xfail: str | None) -> list[Case]:
+    """A connection token on the URL of a new long-poll, JSONP and SSE
+    session: the error among its first frames (after ``connected``, when
+    that comes), and no ``authenticated``."""
+    def token() -> str:
+        return urllib.parse.quote(make(), safe="")
+
+    def poll(h: Harness) -> None:
+        status, _, body = h.get("/poll?token=" + token())
+        assert status == 200, body[:300]
+        frames = json.loads(body)["frames"]
+        _frames_codes(frames, [code])
+        assert not any(f["type"] == "authenticated" for f in frames), frames
+
+    def jsonp(h: Harness) -> None:
+        status, _, body = h.get("/jsonp?callback=cb&token=" + token())
+        assert status == 200, body[:300]
+        frames = jsonp_value(body, "cb")["frames"]
+        _frames_codes(frames, [code])
+
+    def sse(h: Harness) -> None:
+        stream = SSE(h.port, "/sse?token=" + token())
+        try:
+            assert stream.status == 200
+            frames: list[dict[str, Any]] = []
+            while not any(f["type"] == "error" for f in frames):
+                frames.append(stream.event()["data"])
+        finally:
+            stream.close()
+        _frames_codes(frames, [code])
+
+    return [Case("/poll token", name, poll, xfail), Case("/jsonp token", name, jsonp, xfail),
+            Case("/sse token", name, sse, xfail)]
+
+
+def _second_auth(h: Harness) -> None:
+    """A session authenticated already: a second auth is a bad_frame (use
+    refresh), and the session stays."""
+    peer = Peer(h.server)
+    try:
+        token = fi.mint({"sub": "fuzz-second", "exp": fi.later()}, SECRET)
+        answers = peer.exchange(json.dumps({"type": "auth", "token": token}))
+        assert [f["type"] for f in answers] == ["authenticated"], answers
+        [answer] = peer.exchange(json.dumps({"type": "auth", "token": token}))
+        assert_error_frame(answer, "bad_frame")
+    finally:
+        peer.close()
+
+
+def control_case(name: str, method: str, path: str, body: bytes | None, status: int, code: str) -> Case:
+    def run(h: Harness) -> None:
+        headers = {"Authorization": "Bearer " + SECRET, "Content-Type": "application/json"}
+        if method == "POST" and body is not None:
+            got = h.post(path, body, headers)
+        else:
+            got = h.server.request(method, path, body, headers, auth=False)
+        assert_json_error(*got, status, code)
+
+    return Case("control API", name, run, _CONTROL_BUGS.get(name))
+
+
+#: Every control route, and GET /channels/NAME/history, with a body it takes.
+CONTROL_ROUTES: list[tuple[str, str, bytes | None]] = [
+    ("POST", "/disconnect", b'{"user":"fuzz-nobody"}'),
+    ("POST", "/subscribe", b'{"user":"fuzz-nobody","channel":"a"}'),
+    ("POST", "/unsubscribe", b'{"user":"fuzz-nobody","channel":"a"}'),
+    ("POST", "/revoke", b'{"jti":"fuzz-nothing"}'),
+    ("GET", "/users/fuzz-nobody", None),
+    ("GET", "/channels/news/history", None),
+]
+
+# Requests known to fail: strict xfails, for the fix to remove (none now).
+_CONTROL_BUGS: dict[str, str] = {}
+# Tokens whose check is known to fail: strict xfails, for the fix to remove (none now).
+_TOKEN_BUGS: dict[str, str] = {}
+
+
 def _head_refused(h: Harness, path: str) -> None:
     """HEAD has no body to carry the JSON error: status and type say it."""
     status, headers, body = fi.raw_request(h.port, "HEAD", path)
@@ -753,6 +884,14 @@ def build_cases() -> list[Case]:
     cases += [Case("method", f"HEAD {path}", lambda h, path=path: _head_refused(h, path))
               for path in ("/session/x", "/session/" + "s" * 300, "/sse?channel=x", "/poll?channel=x",
                            "/jsonp?channel=x&callback=cb", "/jsonp/send?callback=cb&session=x", "/ws")]
+    cases += [auth_token_case(name, make, code, _TOKEN_BUGS.get(name)) for name, make, code, _ in fi.CONNECTION_TOKENS]
+    cases += [case for name, make, _, code in fi.CONNECTION_TOKENS if code is not None
+              for case in url_token_cases(name, make, code, _TOKEN_BUGS.get(name))]
+    cases += [Case("auth token", "a second auth", _second_auth)]
+    cases += [control_case(*row) for row in fi.CONTROL_REQUESTS]
+    cases += [http_error_case("control API", f"{method} {path} without the secret", method, path, 401,
+                              "unauthorized", body=body, headers={"Content-Type": "application/json"})
+              for method, path, body in CONTROL_ROUTES]
     cases += [
         http_error_case("raw HTTP", "path not UTF-8", "GET", "/%FF", 400, "bad_request"),
         http_error_case("raw HTTP", "channel name not UTF-8 on GET /channels/NAME", "GET", "/channels/%FF",
@@ -833,7 +972,8 @@ good_channels = st.from_regex(r"\A[A-Za-z0-9_.:@=-]{1,24}\Z").filter(
 channel_values = st.one_of(good_channels, any_text, json_values,
                            st.sampled_from(["private-room", "presence-room", "a b", "", "x" * 129]))
 frame_objects = st.fixed_dictionaries(
-    {"type": st.one_of(st.sampled_from(["subscribe", "unsubscribe", "send", "ping"]), any_text, json_values)},
+    {"type": st.one_of(st.sampled_from(["subscribe", "unsubscribe", "send", "ping", "auth", "refresh"]), any_text,
+                       json_values)},
     optional={
         "channel": channel_values,
         "since": st.one_of(any_text, json_values, st.from_regex(r"\A[0-9]{1,16}-[0-9]{1,20}\Z")),
@@ -842,6 +982,19 @@ frame_objects = st.fixed_dictionaries(
         "ref": st.one_of(json_values, st.text(max_size=140)),
         "extra": json_values,
     },
+)
+# JWT-like junk for the token of an auth or refresh frame: three base64url
+# segments of anything, or signed claims of any kind.
+jwt_segments = st.binary(max_size=40).map(fi.b64url)
+jwt_junk = st.one_of(
+    st.tuples(jwt_segments, jwt_segments, jwt_segments).map(".".join),
+    st.dictionaries(st.sampled_from(["sub", "exp", "iat", "jti", "channels", "nbf", "x"]), json_values,
+                    max_size=5).map(lambda claims: fi.hand_signed(b'{"alg":"HS256"}', json.dumps(claims).encode(),
+                                                                  SECRET)),
+)
+auth_frames = st.fixed_dictionaries(
+    {"type": st.sampled_from(["auth", "refresh"]), "token": st.one_of(jwt_junk, any_text, json_values)},
+    optional={"since": st.one_of(any_text, json_values), "channel": channel_values, "ref": json_values},
 )
 # JSON text json.dumps never writes: values with no UTF-8 or float form,
 # nesting deeper than the parser, in every field of a frame.
@@ -862,6 +1015,7 @@ nasty_frames = st.tuples(st.sampled_from(FRAME_TEMPLATES), nasty_literals).map(l
 
 ws_payloads = st.one_of(
     frame_objects.map(json.dumps),
+    auth_frames.map(json.dumps),
     json_values.map(json.dumps),
     nasty_frames,
     st.text(max_size=40),
@@ -872,34 +1026,46 @@ ws_payloads = st.one_of(
 @settings(max_examples=400, **FUZZ_SETTINGS)
 @given(payload=ws_payloads)
 def test_generated_websocket_frames(fuzz: Harness, payload: str | bytes) -> None:
-    """Any frame gets frames of the spec back, and the connection stays."""
+    """Any frame gets frames of the spec back, and the connection stays
+    (but after an error that ends the session: a bad connection token)."""
     peer = fuzz.peer
-    answers = peer.exchange(payload)
+    answers, closed = peer.exchange_or_end(payload)
     for frame in answers:
         assert_server_frame(frame)
-    if any(f["type"] == "subscribed" for f in answers):
-        peer.unsubscribe_from(answers)
+    if closed:
+        assert answers and answers[-1]["type"] == "error" and answers[-1]["code"] in ENDING_CODES, answers
+        fuzz.drop_peer()
+    else:
+        assert not any(f["type"] == "authenticated" for f in answers), answers
+        if any(f["type"] == "subscribed" for f in answers):
+            peer.unsubscribe_from(answers)
     fuzz.tick("websocket frames")
 
 
+# User ids: good ones, and ones just past a bound or holding a control character.
+user_ids = st.one_of(
+    st.text(st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=20),
+    st.sampled_from(["", "u" * 128, "u" * 129, "a\x00b", "a\nb", "\x7f", "fuzz-nobody"]),
+)
 send_objects = st.fixed_dictionaries(
     {},
     optional={
         "data": json_values,
         "channel": st.one_of(good_channels, st.lists(good_channels, max_size=3), channel_values),
+        "user": st.one_of(user_ids, st.lists(user_ids, max_size=3), any_text, json_values),
         "session": st.one_of(any_text, json_values),
         "exclude": st.one_of(any_text, json_values),
         "bogus": json_values,
     },
 )
 form_bodies = st.lists(
-    st.tuples(st.sampled_from(["data", "channel", "session", "exclude", "x"]),
+    st.tuples(st.sampled_from(["data", "channel", "user", "session", "exclude", "x"]),
               st.one_of(good_channels, st.text(max_size=20))),
     max_size=5,
 ).map(lambda pairs: urllib.parse.urlencode(pairs).encode())
 SEND_TEMPLATES = [
     '{"data":%s}', '{"data":1,"channel":%s}', '{"data":1,"session":%s}', '{"data":1,"exclude":%s}',
-    '{"data":[%s]}', '{"data":1,"channel":[%s]}', '{%s:1}',
+    '{"data":[%s]}', '{"data":1,"channel":[%s]}', '{%s:1}', '{"data":1,"user":%s}', '{"data":1,"user":[%s]}',
 ]
 send_bodies = st.one_of(
     send_objects.map(lambda o: json.dumps(o).encode()),
@@ -1055,6 +1221,83 @@ def test_generated_header_lines(fuzz: Harness, line: bytes) -> None:
     answer = raw_http(fuzz.port, b"GET /health HTTP/1.1\r\nHost: x\r\n" + line + b"\r\nConnection: close\r\n\r\n")
     assert answer.status in (200, 400, None), answer.head[:200]
     fuzz.tick("header lines", every=10)
+
+
+control_values = st.one_of(json_values, any_text, user_ids, good_channels,
+                           st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2 ** 40), 2 ** 40))
+control_objects = st.fixed_dictionaries(
+    {},
+    optional={key: control_values for key in
+              ("session", "user", "reason", "reconnect", "channel", "persist", "jti", "until", "before", "bogus")},
+)
+CONTROL_TEMPLATES = ['{"user":%s}', '{"session":%s}', '{"user":"u","channel":%s}', '{"jti":%s}',
+                     '{"jti":"j","until":%s}', '{"user":"u","before":%s}', '{"user":"u","reason":%s}', '[%s]']
+control_bodies = st.one_of(
+    control_objects.map(lambda o: json.dumps(o).encode()),
+    st.tuples(st.sampled_from(CONTROL_TEMPLATES), nasty_literals).map(lambda t: (t[0] % t[1]).encode()),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=60),
+)
+
+
+@settings(max_examples=300, **FUZZ_SETTINGS)
+@given(path=st.sampled_from(["/disconnect", "/subscribe", "/unsubscribe", "/revoke"]), body=control_bodies)
+def test_generated_control_bodies(fuzz: Harness, path: str, body: bytes) -> None:
+    """Any body to any control route: 202 with what it did, or a JSON 4xx
+    (404 only for a session nobody holds); the listening browser, which is
+    no user's, is never touched."""
+    status, got, answer = fuzz.server.request("POST", path, body, {"Content-Type": "application/json"})
+    if status == 202:
+        value = json.loads(answer)
+        if path == "/revoke":
+            assert value == {}
+        else:
+            assert set(value) == {"sessions"} and value["sessions"] == 0, value
+    else:
+        assert_json_error(status, got, answer, status, None)
+        assert status in (400, 404, 413), answer
+        if status == 404:
+            assert json.loads(answer)["error"] == "unknown_session"
+    fuzz.tick("control bodies")
+
+
+history_params = st.lists(
+    st.tuples(st.sampled_from(["since", "limit", "x"]),
+              st.one_of(st.from_regex(r"\A-?[0-9]{1,25}\Z"), st.from_regex(r"\A[0-9]{1,20}-[0-9]{1,20}\Z"),
+                        st.text(max_size=20))),
+    max_size=3,
+)
+
+
+@settings(max_examples=150, **FUZZ_SETTINGS)
+@given(channel=st.one_of(good_channels, st.text(min_size=1, max_size=20)), params=history_params)
+def test_generated_history_reads(fuzz: Harness, channel: str, params: list[tuple[str, str]]) -> None:
+    """GET /channels/NAME/history with any name and query: a page, or a
+    JSON 4xx."""
+    path = f"/channels/{urllib.parse.quote(channel, safe='')}/history?{urllib.parse.urlencode(params)}"
+    status, got, answer = fuzz.server.request("GET", path)
+    if status == 200:
+        page = json.loads(answer)
+        assert set(page) == {"channel", "messages", "id", "recovered", "more"}, page
+        assert page["channel"] == channel
+    else:
+        assert_json_error(status, got, answer, status, None)
+        assert status in (400, 404), answer
+    fuzz.tick("history reads")
+
+
+@settings(max_examples=100, **FUZZ_SETTINGS)
+@given(user=st.one_of(user_ids, st.text(max_size=140)))
+def test_generated_user_reads(fuzz: Harness, user: str) -> None:
+    """GET /users/ID with any id, percent-encoded: its sessions (none), or
+    a JSON 400 for an id that cannot be one (404 for no id at all)."""
+    status, got, answer = fuzz.server.request("GET", "/users/" + urllib.parse.quote(user, safe=""))
+    if status == 200:
+        assert json.loads(answer) == {"user": user, "sessions": []}
+    else:
+        assert_json_error(status, got, answer, status, None)
+        assert (status, json.loads(answer)["error"]) in ((400, "invalid_user"), (404, "not_found")), (user, answer)
+    fuzz.tick("user reads")
 
 
 # -- and after all of it -------------------------------------------------------

@@ -55,6 +55,25 @@ def traffic(server: Chloed) -> None:
         assert server.send(channel="news", data={"n": 1})[0] == 202
 
 
+def test_the_document_covers_users_and_the_control_api() -> None:
+    """Issue 19's routes are described, with their errors, and /send takes
+    ``user``: the schemathesis runs below exercise them with the rest."""
+    doc = json.loads((Path(__file__).parent.parent / "chloed" / "openapi.json").read_text(encoding="utf-8"))
+    paths = doc["paths"]
+    for path in ("/disconnect", "/subscribe", "/unsubscribe", "/revoke"):
+        assert set(paths[path]) == {"post"}, path
+        assert {"202", "400", "401", "403", "413", "503"} <= set(paths[path]["post"]["responses"]), path
+    assert "404" in paths["/disconnect"]["post"]["responses"]
+    assert {"200", "400", "401", "403", "503"} <= set(paths["/users/{id}"]["get"]["responses"])
+    history = paths["/channels/{name}/history"]["get"]
+    assert {p["name"] for p in history["parameters"]} == {"name", "since", "limit"}
+    assert {"200", "400", "401", "403", "503"} <= set(history["responses"])
+    schemas = doc["components"]["schemas"]
+    assert "user" in schemas["SendJson"]["properties"] and "user" in schemas["SendForm"]["properties"]
+    assert "users" in schemas["Receipt"]["properties"]
+    assert schemas["UserId"]["maxLength"] == 128
+
+
 def test_the_server_keeps_to_its_openapi_document(chloed, tmp_path):
     """With a secret and an application: every operation conforms."""
     traffic(chloed)

@@ -122,6 +122,7 @@ def test_openapi_document_is_served():
     assert set(doc["paths"]) == {
         "/send", "/channels", "/channels/{name}", "/health", "/status", "/metrics", "/openapi.json",
         "/sessions", "/channels/{name}/presence", "/relay/dead", "/relay/dead/replay", "/relay/dead/{id}",
+        "/channels/{name}/history", "/users/{id}", "/disconnect", "/subscribe", "/unsubscribe", "/revoke",
     }
     assert set(doc["paths"]["/send"]["post"]["responses"]) == {"202", "400", "401", "403", "404", "413", "503"}
     assert set(doc["paths"]["/send"]["post"]["requestBody"]["content"]) == {

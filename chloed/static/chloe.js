@@ -42,6 +42,35 @@
  * (`?resume=<session id>`): with "resume" in chloed's events the app then
  * hears `resume` (naming the `previous` session) instead of `disconnect`
  * and `connect`.
+ *
+ * Users: with `token` (a connection token, a JWT with `sub`) or `getToken`
+ * (a function returning a token, or a Promise of one) the client
+ * authenticates every connection it opens: getToken() is called before
+ * each one (so a reconnect never presents a stale token), the token goes
+ * in an `auth` frame (WebSocket) or in `?token=` (SSE, long-poll, JSONP),
+ * with the user cursor `since` so that messages to the user sent while it
+ * was away are replayed. Then:
+ *
+ *   chloe.user;                                        // the token's sub, once authenticated
+ *   chloe.onauthenticated(function (user, frame) {});  // each connection, {user, id, expires}
+ *   chloe.ondisconnect(function (reason, reconnect) {}); // the app ended the connection
+ *
+ * connect's callback then runs once authenticated. Messages to the user
+ * (`/send user=`) reach onmessage with meta.user. Before the token runs
+ * out the server says `token_expiring` and the client sends getToken()'s
+ * new token (`refresh`), on the same connection. A channel token can be
+ * renewed the same way: subscribe(name, cb, {getToken: fn(channel)}), also
+ * called before each resubscribe after a reconnect; a channel whose token
+ * ran out without one, or that the server unsubscribed, is dropped and
+ * reported to the subscription's onunsubscribed(reason), or else to
+ * onerror ({code: 'unsubscribed', reason, channel}). Channels the server
+ * subscribed this session to (`subscribed` with `server: true`) reach
+ * onmessage with meta.channel. A `disconnect` with `reconnect: false` (a
+ * ban) stops the client for good: ondisconnect(reason, false), onerror
+ * ({code: 'disconnected', reason}), onclose. Refusals of the token
+ * (token_invalid, token_revoked, token_required, too_many_connections) go
+ * to onerror and the client tries again with backoff, a fresh token first;
+ * token_expired is tried again at once with a fresh one.
  */
 (function (root) {
   'use strict';
@@ -53,6 +82,10 @@
   var JSONP_FRAME_CHARS = 14000;    // beyond it a frame cannot go over JSONP at all
   var POLL_RETRIES = 4;             // a failed poll or send is repeated this often, then the connection is lost
   var MAX_AWAITING_ACK = 10000;     // accepted sends whose ack is still awaited (one may never come)
+  // Errors refusing the connection's token: the session ends after them,
+  // and the next try is a new session with a fresh token, not the next transport.
+  var AUTH_ERRORS = {token_required: 1, token_invalid: 1, token_expired: 1, token_revoked: 1,
+                     too_many_connections: 1};
 
   function noop() {}
 
@@ -64,6 +97,35 @@
   }
 
   function has(object, key) { return Object.prototype.hasOwnProperty.call(object, key); }
+
+  function present(value) { return value !== undefined && value !== null; }
+
+  function report(e) { if (root.console) root.console.error(e); }
+
+  /* Call `fn` (a getToken), which returns a token or a Promise of one;
+   * done(null, token) or done(error) once, on a later turn either way. */
+  function obtain(fn, self, args, done) {
+    var result;
+    try { result = fn.apply(self, args); } catch (e) { result = Promise.reject(e); }
+    Promise.resolve(result).then(function (token) {
+      if (typeof token !== 'string' || !token) throw new Error('getToken gave no token');
+      return token;
+    }).then(function (token) {
+      try { done(null, token); } catch (e) { report(e); }
+    }, function (e) {
+      try { done(e || new Error('getToken failed')); } catch (e2) { report(e2); }
+    });
+  }
+
+  /* Whether message id `a` is after `b`. Ids are "<ms>-<seq>", ordered by
+   * seq within one server (or cluster); a later ms with a lower seq is a
+   * restarted server's. Anything else counts as newer. */
+  function after(a, b) {
+    var x = /^(\d+)-(\d+)$/.exec(a), y = /^(\d+)-(\d+)$/.exec(b);
+    return !x || !y || +x[2] > +y[2] || +x[1] > +y[1];
+  }
+
+  function recent() { return {seen: Object.create(null), ring: new Array(RECENT_IDS), pos: 0}; }
 
   function Chloe(options) {
     options = options || {};
@@ -81,7 +143,15 @@
     this.pollTimeout = options.pollTimeout || 65000;
     this.transport = null;
     this.session = null;
-    this._channels = {};        // name -> {cb, token, lastId, seen, ring, pos}
+    this.user = null;           // the connection token's sub, once authenticated
+    this._token = options.token || null;
+    this._getToken = typeof options.getToken === 'function' ? options.getToken : null;
+    this._connToken = null;     // the token of the connection being opened, or open
+    this._userSince = null;     // the user cursor: `since` of the next auth
+    this._userSeen = recent();  // ids of user messages handed to the page lately
+    this._epoch = 0;            // a token being fetched for a connection: stale once this moves
+    this._expiredRetry = false; // a connection just ended with token_expired and was tried again at once
+    this._channels = {};        // name -> {cb, token, getToken, onunsubscribed, server, fresh, lastId, seen, ring, pos}
     this._pending = new Map();  // ref -> {frame, ack, accepted}, in the order sent
     this._awaiting = new Map(); // ref -> ack callback of a send the server `accepted`, not acked yet
     this._store = options.outbox === 'persistent' ? openStore(this.host + ':' + this.port) : null;
@@ -90,6 +160,8 @@
     this._errorHandlers = [];
     this._subscribedHandlers = [];
     this._presenceHandlers = [];
+    this._authenticatedHandlers = [];
+    this._disconnectHandlers = [];
     this._pace = null;          // the server's rate limit, kept under: {rate, burst, tokens, stamp, queue, timer}
     this._conn = null;
     this._timer = null;         // the pending reconnect
@@ -112,6 +184,25 @@
     return this.session ? 'resume=' + encodeURIComponent(this.session) : '';
   };
 
+  /* The query opening an SSE, long-poll or JSONP session: the resume, and
+   * the connection token with the user cursor (a WebSocket sends them in
+   * its `auth` frame instead). Channels are never in it: each is
+   * subscribed by frame with its own token. */
+  Chloe.prototype._openQuery = function () {
+    var query = this._resumeQuery();
+    if (this._connToken) {
+      query += (query ? '&' : '') + 'token=' + encodeURIComponent(this._connToken);
+      if (this._userSince) query += '&user_since=' + encodeURIComponent(this._userSince);
+    }
+    return query;
+  };
+
+  Chloe.prototype._authFrame = function () {
+    var frame = {type: 'auth', token: this._connToken};
+    if (this._userSince) frame.since = this._userSince;
+    return frame;
+  };
+
   Chloe.prototype.onmessage = function (fn) { this._messageHandlers.push(fn); return this; };
   Chloe.prototype.onclose = function (fn) { this._closeHandlers.push(fn); return this; };
   Chloe.prototype.onerror = function (fn) { this._errorHandlers.push(fn); return this; };
@@ -120,6 +211,12 @@
   Chloe.prototype.onsubscribed = function (fn) { this._subscribedHandlers.push(fn); return this; };
   /* Every `presence` frame: {type, channel, event: 'join'|'leave', member}. */
   Chloe.prototype.onpresence = function (fn) { this._presenceHandlers.push(fn); return this; };
+  /* With a connection token: fn(user, frame) on every `authenticated`,
+   * once per connection. */
+  Chloe.prototype.onauthenticated = function (fn) { this._authenticatedHandlers.push(fn); return this; };
+  /* The app ended the connection (POST /disconnect): fn(reason, reconnect);
+   * reconnect false means the client has stopped for good. */
+  Chloe.prototype.ondisconnect = function (fn) { this._disconnectHandlers.push(fn); return this; };
 
   Chloe.prototype.connect = function (callback) {
     var self = this;
@@ -127,7 +224,8 @@
     this._closedByUser = false;
     this._stop();
     this._attempt = 0;
-    if (!this._store || this._loaded) { this._open(0); return this; }
+    this._expiredRetry = false;
+    if (!this._store || this._loaded) { this._begin(); return this; }
     // Sends an earlier page left unanswered go first, with their refs.
     this._store.load(function (rows) {
       var older = new Map();
@@ -135,10 +233,36 @@
       self._pending.forEach(function (value, ref) { older.set(ref, value); });
       self._pending = older;
       self._loaded = true;
-      if (!self._closedByUser) self._open(0);
+      if (!self._closedByUser) self._begin();
     });
     return this;
   };
+
+  /* A new connection: its token first when there is one (getToken() for
+   * each, a failure reported and tried again with backoff), then the
+   * transports in order. */
+  Chloe.prototype._begin = function () {
+    var self = this, epoch = ++this._epoch;
+    if (this._closedByUser) return;
+    if (!this._getToken) { this._connToken = this._token; this._open(0); return; }
+    obtain(this._getToken, this, [], function (err, token) {
+      if (epoch !== self._epoch || self._closedByUser) return;
+      if (err) {
+        self._emit(self._errorHandlers, [tokenUnavailable(err)]);
+        if (self.reconnect) self._retry(); else self._emit(self._closeHandlers, []);
+        return;
+      }
+      self._connToken = token;
+      self._open(0);
+    });
+  };
+
+  function tokenUnavailable(err, channel) {
+    var error = {type: 'error', code: 'token_unavailable',
+                 message: 'getToken failed: ' + (err && err.message ? err.message : String(err))};
+    if (channel) error.channel = channel;
+    return error;
+  }
 
   /* Stop everything: the connection, its polls and sends, any reconnect. */
   Chloe.prototype.close = function () {
@@ -148,6 +272,7 @@
   };
 
   Chloe.prototype._stop = function () {
+    this._epoch++;
     if (this._timer !== null) { clearTimeout(this._timer); this._timer = null; }
     if (this._awaitingLoad) { root.removeEventListener('load', this._awaitingLoad); this._awaitingLoad = null; }
     var conn = this._conn;
@@ -166,14 +291,59 @@
     return ref;
   };
 
+  /* options: token (a channel token), since (the id of the last message
+   * the page has: only later ones come), getToken(channel) (a function
+   * returning one, or a Promise of one: called when there is no token yet,
+   * before each resubscribe after a reconnect, and on `token_expiring`),
+   * onunsubscribed(reason) (the server ended the subscription). */
   Chloe.prototype.subscribe = function (channel, callback, options) {
     options = options || {};
-    var sub = this._channels[channel] ||
-      {lastId: null, seen: Object.create(null), ring: new Array(RECENT_IDS), pos: 0};
+    var sub = this._channels[channel] || newSubscription();
     sub.cb = callback;
     sub.token = options.token;
+    sub.getToken = typeof options.getToken === 'function' ? options.getToken : null;
+    sub.onunsubscribed = typeof options.onunsubscribed === 'function' ? options.onunsubscribed : null;
+    sub.server = false;
+    sub.fresh = !!sub.token;
+    // The id of the last message the page has already (an app's history
+    // snapshot: GET /channels/NAME/history): only what follows it comes.
+    if (options.since && !sub.lastId) sub.lastId = String(options.since);
     this._channels[channel] = sub;
-    this._write(this._subscribeFrame(channel));
+    if (this._conn && this._conn.ready) this._subscribeNow(channel, sub);
+  };
+
+  function newSubscription() {
+    var sub = recent();
+    sub.lastId = null;
+    return sub;
+  }
+
+  /* Subscribe `channel`, with a fresh token from its getToken when it has
+   * one and its token was used already. */
+  Chloe.prototype._subscribeNow = function (channel, sub) {
+    var self = this;
+    if (!sub.getToken || sub.fresh) { this._write(this._subscribeFrame(channel)); return; }
+    obtain(sub.getToken, this, [channel], function (err, token) {
+      if (self._channels[channel] !== sub) return;
+      if (err) { self._ended(channel, sub, 'token_unavailable'); return; }
+      sub.token = token;
+      sub.fresh = true;
+      self._write(self._subscribeFrame(channel));
+    });
+  };
+
+  /* The server no longer has `channel` (or it cannot be subscribed again):
+   * dropped here and reported, to its onunsubscribed or else to onerror.
+   * A subscription of the server's own goes silently. */
+  Chloe.prototype._ended = function (channel, sub, reason) {
+    delete this._channels[channel];
+    if (sub.server) return;
+    if (sub.onunsubscribed) {
+      try { sub.onunsubscribed.call(this, reason); } catch (e) { report(e); }
+      return;
+    }
+    this._emit(this._errorHandlers, [{type: 'error', code: 'unsubscribed', reason: reason, channel: channel,
+                                      message: 'the subscription to ' + channel + ' ended (' + reason + ')'}]);
   };
 
   Chloe.prototype.unsubscribe = function (channel) {
@@ -185,6 +355,7 @@
     var sub = this._channels[channel], frame = {type: 'subscribe', channel: channel};
     if (sub.token) frame.token = sub.token;
     if (sub.lastId) frame.since = sub.lastId;
+    sub.fresh = false;
     return frame;
   };
 
@@ -266,10 +437,12 @@
       if (self._conn !== conn) return;
       self._conn = null;
       conn.ready = false;
-      if (!opened) { self._open(index + 1); return; }
+      // A refused token is no reason to try another transport: the next
+      // try is a new connection, with a fresh token.
+      if (!opened && !conn.authError) { self._open(index + 1); return; }
       self.transport = null;
-      self._emit(self._closeHandlers, []);
-      if (!self._closedByUser && self.reconnect) self._retry();
+      if (opened || !self.reconnect) self._emit(self._closeHandlers, []);
+      if (!self._closedByUser && self.reconnect) self._retry(conn.authError === 'token_expired');
     }
     conn.onclose = down;
     conn.onframe = function (frame) {
@@ -278,20 +451,27 @@
         opened = true;
         clearTimeout(watchdog);
         conn.ready = true;
-        self._attempt = 0;
+        // With a token, the backoff starts again once it is taken.
+        if (!self._connToken) self._attempt = 0;
         self.transport = name;
         self.session = frame.session;
         self._startPacing(frame);
+        if (self._connToken && factory.authFrame) self._write(self._authFrame());
         self._resume();
-        var first = !self._connectedOnce;
-        self._connectedOnce = true;
-        if (first && self._onconnect) {
-          try { self._onconnect.call(self); } catch (e) { if (root.console) root.console.error(e); }
-        }
+        if (!self._connToken) self._connectedFirst();
         return;
       }
       self._frame(frame);
     };
+  };
+
+  /* connect's callback, on the first connection (authenticated, with a token). */
+  Chloe.prototype._connectedFirst = function () {
+    if (this._connectedOnce) return;
+    this._connectedOnce = true;
+    if (this._onconnect) {
+      try { this._onconnect.call(this); } catch (e) { report(e); }
+    }
   };
 
   /* Whether the page has had its `load` event (or there is no page). */
@@ -319,19 +499,30 @@
   /* After (re)connecting: every channel again, from its last id; every
    * send that has no answer yet, again, with the same ref. */
   Chloe.prototype._resume = function () {
-    for (var channel in this._channels) {
-      if (has(this._channels, channel)) this._write(this._subscribeFrame(channel));
+    var channel, sub;
+    for (channel in this._channels) {
+      if (!has(this._channels, channel)) continue;
+      sub = this._channels[channel];
+      // The server's own subscriptions were the last session's: a new one
+      // gets those that persist from the server again.
+      if (sub.server) delete this._channels[channel];
+      else this._subscribeNow(channel, sub);
     }
     var self = this;
     this._pending.forEach(function (value) { self._write(value.frame); });
   };
 
-  Chloe.prototype._retry = function () {
-    var self = this;
+  /* The next connection after a backoff; `soon`: a connection whose token
+   * ran out is tried again at once with a fresh one (once in a row). */
+  Chloe.prototype._retry = function (soon) {
+    var self = this, delay = 0;
     if (this._closedByUser || !this.reconnect || this._timer !== null) return;
-    var ceiling = Math.min(this.backoff.max, this.backoff.min * Math.pow(2, this._attempt++));
-    var delay = ceiling / 2 + Math.random() * ceiling / 2;
-    this._timer = setTimeout(function () { self._timer = null; self._open(0); }, delay);
+    if (soon && this._getToken && !this._expiredRetry) this._expiredRetry = true;
+    else {
+      var ceiling = Math.min(this.backoff.max, this.backoff.min * Math.pow(2, this._attempt++));
+      delay = ceiling / 2 + Math.random() * ceiling / 2;
+    }
+    this._timer = setTimeout(function () { self._timer = null; self._begin(); }, delay);
   };
 
   /* Whether `id` was seen on `sub` lately; remembers it. A subscribe that
@@ -471,10 +662,31 @@
             sub.lastId = frame.id;
           }
           if (sub.cb) { try { sub.cb.call(this, frame.data, meta); } catch (e) { if (root.console) root.console.error(e); } }
-          else this._emit(this._messageHandlers, [frame.data, meta]);  // subscribed without a callback
+          else this._emit(this._messageHandlers, [frame.data, meta]);  // subscribed without a callback, or by the server
           return;
         }
+        if (present(frame.user)) {
+          // To the user (every tab of it): replayed after a reconnect from the user cursor.
+          meta.user = frame.user;
+          if (present(frame.id)) {
+            if (seenBefore(this._userSeen, String(frame.id))) return;
+            if (!this._userSince || after(String(frame.id), this._userSince)) this._userSince = String(frame.id);
+          }
+        }
         this._emit(this._messageHandlers, [frame.data, meta]);
+        return;
+      case 'authenticated':
+        this._authenticated(frame);
+        return;
+      case 'token_expiring':
+        if (frame.channel) this._refreshChannel(frame.channel);
+        else this._refreshConnection();
+        return;
+      case 'refreshed':
+        if (frame.channel && this._channels[frame.channel]) this._channels[frame.channel].refreshing = false;
+        return;
+      case 'disconnect':
+        this._disconnected(frame);
         return;
       case 'accepted':
         this._accepted(frame);
@@ -497,21 +709,98 @@
           try { ack.call(this, frame, null); } catch (e) { if (root.console) root.console.error(e); }
           return;
         }
-        if (frame.channel && (frame.code === 'forbidden' || frame.code === 'invalid_channel' ||
-                              frame.code === 'too_many_subscriptions')) {
+        var refused = frame.channel ? this._channels[frame.channel] : null;
+        if (refused && refused.refreshing) {
+          // A refused refresh: the subscription stays until its token runs out.
+          refused.refreshing = false;
+        } else if (refused && (frame.code === 'forbidden' || frame.code === 'invalid_channel' ||
+                               frame.code === 'too_many_subscriptions' || has(AUTH_ERRORS, frame.code))) {
           delete this._channels[frame.channel];
+        } else if (!frame.channel && has(AUTH_ERRORS, frame.code) && this._conn) {
+          this._conn.authError = frame.code;  // the session ends after it
         }
         this._emit(this._errorHandlers, [frame]);
         return;
       case 'subscribed':
+        if (frame.server && !this._channels[frame.channel]) {
+          var own = this._channels[frame.channel] = newSubscription();
+          own.server = true;
+          own.cb = null;
+        }
         if (this._channels[frame.channel]) this._emit(this._subscribedHandlers, [frame]);
         return;
+      case 'unsubscribed':
+        if (frame.reason && this._channels[frame.channel]) this._unsubscribed(frame.channel, frame.reason);
+        return;   // without a reason: the answer to the page's own unsubscribe
       case 'presence':
         if (this._channels[frame.channel]) this._emit(this._presenceHandlers, [frame]);
         return;
       default:
-        return;   // unsubscribed, pong: nothing to do here
+        return;   // pong: nothing to do here
     }
+  };
+
+  /* `authenticated`: the connection is the user's; the cursor is where its
+   * messages stand now (those missed since `since` follow). */
+  Chloe.prototype._authenticated = function (frame) {
+    this.user = frame.user;
+    if (present(frame.id)) this._userSince = String(frame.id);
+    this._attempt = 0;
+    this._expiredRetry = false;
+    this._emit(this._authenticatedHandlers, [frame.user, frame]);
+    this._connectedFirst();
+  };
+
+  /* `token_expiring`: getToken()'s new token, on this connection. Without
+   * getToken the server ends the session at `exp` (token_expired) and the
+   * next connection presents `token` again. */
+  Chloe.prototype._refreshConnection = function () {
+    var self = this, conn = this._conn;
+    if (!this._getToken) return;
+    obtain(this._getToken, this, [], function (err, token) {
+      if (self._conn !== conn || !conn.ready) return;  // a new connection fetched its own
+      if (err) { self._emit(self._errorHandlers, [tokenUnavailable(err)]); return; }
+      self._connToken = token;
+      self._write({type: 'refresh', token: token});
+    });
+  };
+
+  Chloe.prototype._refreshChannel = function (channel) {
+    var self = this, conn = this._conn, sub = this._channels[channel];
+    if (!sub || !sub.getToken) return;  // the server unsubscribes it at `exp`
+    obtain(sub.getToken, this, [channel], function (err, token) {
+      if (self._channels[channel] !== sub || self._conn !== conn || !conn.ready) return;
+      if (err) { self._emit(self._errorHandlers, [tokenUnavailable(err, channel)]); return; }
+      sub.token = token;
+      sub.refreshing = true;
+      self._write({type: 'refresh', channel: channel, token: token});
+    });
+  };
+
+  /* The server ended a subscription: one whose token ran out is taken
+   * again with a fresh token when it has getToken (from its last id:
+   * nothing is missed), anything else is dropped and reported. */
+  Chloe.prototype._unsubscribed = function (channel, reason) {
+    var sub = this._channels[channel];
+    sub.refreshing = false;
+    if (reason === 'token_expired' && sub.getToken && !sub.server) {
+      sub.fresh = false;
+      this._subscribeNow(channel, sub);
+      return;
+    }
+    this._ended(channel, sub, reason);
+  };
+
+  /* `disconnect`: the app ended this connection. With reconnect false (a
+   * ban) the client stops for good, as close() does. */
+  Chloe.prototype._disconnected = function (frame) {
+    var reason = typeof frame.reason === 'string' ? frame.reason : 'disconnected by the application';
+    var again = frame.reconnect !== false;
+    this._emit(this._disconnectHandlers, [reason, again]);
+    if (again) return;  // the server closes the connection; the client comes back as usual
+    this.close();
+    this._emit(this._errorHandlers, [{type: 'error', code: 'disconnected', reason: reason, message: reason}]);
+    this._emit(this._closeHandlers, []);
   };
 
   /* Transports: each returns {send(frame), close(), ready, onframe, onclose},
@@ -555,6 +844,7 @@
     };
     return conn;
   };
+  Chloe.transports.websocket.authFrame = true;  // the token goes in an `auth` frame, not in the URL
 
   /* fetch with a time limit; done(status, parsed JSON body or null), status
    * 0 for a network error or time-out. Returns {abort()}. */
@@ -666,7 +956,12 @@
         setTimeout(poll, 250 * failures);
         return;
       }
-      if (answer.error || (session === null && !answer.session)) { lost(conn); return; }
+      if (answer.error || (session === null && !answer.session)) {
+        // A refused token comes as an answer, not as a frame: told as one.
+        if (has(AUTH_ERRORS, answer.error)) conn.onframe({type: 'error', code: answer.error, message: answer.message});
+        lost(conn);
+        return;
+      }
       failures = 0;
       if (session === null) session = answer.session;
       if (typeof answer.cursor === 'number') cursor = answer.cursor;
@@ -684,10 +979,11 @@
 
   Chloe.transports.sse = function (chloe) {
     if (!root.EventSource || !root.fetch) return null;
-    var session = null, source, resume = chloe._resumeQuery();
-    try { source = new root.EventSource(chloe._httpBase() + '/sse' + (resume ? '?' + resume : '')); } catch (e) { return null; }
+    var session = null, source, query = chloe._openQuery();
+    try { source = new root.EventSource(chloe._httpBase() + '/sse' + (query ? '?' + query : '')); } catch (e) { return null; }
     var conn = connection(function () { source.close(); });
-    var types = ['connected', 'message', 'subscribed', 'unsubscribed', 'accepted', 'ack', 'pong', 'error', 'presence'];
+    var types = ['connected', 'message', 'subscribed', 'unsubscribed', 'accepted', 'ack', 'pong', 'error', 'presence',
+                 'authenticated', 'token_expiring', 'refreshed', 'disconnect'];
     function onevent(event) {
       var frame;
       try { frame = JSON.parse(event.data); } catch (e) { return; }
@@ -714,9 +1010,10 @@
         inflight = null;
         if (status === 404) done({error: 'unknown_session'});
         else if (status === 200 && answer) done(answer);
+        else if (answer && has(AUTH_ERRORS, answer.error)) done(answer);  // 401, 403, 429: refused
         else done(null);
       });
-    }, chloe._resumeQuery());
+    }, chloe._openQuery());
     conn.send = outbox(conn, sessionPoster(chloe, session), POST_BATCH_CHARS, length);
     return conn;
   };
@@ -757,7 +1054,7 @@
     var conn = connection(noop);
     var session = poller(conn, function (query, done) {
       jsonp(base + '/jsonp' + (query ? '?' + query : ''), chloe.pollTimeout, done);
-    }, chloe._resumeQuery());
+    }, chloe._openQuery());
     conn.send = outbox(conn, function (body, done) {
       var frames = encodeURIComponent(body);
       if (frames.length > JSONP_FRAME_CHARS) { done('too_large'); return; }
