@@ -193,3 +193,33 @@ def test_not_yet_valid_token_refused():
 def test_token_with_lone_surrogate_refused():
     """A token str that has no UTF-8 form is refused, not a crash in PyJWT."""
     refused("\ud800.e30.sig")
+
+
+def _rsa_pair():
+    """An RSA key and a P-256 key, new."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    return rsa_key, ec_key
+
+
+def test_a_connection_token_may_be_signed_rs256_or_es256_with_a_public_key():
+    """token_public_key's keys verify RS256 and ES256 tokens; HS256 ones
+    still take the secret, and a token of another key is refused."""
+    from chloed.tokens import PUBLIC_ALGORITHMS, identify
+
+    rsa_key, ec_key = _rsa_pair()
+    keys = (("RS256", rsa_key.public_key()), ("ES256", ec_key.public_key()))
+    now = time.time()
+    claims = {"sub": "alice", "exp": int(now) + 60, "iat": int(now)}
+    assert PUBLIC_ALGORITHMS == ("RS256", "ES256")
+    assert identify(jwt.encode(claims, rsa_key, algorithm="RS256"), (), keys, now).user == "alice"
+    assert identify(jwt.encode(claims, ec_key, algorithm="ES256"), (), keys, now).user == "alice"
+    assert identify(jwt.encode(claims, "s" * 32, algorithm="HS256"), ("s" * 32,), keys, now).user == "alice"
+    other, _ = _rsa_pair()
+    for token, keyring in ((jwt.encode(claims, other, algorithm="RS256"), keys),
+                           (jwt.encode(claims, rsa_key, algorithm="RS256"), ())):
+        with pytest.raises(ProtocolError) as refused:
+            identify(token, ("s" * 32,), keyring, now)
+        assert refused.value.code == "token_invalid"
