@@ -98,6 +98,7 @@ class Hub:
         self._answer_poll: Callable[[str, int, Reply], None] | None = None
         self.presence: Presence = broker.make_presence(clock, config.session_grace)
         self.presence.idle = self._idle
+        self.presence.is_presence = self.is_presence
         #: This node's name in lifecycle events, with their sequence number.
         self.node: str = getattr(broker, "node", None) or secrets.token_hex(8)
         self.event_seq = 0

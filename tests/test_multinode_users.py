@@ -150,3 +150,24 @@ def test_a_tab_reconnecting_to_another_node_within_the_grace_gets_the_gap(cluste
         assert message["data"] == "in the gap" and message["id"] == gap["users"]["frank"]
     finally:
         again.close()
+
+
+def test_a_namespaces_presence_channel_lists_the_users_of_every_node(cluster):
+    """``[namespaces.room] presence = true``: ``room:1`` tracks members
+    without a token of its own, as the connections' users, on every node."""
+    a, b, _ = cluster(3, "[namespaces.room]\npresence = true")
+    on_a, on_b = Tab(a, "gina", info={"name": "Gina"}), Tab(b, "hal")
+    try:
+        on_a.send({"type": "subscribe", "channel": "room:1"})
+        assert on_a.recv()["members"] == [{"id": "gina", "info": {"name": "Gina"}}]
+        on_b.send({"type": "subscribe", "channel": "room:1"})
+        answer = on_b.recv()
+        assert answer["type"] == "subscribed", answer
+        assert sorted(m["id"] for m in answer["members"]) == ["gina", "hal"]
+        joined = on_a.recv()
+        assert joined["type"] == "presence" and joined["event"] == "join" and joined["member"]["id"] == "hal"
+        status, _, raw = a.request("GET", "/channels/room:1/presence")
+        assert status == 200 and sorted(m["id"] for m in json.loads(raw)["members"]) == ["gina", "hal"]
+    finally:
+        on_a.close()
+        on_b.close()

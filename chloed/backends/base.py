@@ -189,6 +189,8 @@ class Presence(Protocol):
 
     idle: Callable[[str], bool]
     changed: Callable[[str, bool, str], None] | None
+    #: Which channels have members (set by the hub: a namespace may say so).
+    is_presence: Callable[[str], bool]
 
     def members(self, channel: str) -> list[dict[str, Any]]:
         """The members of ``channel`` as ``{"id", "info"}``, as this

@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from chloed import frames
 from chloed.backends.base import (
     ChannelInfo, ChannelListing, HistoryPage, Policy, PublishResult, Replay, ReplayMany, Reply, SessionInfo,
-    SessionListing, Subscriber, listed,
+    SessionListing, Subscriber, is_presence, listed,
 )
 from chloed.backends.users import Users
 from chloed.frames import Encoded
@@ -464,6 +464,8 @@ class Presence:
         # member leaves when its session ends, which already waited that.
         self.idle: Callable[[str], bool] = lambda session: False
         self.changed: Callable[[str, bool, str], None] | None = None
+        # (The memory presence knows a channel by its members.)
+        self.is_presence: Callable[[str], bool] = is_presence
 
     def members(self, channel: str) -> list[dict[str, Any]]:
         """The members of ``channel``, as ``{"id", "info"}``."""

@@ -16,7 +16,7 @@ import txredisapi
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from chloed.backends.base import BackendUnavailable, is_presence
+from chloed.backends.base import BackendUnavailable
 from chloed.backends.redis.channel import RedisChannel, Retention, _Join, _Snapshot
 from chloed.backends.redis.joins import Snapshotter
 from chloed.backends.redis.keys import ZERO, format_key, parse_key
@@ -149,7 +149,7 @@ class ChannelSubscriptions:
                     self._deliver(channel, id, data, exclude)
         channel.cursor = floor if position is None else max(floor, position)
         presence = self._presence()
-        if presence is not None and is_presence(channel.name):
+        if presence is not None and presence.is_presence(channel.name):
             channel.checking = True
             presence.load(channel.name).addCallbacks(
                 self._loaded, self._check_failed, callbackArgs=(channel,), errbackArgs=(channel,)

@@ -71,6 +71,9 @@ class RedisPresence:
         # not held any more, so it leaves session_grace after the last
         # poll, as its session ends, not a second grace after that.
         self.idle: Callable[[str], bool] = lambda session: False
+        # Which channels have members: the hub's rule (namespaces may have
+        # presence), the names' by default.
+        self.is_presence: Callable[[str], bool] = is_presence
         # Hears each join and leave once in the cluster: on the node whose
         # script made it (see PRESENCE_SCRIPT's answer).
         self.changed: Callable[[str, bool, str], None] | None = None
@@ -132,7 +135,7 @@ class RedisPresence:
         """Hold this node's members, and sweep those nobody holds, in every
         presence channel this node has members or subscribers in."""
         names = set(self._local)
-        names.update(name for name in self._channels() if is_presence(name))
+        names.update(name for name in self._channels() if self.is_presence(name))
         idle = self.idle
         for channel in names:
             held = [
