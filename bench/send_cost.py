@@ -6,6 +6,7 @@ validation, the broker and the answer.
 
     .venv/bin/python bench/send_cost.py            # one message a request (form)
     .venv/bin/python bench/send_cost.py --batch 100  # JSON arrays of 100
+    .venv/bin/python bench/send_cost.py --user       # to a user (user=), not a channel
     PYTHONPATH=/tmp/old .venv/bin/python bench/send_cost.py   # another checkout's code
 
 Prints µs per message and messages per second on one core.
@@ -24,12 +25,12 @@ from chloed.config import Config
 from chloed.service import make_service
 
 
-def request(batch: int) -> bytes:
+def request(batch: int, target: str = "channel") -> bytes:
     if batch:
-        items = [{"channel": f"bench-{i % 1000}", "data": "x" * 100} for i in range(batch)]
+        items = [{target: f"bench-{i % 1000}", "data": "x" * 100} for i in range(batch)]
         body, ctype = json.dumps(items).encode(), b"application/json"
     else:
-        body, ctype = b"channel=bench-7&data=" + b"x" * 100, b"application/x-www-form-urlencoded"
+        body, ctype = target.encode() + b"=bench-7&data=" + b"x" * 100, b"application/x-www-form-urlencoded"
     return (
         b"POST /send HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer bench-secret\r\n"
         b"Content-Type: " + ctype + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
@@ -40,13 +41,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=0, help="messages per request (a JSON array); 0: a form")
     parser.add_argument("--requests", type=int, default=0, help="requests to time (default: about 2 s worth)")
+    parser.add_argument("--user", action="store_true", help="to a user (user=) rather than a channel")
     args = parser.parse_args()
     service = make_service(Config(secret=("bench-secret",)), MemoryReactorClock(), open_files=lambda n: n)
     peer = IPv4Address("TCP", "127.0.0.1", 5555)
     protocol = service.site.buildProtocol(peer)
     transport = StringTransport(peerAddress=peer)
     protocol.makeConnection(transport)
-    data = request(args.batch)
+    data = request(args.batch, "user" if args.user else "channel")
     protocol.dataReceived(data)
     assert transport.value().startswith(b"HTTP/1.1 202"), transport.value()[:200]
     count = args.requests or (200 if args.batch else 20000)
