@@ -38,6 +38,10 @@ log = Logger()
 
 #: Seconds a WebSocket has to send ``auth`` when a token is required.
 AUTH_TIMEOUT = 10.0
+#: The token deadlines kept before those no longer holding are dropped: a
+#: few per session (a connection token's, its channels'), plus slack.
+PRUNE_FACTOR = 8
+PRUNE_SLACK = 4096
 #: Frames a session may send while its token is being checked; past it
 #: each is refused (a client that waits for nothing is misbehaving).
 HELD_MAX = 64
@@ -250,8 +254,19 @@ class Authenticator:
 
     def _watch(self, session: Session, channel: str | None, exp: float) -> None:
         """Warn ``token_refresh_margin`` before ``exp``, end at ``exp``."""
-        self.deadlines.at(exp - self.config.token_refresh_margin, self._expiring, session, channel, exp)
-        self.deadlines.at(exp, self._expired, session, channel, exp)
+        deadlines = self.deadlines
+        deadlines.at(exp - self.config.token_refresh_margin, self._expiring, session, channel, exp)
+        deadlines.at(exp, self._expired, session, channel, exp)
+        if len(deadlines) > PRUNE_FACTOR * len(self.broker.sessions) + PRUNE_SLACK:
+            deadlines.prune(self._holds)
+
+    def _holds(self, session: Session, channel: str | None = None, exp: float | None = None) -> bool:
+        """Whether a deadline of ``session`` may still do something."""
+        if session.closed:
+            return False
+        if exp is None:  # the wait for a first auth
+            return session.auth is None
+        return self._current(session, channel) == exp
 
     def _current(self, session: Session, channel: str | None) -> float | None:
         if channel is None:

@@ -6,7 +6,10 @@ Tens of thousands of sessions may each have a token expiring; an
 refresh would cancel and make one again. Here each deadline is a heap entry
 and only the earliest has a reactor timer. A deadline is never cancelled:
 whoever set it checks, when it comes, whether it still holds (the token was
-refreshed, the session ended), which keeps a refresh one heap push.
+refreshed, the session ended), which keeps a refresh one heap push. So that
+those no longer holding do not pile up (sessions come and go far more often
+than hour-long tokens run out), :meth:`prune` drops them, when the owner
+finds the heap much bigger than what it watches.
 """
 
 from __future__ import annotations
@@ -58,6 +61,16 @@ class Deadlines:
             except Exception:
                 log.failure("a deadline's call failed")
         self._schedule()
+
+    def prune(self, holds: Callable[..., bool]) -> int:
+        """Drop the deadlines for which ``holds(*args)`` is false (their
+        call would do nothing); how many went."""
+        before = len(self._heap)
+        self._heap = [entry for entry in self._heap if holds(*entry[3])]
+        heapq.heapify(self._heap)
+        if before != len(self._heap):
+            self._schedule()
+        return before - len(self._heap)
 
     def stop(self) -> None:
         """Forget every deadline (the server is stopping)."""

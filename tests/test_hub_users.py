@@ -439,3 +439,31 @@ def test_status_reports_the_limits_and_the_history_memory():
     exposition = metrics.exposition().decode()
     assert 'chloe_connections_refused_total{limit="user"} 1.0' in exposition
     assert "chloe_history_bytes " in exposition and "chloe_users 1.0" in exposition
+
+
+def test_deadlines_of_sessions_gone_do_not_pile_up():
+    """Sessions that come and go with hour-long tokens leave deadlines that
+    would only fire in an hour: they are dropped once they outnumber what
+    is watched, and the live ones still fire."""
+    from chloed import auth
+
+    world = World()
+    keeper, sink = world.login("keeper", lifetime=600)
+    for n in range(auth.PRUNE_SLACK):
+        session, _ = world.login(f"user{n}")
+        world.hub.connection_lost(session)
+    assert len(world.hub.auth.deadlines) < auth.PRUNE_SLACK + 100
+    world.clock.advance(601)
+    assert final(sink)["code"] == "token_expired" and keeper.closed
+
+
+def test_a_deadline_heap_keeps_its_order_after_a_prune():
+    from chloed.deadlines import Deadlines
+
+    clock = Clock()
+    deadlines, fired = Deadlines(clock), []
+    for when in (5, 1, 3, 2, 4):
+        deadlines.at(when, fired.append, when)
+    assert deadlines.prune(lambda when: when % 2 == 1) == 2
+    clock.advance(10)
+    assert fired == [1, 3, 5]
