@@ -1,7 +1,8 @@
 # make demo: set everything up, run chloed and the echo app (open http://localhost:4567)
 # make chat: the same, with the chat demo app instead (open http://localhost:4567 in two browsers)
 # make pusher-demo: the same, with a chat on pusher-js and the pusher library (open http://localhost:4567 in two browsers)
-# make test: set everything up, type-check (mypy, configured in setup.cfg), run every test (what CI runs, through .ci/run)
+# make test: set everything up, type-check (mypy, configured in setup.cfg), run every test (what CI runs, through .ci/run),
+#   the Node tests, tsc and npm pack of clients/js among them (tests/test_js_package.py)
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
@@ -27,10 +28,21 @@ $(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
 	cd $(JS) && npm ci --ignore-scripts --no-audit --no-fund --no-update-notifier
 	touch $@
 
+# The npm package of chloe.js (clients/js): esbuild, TypeScript, React and
+# its test renderer as its package-lock.json pins them, for its build and its
+# tests (tests/test_js_package.py, which `make test` runs). This npm ci also
+# fills npm's cache, from which that test installs the packed tarball into a
+# fresh app offline. No install script runs (esbuild and tsc find their
+# binaries without one).
+CLIENT_JS = clients/js
+$(CLIENT_JS)/node_modules/.installed: $(CLIENT_JS)/package.json $(CLIENT_JS)/package-lock.json
+	cd $(CLIENT_JS) && npm ci --ignore-scripts --no-audit --no-fund --no-update-notifier
+	touch $@
+
 system-deps:
 	./scripts/install-system-deps
 
-setup: system-deps $(VENV)/.installed $(JS)/node_modules/.installed
+setup: system-deps $(VENV)/.installed $(JS)/node_modules/.installed $(CLIENT_JS)/node_modules/.installed
 
 test: setup
 	$(BIN)/mypy
@@ -55,4 +67,4 @@ pusher-demo: setup
 	  $(BIN)/twistd -n --pidfile= chloe --listen tcp:8901:interface=127.0.0.1 --config examples/pusher_chat.toml
 
 clean:
-	rm -rf $(VENV) build *.egg-info $(JS)/node_modules
+	rm -rf $(VENV) build *.egg-info $(JS)/node_modules $(CLIENT_JS)/node_modules $(CLIENT_JS)/dist
