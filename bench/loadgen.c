@@ -36,6 +36,15 @@
  * Modes:
  *   --idle        connect, report server RSS per connection (--pid), hold
  *                 --hold seconds, report errors and disconnects.
+ *                 --broadcast (issue 20): after the hold, one POST /send to
+ *                 the channel every client subscribed to (--channels 1),
+ *                 then wait (at most --broadcast-timeout s) until every
+ *                 client still connected, in every process, got it:
+ *                 broadcast_clients (how many did), broadcast_expected
+ *                 (connected when it was published), broadcast_s (publish
+ *                 to the last delivery), broadcast_p50_ms / _p99_ms
+ *                 (publish->receive over the clients); one that did not
+ *                 get it counts as an error (broadcast_missing).
  *   --saturate    closed loop: at most --window messages published and not
  *                 yet fully delivered; deliveries/s over --dur after --warmup.
  *   --rate R      R messages/s; latency p50/p99.
@@ -56,9 +65,14 @@
  * the first port (one node publishes, every node delivers: the cross-node
  * fan-out), or round-robin over all with --pub-all. --pids A,B,... sums
  * server CPU, run-queue wait and RSS over those processes (--port and --pid
- * are the one-node case). --expect-all: a 2xx publish is expected to reach
- * every client subscribed to its channel, for backends whose /send answers
- * "delivered":0 because each node delivers later on its own (redis).
+ * are the one-node case): a server of several processes (chloed's parent
+ * and its workers, all on one --port) is measured whole by listing them
+ * all. --aux-pids C,D,... (e.g. redis-server) is measured the same way but
+ * reported apart (aux_*), never in the server's figures. --expect-all: a
+ * 2xx publish is expected to reach every client subscribed to its channel,
+ * for backends whose /send answers "delivered":0 because each node delivers
+ * later on its own (redis). --nsrc N: client i connects from 127.0.0.(1 +
+ * i % N), N at most 254 (each source address has its own ephemeral ports).
  *
  * Output: one JSON line on stdout. Progress goes to stderr.
  * Only 127.0.0.x is contacted. Every loop is bounded in time and count, and
@@ -97,7 +111,7 @@
 
 #define MAXPROCS 16
 #define MAXPORTS 16               /* chloeds (--ports) */
-#define MAXPIDS 16                /* server processes measured (--pids) */
+#define MAXPIDS 64                /* server processes measured (--pids), and --aux-pids */
 #define MAXPUB 64
 #define HIST_US 10                /* latency histogram bucket */
 #define HIST_N (30 * 100000)      /* 30 s of 10 us buckets */
@@ -115,6 +129,10 @@ static long long max_msgs = 5000000;
 static int ports[MAXPORTS], nports = 0, pub_all = 0, expect_all = 0;
 static pid_t server_pids[MAXPIDS];
 static int npids = 0;
+static pid_t aux_pids[MAXPIDS];   /* --aux-pids: measured, reported apart */
+static int naux = 0;
+static int broadcast = 0;         /* --idle --broadcast */
+static double broadcast_timeout_s = 60;
 static const char *secret = "bench-secret";
 static const char *app_key = NULL, *app_id = NULL, *app_secret = NULL; /* --proto pusher */
 static unsigned long seed = 1;
@@ -124,6 +142,7 @@ typedef struct {
   volatile long long started, connected, failed, disconnects, error_frames, delivered;
   volatile long long accepted; /* relay: {"type":"accepted"} frames (durable spools) */
   volatile long long bad_lat, done, pid;
+  volatile long long last_us; /* CLOCK_MONOTONIC us of this process's last delivery */
   char first_err[ERRLEN];
 } slot_t;
 enum { PH_CONNECT, PH_RUN, PH_STOP };
@@ -261,25 +280,43 @@ static void cpu_jiffies(double busy[2], double total[2]) {
   }
   fclose(f);
 }
-/* server RSS, CPU and run-queue wait summed over every --pids process */
-static long long servers_rss_kb(void) {
-  if (!npids) return -1;
+/* proportional set size (shared pages split among their users), kB */
+static long proc_pss_kb(pid_t pid) {
+  char path[64], line[256];
+  long kb = -1;
+  snprintf(path, sizeof path, "/proc/%d/smaps_rollup", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  while (fgets(line, sizeof line, f))
+    if (!strncmp(line, "Pss:", 4)) { kb = atol(line + 4); break; }
+  fclose(f);
+  return kb;
+}
+/* RSS (or PSS) and CPU summed over a list of processes; -1 if one is gone */
+static long long sum_mem_kb(const pid_t *pids, int n, long (*of)(pid_t)) {
+  if (!n) return -1;
   long long t = 0;
-  for (int k = 0; k < npids; k++) {
-    long kb = proc_rss_kb(server_pids[k]);
+  for (int k = 0; k < n; k++) {
+    long kb = of(pids[k]);
     if (kb < 0) return -1;
     t += kb;
   }
   return t;
 }
-static double servers_cpu_s(void) {
+static double sum_cpu_s(const pid_t *pids, int n) {
   double t = 0;
-  for (int k = 0; k < npids; k++) {
-    double c = proc_cpu_s(server_pids[k]);
+  for (int k = 0; k < n; k++) {
+    double c = proc_cpu_s(pids[k]);
     if (c > 0) t += c;
   }
   return t;
 }
+/* server RSS, CPU and run-queue wait summed over every --pids process */
+static long long servers_rss_kb(void) { return sum_mem_kb(server_pids, npids, proc_rss_kb); }
+static long long servers_pss_kb(void) { return sum_mem_kb(server_pids, npids, proc_pss_kb); }
+static double servers_cpu_s(void) { return sum_cpu_s(server_pids, npids); }
+static long long aux_rss_kb(void) { return sum_mem_kb(aux_pids, naux, proc_rss_kb); }
+static double aux_cpu_s(void) { return sum_cpu_s(aux_pids, naux); }
 static double servers_wait_s(void) {
   double t = 0;
   for (int k = 0; k < npids; k++) t += proc_wait_s(server_pids[k]);
@@ -452,6 +489,7 @@ static void count_deliveries(const char *p, size_t n, long long tnow) {
     long long ts = 0;
     while (q < end && *q >= '0' && *q <= '9') ts = ts * 10 + (*q++ - '0');
     me->delivered++;
+    me->last_us = tnow;
     record_latency(ts, tnow);
     p = q;
   }
@@ -637,8 +675,10 @@ static void sse_events(int fd, long long tnow) {
 }
 
 /* ------------------------------------------------------------------ publisher */
+static int last_pub_status = 0;
 static void pub_response(int fd) {
   conn_t *c = &conns[fd];
+  last_pub_status = c->status;
   if (c->status >= 200 && c->status < 300) {
     pub_ok++;
     const char *q = memmem(c->bbuf, c->blen, "\"delivered\":", 12);
@@ -1092,8 +1132,10 @@ static void usage(void) {
   fprintf(stderr,
           "usage: loadgen (--port PORT | --ports P1,P2,... [--pub-all]) [--proto ws|sse|longpoll|pusher] [--n N]\n"
           "               [--channels K] [--conc C] [--procs P] [--expect-all]\n"
-          "               (--idle [--hold S] | --saturate [--window W] | --rate R) [--random] [--relay --app-port P]\n"
-          "               [--pid SERVER_PID | --pids A,B,...] [--secret S] [--warmup S] [--dur S] [--settle S]\n"
+          "               (--idle [--hold S] [--broadcast [--broadcast-timeout S]] | --saturate [--window W] | --rate R)\n"
+          "               [--random] [--relay --app-port P]\n"
+          "               [--pid SERVER_PID | --pids A,B,...] [--aux-pids C,D,...] [--secret S] [--warmup S] [--dur S]\n"
+          "               [--settle S]\n"
           "               [--npub N] [--app-key KEY --app-id ID --app-secret SECRET (--proto pusher)]\n"
           "               [--payload BYTES] [--connect-timeout S] [--drain S] [--max-msgs N] [--nsrc N] [--seed N]\n");
   exit(2);
@@ -1156,6 +1198,14 @@ int main(int argc, char **argv) {
       if (npids < 1) usage();
       for (int k = 0; k < npids; k++) server_pids[k] = (pid_t)got[k];
     }
+    else if (OPT("--aux-pids")) {
+      int got[MAXPIDS];
+      naux = parse_list(v, got, MAXPIDS);
+      if (naux < 1) usage();
+      for (int k = 0; k < naux; k++) aux_pids[k] = (pid_t)got[k];
+    }
+    else if (!strcmp(a, "--broadcast")) broadcast = 1;
+    else if (OPT("--broadcast-timeout")) broadcast_timeout_s = atof(v);
     else if (OPT("--secret")) secret = v;
     else if (OPT("--app-key")) app_key = v;
     else if (OPT("--app-id")) app_id = v;
@@ -1173,6 +1223,12 @@ int main(int argc, char **argv) {
   if (relay && nports > 1) { fprintf(stderr, "--relay takes one --port\n"); exit(2); }
   if (relay && !app_port) usage();
   if (relay && proto != PR_WS) { fprintf(stderr, "--relay needs --proto ws\n"); exit(2); }
+  if (broadcast && (mode != M_IDLE || relay || nchannels != 1)) {
+    fprintf(stderr, "--broadcast goes with --idle and --channels 1 (not --relay)\n");
+    exit(2);
+  }
+  if (broadcast_timeout_s < 1) broadcast_timeout_s = 1;
+  if (broadcast_timeout_s > 600) broadcast_timeout_s = 600;
   if (proto == PR_PUSHER) {
     if (!app_key || !app_id || !app_secret) { fprintf(stderr, "--proto pusher needs --app-key, --app-id and --app-secret\n"); exit(2); }
     if (!pusher_name_ok(app_key) || !pusher_name_ok(app_id)) {
@@ -1180,6 +1236,8 @@ int main(int argc, char **argv) {
       exit(2);
     }
   }
+  if (nsrc < 1) nsrc = 1;
+  if (nsrc > 254) nsrc = 254; /* 127.0.0.1 .. 127.0.0.254: never beyond 127.0.0.x */
   if (npub < 1) npub = 1;
   if (npub > MAXPUB) npub = MAXPUB;
   if (payload_len < 40) payload_len = 40;
@@ -1191,6 +1249,7 @@ int main(int argc, char **argv) {
 
   /* everything ends, whatever happens */
   double budget = connect_timeout_s + settle_s + warmup_s + dur_s + hold_s + drain_s + 60;
+  if (broadcast) budget += broadcast_timeout_s + 10; /* + the publisher's connect */
   alarm((unsigned)budget);
 
   struct rlimit rl;
@@ -1208,7 +1267,7 @@ int main(int argc, char **argv) {
   memset(shm, 0, sizeof *shm);
   shm->phase = PH_CONNECT;
   int per_proc_conc = conc / procs > 0 ? conc / procs : 1;
-  long long rss_before = servers_rss_kb();
+  long long rss_before = servers_rss_kb(), pss_before = servers_pss_kb(), aux_rss_before = aux_rss_kb();
   double t_start = now_s();
 
   for (int p = 0; p < procs; p++) shm->slot[p].pid = getpid();
@@ -1271,7 +1330,7 @@ int main(int argc, char **argv) {
   fprintf(stderr, "loadgen: %lld/%ld connected (%lld failed) in %.1f s\n", connected0, nclients, failed0, connect_s);
   double t_settle = now_s();
   while (now_s() - t_settle < settle_s) loop_once(20);
-  long long rss_after = servers_rss_kb();
+  long long rss_after = servers_rss_kb(), pss_after = servers_pss_kb(), aux_rss_after = aux_rss_kb();
   long long connected_settled = SUM(connected);
   subs_ready = connected_settled;
 
@@ -1279,11 +1338,15 @@ int main(int argc, char **argv) {
   double wall = 0, scpu = 0, lcpu = 0, pub_rate = 0;
   long long pubs_in_window = 0, missing = 0, pub_unanswered = 0;
   double swait = 0, cb0[2], ct0[2], cb1[2], ct1[2];
-  long long rss_end = -1;
-  double held_s = 0;
+  long long rss_end = -1, pss_end = -1, aux_rss_end = -1;
+  double held_s = 0, acpu = 0;
+  /* --broadcast */
+  long long bc_expected = -1, bc_got = 0, bc_missing = 0;
+  double bc_s = -1, bc_answer_ms = -1, bc_scpu = 0, bc_acpu = 0;
+  int bc_status = 0;
 
   if (mode == M_IDLE) {
-    double h0 = now_s(), sc0 = servers_cpu_s(), lc0 = loader_cpu_s();
+    double h0 = now_s(), sc0 = servers_cpu_s(), lc0 = loader_cpu_s(), ac0 = aux_cpu_s();
     each_cpu_mark(0);
     double sw0 = servers_wait_s();
     cpu_jiffies(cb0, ct0);
@@ -1296,7 +1359,55 @@ int main(int argc, char **argv) {
     swait = servers_wait_s() - sw0;
     cpu_jiffies(cb1, ct1);
     rss_end = servers_rss_kb();
+    pss_end = servers_pss_kb();
+    aux_rss_end = aux_rss_kb();
+    acpu = aux_cpu_s() - ac0;
     d1 = d0 = SUM(delivered);
+    if (broadcast) {
+      /* one publisher connection, answered before anything is published */
+      pub_connect(0);
+      double tc = now_s();
+      while (now_s() - tc < 10 && (pubfd[0] < 0 || conns[pubfd[0]].busy || conns[pubfd[0]].state != S_OPEN)) {
+        if (pubfd[0] < 0 && pub_reconnects++ < 1000) pub_connect(0);
+        loop_once(10);
+      }
+      if (pubfd[0] < 0 || conns[pubfd[0]].busy || conns[pubfd[0]].state != S_OPEN) {
+        if (!first_pub_err[0]) snprintf(first_pub_err, ERRLEN, "broadcast: the publisher could not connect");
+        pub_errors++;
+      } else {
+        for (int p = 0; p < procs; p++) shm->slot[p].last_us = 0;
+        long long dd0 = SUM(delivered);
+        double bsc0 = servers_cpu_s(), bac0 = aux_cpu_s();
+        bc_expected = SUM(connected);
+        shm->recording = 1;
+        long long tpub = now_us();
+        publish_one(pubfd[0]);
+        double tw = now_s();
+        for (;;) {
+          loop_once(5);
+          if (bc_answer_ms < 0 && pub_ok + pub_errors >= published) {
+            bc_answer_ms = (now_us() - tpub) / 1000.0;
+            bc_status = last_pub_status;
+          }
+          bc_got = SUM(delivered) - dd0;
+          if (bc_answer_ms >= 0 && bc_got >= SUM(connected)) break; /* every client still here has it */
+          if (pub_errors) break;                                    /* refused: nothing to wait for */
+          if (now_s() - tw > broadcast_timeout_s) { fprintf(stderr, "loadgen: broadcast timeout\n"); break; }
+        }
+        shm->recording = 0;
+        bc_scpu = servers_cpu_s() - bsc0;
+        bc_acpu = aux_cpu_s() - bac0;
+        long long last = 0;
+        for (int p = 0; p < procs; p++)
+          if (shm->slot[p].last_us > last) last = shm->slot[p].last_us;
+        if (bc_got > 0 && last >= tpub) bc_s = (last - tpub) / 1e6;
+        bc_missing = bc_expected - bc_got;
+        if (bc_missing < 0) bc_missing = 0;
+        fprintf(stderr, "loadgen: broadcast: %lld/%lld clients got it in %.3f s (answered HTTP %d in %.1f ms)\n",
+                bc_got, bc_expected, bc_s, bc_status, bc_answer_ms);
+      }
+      if (!relay) pub_unanswered = published - pub_ok - pub_errors;
+    }
   } else {
     double subs_per_msg = (double)connected_settled / (double)nchannels;
     if (subs_per_msg < 1) subs_per_msg = 1;
@@ -1309,7 +1420,7 @@ int main(int argc, char **argv) {
     long long tm0 = tp0 + (long long)(warmup_s * 1e6), tm1 = tm0 + (long long)(dur_s * 1e6);
     int measuring = 0;
     long long p0 = 0, tmeas0 = 0;
-    double sc0 = 0, lc0 = 0, sw0 = 0;
+    double sc0 = 0, lc0 = 0, sw0 = 0, ac0 = 0;
     long rr = 0; /* relay round robin */
     sending = 1;
     if (relay && mode == M_SATURATE) /* fill every client's window; acks refill it */
@@ -1324,6 +1435,7 @@ int main(int argc, char **argv) {
         d0 = SUM(delivered);
         p0 = relay ? relay_sent : published;
         sc0 = servers_cpu_s();
+        ac0 = aux_cpu_s();
         each_cpu_mark(0);
         lc0 = loader_cpu_s();
         sw0 = servers_wait_s();
@@ -1358,11 +1470,14 @@ int main(int argc, char **argv) {
     sending = 0;
     d1 = SUM(delivered);
     scpu = servers_cpu_s() - sc0;
+    acpu = aux_cpu_s() - ac0;
     each_cpu_mark(1);
     lcpu = loader_cpu_s() - lc0;
     swait = servers_wait_s() - sw0;
     cpu_jiffies(cb1, ct1);
     rss_end = servers_rss_kb();
+    pss_end = servers_pss_kb();
+    aux_rss_end = aux_rss_kb();
     shm->recording = 0;
     wall = (tmeas1 - tmeas0) / 1e6;
     pubs_in_window = (relay ? relay_sent : published) - p0;
@@ -1402,7 +1517,8 @@ int main(int argc, char **argv) {
   long long failed = SUM(failed), disconnects = SUM(disconnects), error_frames = SUM(error_frames);
   long long not_connected = nclients - connected0 - failed0; /* still in flight at the timeout */
   if (not_connected < 0) not_connected = 0;
-  long long errors = failed + not_connected + disconnects + error_frames + pub_errors + pub_unanswered + missing;
+  long long errors = failed + not_connected + disconnects + error_frames + pub_errors + pub_unanswered + missing +
+                     bc_missing;
   long long lat_n = 0;
   double p50 = percentile_ms(0.50, &lat_n), p99 = percentile_ms(0.99, &lat_n), pmax = max_ms();
   long long deliveries = d1 - d0;
@@ -1439,7 +1555,18 @@ int main(int argc, char **argv) {
   for (int k = 0; k < npids; k++) printf("%s%.3f", k ? "," : "", each_cpu[k]);
   printf("],\"server_rss_end_kb_each\":[");
   for (int k = 0; k < npids; k++) printf("%s%ld", k ? "," : "", proc_rss_kb(server_pids[k]));
-  printf("],\"first_error\":");
+  printf("],\"pss_before_kb\":%lld,\"pss_after_kb\":%lld,\"pss_end_kb\":%lld", pss_before, pss_after, pss_end);
+  printf(",\"aux\":%d,\"aux_rss_before_kb\":%lld,\"aux_rss_after_kb\":%lld,\"aux_rss_end_kb\":%lld,\"aux_cpu_s\":%.3f,"
+         "\"aux_cpu_share\":%.4f", naux, aux_rss_before, aux_rss_after, aux_rss_end, acpu, wall > 0 ? acpu / wall : 0.0);
+  if (broadcast) {
+    long long bn = 0;
+    double b50 = percentile_ms(0.50, &bn), b99 = percentile_ms(0.99, &bn);
+    printf(",\"broadcast\":true,\"broadcast_expected\":%lld,\"broadcast_clients\":%lld,\"broadcast_missing\":%lld,"
+           "\"broadcast_s\":%.4f,\"broadcast_p50_ms\":%.3f,\"broadcast_p99_ms\":%.3f,\"broadcast_answer_ms\":%.2f,"
+           "\"broadcast_status\":%d,\"broadcast_server_cpu_s\":%.3f,\"broadcast_aux_cpu_s\":%.3f",
+           bc_expected, bc_got, bc_missing, bc_s, b50, b99, bc_answer_ms, bc_status, bc_scpu, bc_acpu);
+  }
+  printf(",\"first_error\":");
   const char *fe = first_pub_err[0] ? first_pub_err : "";
   for (int p = 0; p < procs && !fe[0]; p++)
     if (shm->slot[p].first_err[0]) fe = shm->slot[p].first_err;

@@ -10,11 +10,17 @@
     python bench/run.py all        # all four
     python bench/run.py multinode  # (e) several nodes on one Redis (issue 9): 10k subscribers on 1 node
                                    #     vs 2 nodes, 2 x 15,000 idle WebSockets, Redis commands per publish
+    python bench/run.py c100k      # (f) issue 20: 100,000 idle WebSockets on one chloed with 6 workers
+                                   #     (Redis backend) held 2 minutes, then one publish to all of them
+    python bench/run.py scaling    # (g) issue 20: 10k subscribers of one channel, workers = 1 vs 2 on one
+                                   #     Redis, Redis commands per publish
     options: --quick (a few hundred connections, 1-2 s windows), --no-write (leave
              bench/RESULTS.md alone), --reps N (medians of N runs; default 3), --hold S (idle),
              --relay-batch N (relay: chloed with relay_batch = N), --proto ws|pusher|both
              (fanout: Chloe-native (default), the Pusher protocol layer, or both),
-             --spool memory|disk|redis|all (relay: chloed's relay_spool; default memory)
+             --spool memory|disk|redis|all (relay: chloed's relay_spool; default memory),
+             --workers W (c100k: chloed's workers, default 6), --clients N (c100k: default
+             100,000; scaling: default 10,000)
 
 Each scenario builds ``bench/loadgen.c`` with gcc into ``bench/.build/``,
 starts a fresh chloed for every server-side measurement, pinned to CPU 0
@@ -47,6 +53,17 @@ accepted). Its section of ``bench/RESULTS.md`` is ``relay-spool``; plain
 on a free 127.0.0.1 port, without persistence, and stops it by its PID; its
 chloeds run with ``backend = "redis://127.0.0.1:PORT/0"``, node 1 pinned to
 CPU 0 and node 2 to CPU 1, the loader and Redis unpinned (see its section).
+
+``c100k`` and ``scaling`` (issue 20) start one chloed with ``workers = W``
+(unpinned, like the loader and the redis-server they run on), wait until its
+``/status`` lists every worker's pid, and give loadgen ``--pids`` of the
+parent and every worker, so RSS and CPU are summed over the whole process
+tree; redis-server is measured apart (``--aux-pids``). ``c100k`` spreads its
+clients over loader processes of at most 18,000 sockets and 127.0.0.x
+source addresses of at most 25,000 (``--procs``, ``--nsrc``), holds them
+(``--hold``, default 120 s), then publishes once and waits until every
+client has it (``loadgen --broadcast``). Workers left behind by a parent
+that did not stop them are killed by PID (and start time).
 
 Standard library only: run it with any Python 3.11; chloed itself runs from
 the project's ``.venv`` (or ``--twistd PATH``).
@@ -83,7 +100,7 @@ SERVER_CPU, LOADER_CPU = "0", "1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 SCENARIOS = ("idle", "fanout", "channels", "relay")
-EXTRA_SCENARIOS = ("multinode",)  # not part of "all": it needs redis-server
+EXTRA_SCENARIOS = ("multinode", "c100k", "scaling")  # not part of "all": they need redis-server
 HISTORY_SIZE = 100  # chloed's default history_size, which the bench leaves as it is
 # The one Pusher app of ``fanout --proto pusher|both`` ([[pusher.apps]] of its chloed).
 PUSHER_APP = {"id": "bench-app", "key": "bench-key", "secret": "bench-app-secret"}
@@ -194,10 +211,80 @@ def terminate(process: subprocess.Popen) -> None:
             process.wait(5)
 
 
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks): with the PID,
+    it names one process, so a PID the kernel gave to another is not taken
+    for it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, theirs, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo and len(out) < 10000:
+        for child in sorted(children.get(todo.pop(), [])):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def open_fds(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def http_json(port: int, path: str, timeout: float = 10) -> dict:
+    """GET ``path`` from a chloed on 127.0.0.1:``port`` (with the bench's
+    secret, which the operator's views accept); the decoded JSON."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {SECRET}"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read().decode())
+
+
+def status_workers(status: dict) -> list[dict]:
+    """/status's per-worker list (``workers``: a row per worker with its
+    ``index``, ``pid``, ``up``, ``connections``, ...; chloed/worker_status.py);
+    [] when there is none (one process serving on its own)."""
+    got = status.get("workers")
+    return [w for w in got if isinstance(w, dict)] if isinstance(got, list) else []
+
+
+def worker_brief(entry: dict) -> dict:
+    """The short scalar fields of one /status worker row."""
+    return {k: v for k, v in entry.items() if isinstance(v, (int, float, str, bool)) and len(str(v)) <= 40}
+
+
+def worker_connections(entry: dict) -> int | None:
+    """A worker's connections now, as /status counts them."""
+    value = entry.get("connections")
+    return value if isinstance(value, int) else None
+
+
 class Chloed:
     """A fresh ``twistd -n chloe`` pinned to CPU 0 (or ``cpu``; None: unpinned),
     on 127.0.0.1:PORT, with ``options`` added to its TOML (and, given
-    ``pusher_apps``, a ``[pusher]`` table with those ``[[pusher.apps]]``)."""
+    ``pusher_apps``, a ``[pusher]`` table with those ``[[pusher.apps]]``).
+
+    With ``workers`` above 1 in ``options`` (or ``"auto"``) it waits until
+    /status lists that many workers; :attr:`pids` is then the parent, every
+    worker /status lists and any other process below the parent (the whole
+    process tree, which loadgen's ``--pids`` measures), stopped with it."""
 
     def __init__(self, ctx: "Context", name: str, app_url: str | None = None,
                  options: dict | None = None, cpu: str | None = SERVER_CPU,
@@ -230,7 +317,53 @@ class Chloed:
         self.process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
                                         cwd=REPO, env=env, start_new_session=True)
         self.pid = self.process.pid  # taskset execs twistd: same PID
+        self.workers: list[dict] = []  # /status's per-worker entries, once they are all up
+        self.extra_pids: list[int] = []  # processes below the parent that /status does not list
+        self._tree: dict[int, int | None] = {}  # pid -> start time, of what we may have to stop
         self._wait_ready()
+        if "workers" in (options or {}):
+            wanted = options["workers"]
+            self._wait_workers((os.cpu_count() or 1) if wanted == "auto" else int(wanted))
+
+    @property
+    def pids(self) -> list[int]:
+        """The parent, then each worker, then anything else below the parent."""
+        worker_pids = [w["pid"] for w in self.workers if isinstance(w.get("pid"), int)]
+        return list(dict.fromkeys([self.pid] + worker_pids + self.extra_pids))
+
+    def status(self) -> dict:
+        return http_json(self.port, "/status")
+
+    def _wait_workers(self, wanted: int) -> None:
+        """Until /status lists ``wanted`` workers, each a live process below
+        the parent (bounded by START_TIMEOUT). With 1 wanted, a /status
+        without a worker list (one process serving on its own) will do."""
+        deadline, why = time.monotonic() + START_TIMEOUT, "no answer"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"chloed exited with {self.process.returncode}: see {self.log_path}")
+            try:
+                workers, answered = status_workers(self.status()), True
+            except (OSError, ValueError) as exc:
+                workers, answered, why = [], False, f"/status: {exc}"
+            tree = descendants(self.pid)
+            pids = [w.get("pid") for w in workers]
+            if answered and ((wanted == 1 and not workers) or (
+                    len(workers) == wanted and all(w.get("up", True) is True for w in workers)
+                    and all(isinstance(p, int) and p in tree + [self.pid] for p in pids))):
+                self.workers = [worker_brief(w) for w in workers]
+                self.extra_pids = [p for p in tree if p not in pids]
+                self._tree = {p: proc_start_time(p) for p in tree}
+                if self.extra_pids and workers:
+                    log(f"chloed {self.name}: {len(self.extra_pids)} process(es) below the parent besides the "
+                        f"workers: {self.extra_pids} (measured with them)")
+                return
+            if answered:
+                why = f"/status lists {len(workers)} worker(s) {pids}; processes below the parent: {tree}"
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"chloed did not list {wanted} live workers in /status in {START_TIMEOUT} s ({why}): "
+                           f"see {self.log_path}")
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -247,8 +380,25 @@ class Chloed:
         raise RuntimeError(f"chloed did not answer /health in {START_TIMEOUT} s: see {self.log_path}")
 
     def stop(self) -> dict:
-        """SIGTERM by PID (then SIGKILL); the log's warnings and errors."""
+        """SIGTERM by PID (then SIGKILL); the log's warnings and errors.
+        Workers the parent left behind (by PID and start time: the same
+        processes) get STOP_TIMEOUT to go, then SIGKILL."""
+        self._tree.update({p: proc_start_time(p) for p in descendants(self.pid)} if self.process.poll() is None else {})
         terminate(self.process)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        left = dict(self._tree)
+        while left:
+            left = {p: t for p, t in left.items() if t is not None and proc_start_time(p) == t}
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        for pid in left:
+            log(f"chloed {self.name}: process {pid} outlived its parent: SIGKILL")
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.left_behind = sorted(left)
         self._log.close()
         try:
             os.unlink(self.config_path)
@@ -267,6 +417,10 @@ class Chloed:
             kinds[key] = kinds.get(key, 0) + 1
         code = self.process.returncode
         clean = any("Server Shut Down." in line for line in lines[-20:])
+        left = getattr(self, "left_behind", [])
+        if left:
+            hits.append("left behind")
+            kinds[f"{len(left)} process(es) outlived the parent and were killed: {left}"] = 1
         return {
             "code": self.code_version,
             "log": os.path.relpath(self.log_path, REPO),
@@ -307,7 +461,9 @@ class Context:
         loadgen's progress lines on stderr to a function called (once) when
         such a line comes."""
         servers = server if isinstance(server, list) else [server]
-        if len(servers) == 1:
+        if len(servers) == 1 and len(servers[0].pids) > 1:  # a parent and its workers, on one port
+            target = ["--port", str(servers[0].port), "--pids", ",".join(str(p) for p in servers[0].pids)]
+        elif len(servers) == 1:
             target = ["--port", str(servers[0].port), "--pid", str(servers[0].pid)]
         else:
             target = ["--ports", ",".join(str(s.port) for s in servers),
@@ -883,7 +1039,8 @@ class Redis:
         self.log_path = os.path.join(self.dir, "redis.log")
         self.binary = ctx.args.redis_server or shutil.which("redis-server") or "/usr/bin/redis-server"
         if not os.path.exists(self.binary):
-            sys.exit("multinode and relay --spool redis|all need redis-server (scripts/install-system-deps installs it, or --redis-server PATH)")
+            sys.exit("multinode, c100k, scaling and relay --spool redis|all need redis-server "
+                     "(scripts/install-system-deps installs it, or --redis-server PATH)")
         self.command = pinned(cpu or "", [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                           "--appendonly", "no", "--dir", self.dir, "--logfile", self.log_path],
                               ctx.pin and cpu is not None)
@@ -959,20 +1116,25 @@ def redis_delta(a: dict, b: dict) -> dict:
 
 
 def redis_loader(ctx: Context, redis: Redis, servers: list[Chloed], *extra: str, cpu: str | None = None,
-                 **tags: object) -> dict:
+                 also: dict | None = None, **tags: object) -> dict:
     """A loader run against ``servers`` (unpinned), with Redis' counters taken
     before it, once its clients are connected and once every message is
     delivered (loadgen's "connected" and "drained" lines): the connect part
     (divided by the subscribers) and the publish part (divided by the
     messages published) of Redis' work; what comes after (the clients
-    closing) is left out. The loader is unpinned unless ``cpu`` is given."""
+    closing) is left out. The loader is unpinned unless ``cpu`` is given.
+    ``also`` maps more text of loadgen's progress lines to functions,
+    called after the snapshot that line takes (if any)."""
     snaps = {"start": redis.snapshot()}
 
     def mark(name: str):
         return lambda: snaps.setdefault(name, redis.snapshot())
 
-    r = ctx.loader(servers, *extra, cpu=cpu, watch={" connected (": mark("connected"), "drained:": mark("drained")},
-                   **tags)
+    watch = {" connected (": mark("connected"), "drained:": mark("drained")}
+    for text, fn in (also or {}).items():
+        first = watch.get(text)
+        watch[text] = fn if first is None else (lambda a=first, b=fn: (a(), b()))
+    r = ctx.loader(servers, *extra, cpu=cpu, watch=watch, **tags)
     snaps["end"] = redis.snapshot()
     mid = snaps.get("connected", snaps["start"])
     connect, publish = redis_delta(snaps["start"], mid), redis_delta(mid, snaps.get("drained", snaps["end"]))
@@ -1077,6 +1239,19 @@ def scenario_multinode(ctx: Context) -> dict:
     return multinode_report(ctx, n, idle_each, hold, window, summary, idle, runs, limits)
 
 
+def server_shares(s: dict) -> str:
+    """Each server process's CPU share of a saturated run, joined with +."""
+    r = s["sat"]
+    wall = r.get("wall_s") or 0
+    return " + ".join(fmt(c / wall, 2) for c in r.get("server_cpu_s_each", [])) if wall else "-"
+
+
+def redis_per_publish(s: dict, key: str, digits: int = 2) -> str:
+    """A Redis figure per publish of a saturated run (``-`` without Redis)."""
+    rp = s["sat"].get("redis_publish")
+    return fmt(rp.get(key), digits) if rp else "-"
+
+
 def multinode_report(ctx: Context, n: int, idle_each: int, hold: float, window: int, summary: dict, idle: dict,
                      runs: list[dict], limits: dict) -> dict:
     cols = [("memory-1", "1 node, memory backend (reference)"), ("redis-1", "1 node, redis backend"),
@@ -1085,14 +1260,7 @@ def multinode_report(ctx: Context, n: int, idle_each: int, hold: float, window: 
     def each(name: str, f) -> list[str]:
         return [f(summary[c]) if c in summary else "-" for c, _ in cols]
 
-    def node_shares(s: dict) -> str:
-        r = s["sat"]
-        wall = r.get("wall_s") or 0
-        return " + ".join(fmt(c / wall, 2) for c in r.get("server_cpu_s_each", [])) if wall else "-"
-
-    def pub(s: dict, key: str, digits: int = 2) -> str:
-        rp = s["sat"].get("redis_publish")
-        return fmt(rp.get(key), digits) if rp else "-"
+    node_shares, pub = server_shares, redis_per_publish
 
     def calls(s: dict) -> str:
         rp = s["sat"].get("redis_publish")
@@ -1202,14 +1370,358 @@ def multinode_report(ctx: Context, n: int, idle_each: int, hold: float, window: 
     ] + per_node_note)
 
 
+# ---------------------------------------------------------------- workers (issue 20)
+
+C100K_CLIENTS, C100K_WORKERS, C100K_HOLD = 100000, 6, 120.0
+LOADER_SOCKETS_PER_PROC = 18000  # a loader process holds at most this many (open-file limit 20,000)
+SOCKETS_PER_SOURCE = 25000  # of the ~28,000 ephemeral ports each 127.0.0.x source address has
+BROADCAST_TIMEOUT = 60.0
+MAX_LOADER_PROCS, MAX_SOURCES = 16, 254  # loadgen's MAXPROCS; 127.0.0.1 .. 127.0.0.254
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def ephemeral_ports() -> str:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return f"{low}-{high}, {high - low + 1:,} per source address"
+    except (OSError, ValueError):
+        return "?"
+
+
+def redis_used_memory(redis: "Redis") -> int | None:
+    try:
+        return int(redis.info("memory")["used_memory"])
+    except (KeyError, ValueError, OSError, RuntimeError):
+        return None
+
+
+def status_snapshot(server: Chloed, into: dict) -> None:
+    """/status's per-worker entries and each process' open files now (called
+    from loadgen's "connected" line, in the reader thread)."""
+    into["open_fds"] = [open_fds(p) for p in server.pids]
+    try:
+        into["workers"] = [worker_brief(w) for w in status_workers(server.status())]
+    except (OSError, ValueError) as exc:
+        into["status_error"] = str(exc)
+
+
+def wait_closed(server: Chloed, fds_fresh: int, limit: float = 120.0) -> float | None:
+    """Once the loader is gone: seconds until the server's processes hold
+    about as many open files as when fresh (every browser's connection
+    closed and forgotten), at most ``limit``; None if they never did. So
+    that the SIGTERM after it finds a server at rest, not one still closing
+    100,000 connections."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        if sum(open_fds(p) or 0 for p in server.pids) <= fds_fresh + 8 * len(server.pids):
+            return round(time.monotonic() - t0, 1)
+        time.sleep(0.2)
+    log(f"c100k: the server still holds connections {limit:g} s after the loader left")
+    return None
+
+
+def scenario_c100k(ctx: Context) -> dict:
+    """Issue 20, point 4: N WebSockets held on one chloed of W workers (one
+    port, Redis backend), then one publish that must reach every one."""
+    quick = ctx.quick
+    n = ctx.args.clients or (600 if quick else C100K_CLIENTS)
+    workers = ctx.args.workers or (2 if quick else C100K_WORKERS)
+    hold = ctx.args.hold if ctx.args.hold is not None else (2.0 if quick else C100K_HOLD)
+    procs = max(2 if quick else 6, ceil_div(n, LOADER_SOCKETS_PER_PROC))
+    nsrc = max(2 if quick else 8, ceil_div(n, SOCKETS_PER_SOURCE))
+    if procs > MAX_LOADER_PROCS or nsrc > MAX_SOURCES:
+        sys.exit(f"c100k: {n:,} clients need {procs} loader processes (at most {MAX_LOADER_PROCS})")
+    per_worker = ceil_div(n, workers)
+    if per_worker > LOADER_SOCKETS_PER_PROC:
+        log(f"c100k: warning: {per_worker:,} browsers per worker is near or above what 20,000 open files allow "
+            f"a worker (about 18,900): raise --workers")
+    conc, settle = (50, 0.5) if quick else (200, 3.0)
+    connect_timeout = 60.0 if quick else 300.0
+    redis = Redis(ctx)
+    log(f"c100k: redis-server {redis.version} on 127.0.0.1:{redis.port} (pid {redis.process.pid})")
+    ctx.extra_versions = f"redis-server {redis.version} (`--save '' --appendonly no`, unpinned)"
+    try:
+        redis.call("FLUSHALL")
+        redis_mem0 = redis_used_memory(redis)
+        log(f"c100k: {n:,} idle WebSockets on 1 chloed with {workers} workers, held {hold:g} s, then one broadcast")
+        with Chloed(ctx, f"c100k-{n}-w{workers}", options={"workers": workers, "backend": redis.url},
+                    cpu=None) as server:
+            at: dict = {}
+            fds_fresh = sum(open_fds(p) or 0 for p in server.pids)
+
+            def connected() -> None:
+                status_snapshot(server, at)
+                at["redis_used_memory"] = redis_used_memory(redis)
+
+            def broadcast() -> None:  # after the hold: /status (a second old at most) has every worker's count
+                status_snapshot(server, at.setdefault("late", {}))
+
+            r = redis_loader(
+                ctx, redis, [server], "--proto", "ws", "--n", str(n), "--idle", "--procs", str(procs),
+                "--nsrc", str(nsrc), "--conc", str(conc), "--settle", str(settle), "--hold", str(hold),
+                "--broadcast", "--broadcast-timeout", str(BROADCAST_TIMEOUT),
+                "--connect-timeout", str(connect_timeout), "--aux-pids", str(redis.process.pid),
+                timeout=connect_timeout + settle + hold + BROADCAST_TIMEOUT + 300,
+                also={" connected (": connected, "loadgen: broadcast:": broadcast},
+                scenario="c100k", kind="idle-broadcast", workers=workers, nsrc=nsrc)
+            r.pop("redis_publish", None)  # idle: no "drained" line, so that part is not the publish's
+            r["pids"] = server.pids
+            r["fd_limits"] = [fd_limit(p) for p in server.pids]
+            r["open_fds_at_connected"] = at.get("open_fds")
+            r["workers_status"] = at.get("late", {}).get("workers") or at.get("workers") or server.workers
+            if at.get("status_error"):
+                r["status_error"] = at["status_error"]
+            if redis_mem0 is not None and at.get("redis_used_memory") is not None:
+                r["redis_used_memory_growth"] = at["redis_used_memory"] - redis_mem0
+            r["close_s"] = wait_closed(server, fds_fresh)
+    finally:
+        redis.stop()
+    return c100k_report(ctx, n, workers, hold, procs, nsrc, r)
+
+
+def c100k_report(ctx: Context, n: int, workers: int, hold: float, procs: int, nsrc: int, r: dict) -> dict:
+    pids = r.get("pids", [])
+    connected = r.get("connected") or 0
+    held = r.get("held_s") or 0
+
+    def mb(kb: float | None) -> str:
+        return fmt(kb / 1024, 1) if kb is not None and kb >= 0 else "-"
+
+    def per_conn(before: float | None, after: float | None, count: int) -> float | None:
+        if before is None or after is None or before < 0 or after < 0 or not count:
+            return None
+        return (after - before) * 1024 / count
+
+    status = r.get("workers_status") or []
+    per_worker = [worker_connections(w) for w in status]
+    limits, fds = r.get("fd_limits", []), r.get("open_fds_at_connected") or []
+    each_cpu = r.get("server_cpu_s_each", [])
+    pid_list = (f"parent {pids[0]} + {len(pids) - 1} below it ({', '.join(str(p) for p in pids[1:])})"
+                if len(pids) > 1 else f"one process, {pids[0]}" if pids else "-")
+    redis_conn = r.get("redis_connect") or {}
+    top = ", ".join(f"{k} {v / max(connected, 1):.2g}" for k, v in
+                    sorted((redis_conn.get("calls") or {}).items(), key=lambda kv: -kv[1])[:4])
+    rows = [
+        ["WebSockets (loader)", f"{n:,} ({procs} loader processes, source addresses 127.0.0.1-127.0.0.{nsrc})"],
+        ["chloed processes (pids)", f"{workers} workers: {pid_list}"],
+        ["open files when connected / open-file limit, per process (parent first)",
+         " + ".join(f"{fmt(f)}/{lim}" for f, lim in zip(fds, limits)) if fds else " + ".join(limits)],
+        ["connections per worker at the end of the hold (/status)",
+         " + ".join(fmt(c) for c in per_worker) if per_worker and all(c is not None for c in per_worker) else "-"],
+        ["connected / connect s", f"{fmt(r.get('connected'))} / {fmt(r.get('connect_s'), 1)}"],
+        ["held s / still connected at the end", f"{fmt(held, 0)} / {fmt(r.get('connected_end'))}"],
+        ["disconnects / **errors**", f"{r.get('disconnects', '-')} / **{r.get('errors', '-')}**"],
+        ["RSS of the process tree (parent + workers): fresh → connected → end of hold, MB",
+         f"{mb(r.get('rss_before_kb'))} → {mb(r.get('rss_after_kb'))} → {mb(r.get('rss_end_kb'))}"],
+        ["**RSS per connection, whole tree**, B (connected) / at end of hold",
+         f"**{fmt(r.get('bytes_per_conn'))}** / {fmt(end_bytes_per_conn(r))}"],
+        ["PSS per connection, whole tree, B (connected)",
+         fmt(per_conn(r.get("pss_before_kb"), r.get("pss_after_kb"), connected))],
+        ["RSS per process at end, MB (parent first)", " + ".join(mb(kb) for kb in r.get("server_rss_end_kb_each", []))],
+        ["redis-server (apart): RSS fresh → connected MB, per connection B",
+         f"{mb(r.get('aux_rss_before_kb'))} → {mb(r.get('aux_rss_after_kb'))}, "
+         f"{fmt(per_conn(r.get('aux_rss_before_kb'), r.get('aux_rss_after_kb'), connected))} "
+         f"(used_memory {fmt((r.get('redis_used_memory_growth') or 0) / max(connected, 1)) if r.get('redis_used_memory_growth') is not None else '-'})"],
+        ["Redis commands per connection (connect phase)",
+         f"{fmt(redis_conn.get('per_connection'), 2)} ({top})" if redis_conn.get("total") else "-"],
+        ["**CPU to hold them idle**: CPU-s per second of hold, whole tree (per process, parent first)",
+         f"**{fmt(r.get('server_cpu_share'), 3)}** ({' + '.join(fmt(c / held, 3) for c in each_cpu) if held else '-'})"],
+        ["redis-server CPU-s per second of hold (apart)", fmt(r.get("aux_cpu_share"), 4)],
+        ["**one broadcast: clients that got it / connected when published**",
+         f"**{fmt(r.get('broadcast_clients'))}** / {fmt(r.get('broadcast_expected'))}"],
+        ["**broadcast: publish → last delivery, s**", f"**{fmt(r.get('broadcast_s'), 3)}**"],
+        ["broadcast publish → receive p50 / p99 ms (over the clients)",
+         f"{fmt(r.get('broadcast_p50_ms'), 1)} / {fmt(r.get('broadcast_p99_ms'), 1)}"],
+        ["POST /send answered: HTTP status, ms",
+         f"{r.get('broadcast_status', '-')}, {fmt(r.get('broadcast_answer_ms'), 1)}"],
+        ["CPU-s of the broadcast: chloed tree / redis-server",
+         f"{fmt(r.get('broadcast_server_cpu_s'), 2)} / {fmt(r.get('broadcast_aux_cpu_s'), 3)}"],
+        ["loader CPU share (hold)", fmt(r.get("loader_cpu_share"), 3)],
+        ["the server's open files back to fresh after the loader left, s", fmt(r.get("close_s"), 1)],
+    ]
+    header = ["", f"{n:,} WebSockets, {workers} workers"]
+    targets = []
+    if not ctx.quick:
+        under = all(f is not None and lim.isdigit() and f < int(lim) for f, lim in zip(fds[1:], limits[1:])) \
+            and len(fds) == len(limits) == len(pids) > 1
+        ok = (n >= C100K_CLIENTS and held >= C100K_HOLD - 0.5 and r.get("errors", 1) == 0
+              and r.get("connected_end") == n and under)
+        targets.append((f"{C100K_CLIENTS:,} concurrent WebSockets held for 2 minutes across workers with no error, "
+                        "each worker under the 20,000 open-file limit", ok,
+                        f"{r.get('connected_end', 0):,} of {n:,} still connected after {held:.0f} s, "
+                        f"{r.get('errors', '?')} errors; open files per worker when connected "
+                        f"{'/'.join(fmt(f) for f in fds[1:]) or '?'} (limit {'/'.join(limits[1:]) or '?'})"))
+        got = r.get("broadcast_clients", 0)
+        targets.append(("one publish to all of them reaches every one",
+                        n >= C100K_CLIENTS and got == n and r.get("broadcast_missing", 1) == 0,
+                        f"{got:,} of {n:,} got it, the last {fmt(r.get('broadcast_s'), 3)} s after the publish"))
+    pinning = ("no CPU pinning: chloed's parent and workers, the loader's processes and redis-server share the "
+               "machine's 2 cores")
+    return dict(rows=rows, header=header, runs=[r], targets=targets, pinning=pinning, notes=[
+        f"One chloed (`twistd -n chloe --listen tcp:PORT:interface=127.0.0.1`) with `workers = {workers}` and "
+        "`backend = \"redis://127.0.0.1:PORT/0\"` (the bench's redis-server, `FLUSHALL`ed first); the bench waits "
+        "until `/status` lists every worker's pid, then measures the parent and every worker (`loadgen --pids`, "
+        "which sums VmRSS and utime+stime over the listed processes; any other process below the parent would "
+        "be listed too) and redis-server apart (`--aux-pids`).",
+        f"loadgen `--idle --broadcast`, {procs} processes (at most {LOADER_SOCKETS_PER_PROC:,} sockets each under "
+        f"their 20,000 open files), client i connecting from 127.0.0.{{1 + i % {nsrc}}} "
+        f"(`IP_BIND_ADDRESS_NO_PORT`; ephemeral ports {ephemeral_ports()}) to the one port, whose socket the "
+        "workers share (each connection goes to whichever worker accepts it first); each client subscribes to "
+        "`bench`. *still connected*, *disconnects* and *errors* "
+        "are counted over the connect, the hold and the broadcast.",
+        "*RSS per connection* = (Σ VmRSS of parent + workers after connecting and a settle − Σ VmRSS of the fresh "
+        "server) / connected. RSS counts a page shared between processes once in each; PSS (`smaps_rollup`) "
+        "splits it among every process mapping it (others on the machine too, so it moves as they come and go: "
+        "noise against a few hundred connections, small against 100,000). Redis' own memory (one session key "
+        "per browser, more with the backend's other keys) is apart, in its row.",
+        "*CPU to hold them idle*: utime+stime summed over the tree during the hold, per second of hold (1.0 = one "
+        "core busy): heartbeats (`heartbeat` 25 s), the Redis beats and the workers' supervision.",
+        "*broadcast*: after the hold, one `POST /send` (100 B, `channel=bench`) on a fresh keep-alive connection "
+        "(one worker accepts it and publishes through Redis; every worker hears it on its pub/sub "
+        "connection and writes it to its browsers). The loader waits (at most "
+        f"{BROADCAST_TIMEOUT:g} s) until every client still connected has it; *publish → last delivery* runs "
+        "from just before the request is written to the read of the last client's copy (CLOCK_MONOTONIC, shared "
+        "by the loader's processes); a client that did not get it is an error.",
+        "**Caveat**: this box has 2 cores shared by the workers, the loader and Redis (and other work), so the "
+        "broadcast time includes the loader reading its copies on the same cores.",
+    ])
+
+
+def scenario_scaling(ctx: Context) -> dict:
+    """Issue 20, point 5 (first part): fan-out to N WebSocket subscribers of
+    one channel on one chloed with workers = 1 against workers = 2, both on
+    the bench's Redis; Redis commands per publish."""
+    n = ctx.args.clients or (300 if ctx.quick else 10000)
+    timing = ["--warmup", "0.5", "--dur", "1.5", "--settle", "0.3"] if ctx.quick else \
+             ["--warmup", "1", "--dur", "5", "--settle", "1"]
+    window = 8
+    redis = Redis(ctx)
+    log(f"scaling: redis-server {redis.version} on 127.0.0.1:{redis.port} (pid {redis.process.pid})")
+    ctx.extra_versions = f"redis-server {redis.version} (`--save '' --appendonly no`, unpinned)"
+    configs = [("workers-1", 1), ("workers-2", 2)]
+    runs, summary = [], {}
+    try:
+        for name, workers in configs:
+            redis.call("FLUSHALL")
+            log(f"scaling: {n} ws subscribers of one channel, workers = {workers}, redis backend")
+            with Chloed(ctx, f"scaling-{name}", options={"workers": workers, "backend": redis.url},
+                        cpu=None) as server:
+                fill_history(server, HISTORY_SIZE + 1)
+                base = ["--proto", "ws", "--n", str(n), "--conc", "50", "--saturate", "--window", str(window),
+                        "--expect-all", "--aux-pids", str(redis.process.pid)]
+                reps = []
+                for rep in range(ctx.reps):
+                    at: dict = {}
+                    r = redis_loader(ctx, redis, [server], *base, *timing,
+                                     also={"drained:": lambda at=at: status_snapshot(server, at)},
+                                     scenario="scaling", kind="saturate", config=name, workers=workers, rep=rep)
+                    r["pids"] = server.pids
+                    r["workers_status"] = at.get("workers") or server.workers
+                    reps.append(r)
+            runs += reps
+            summary[name] = dict(
+                workers=workers, sat=pick_median(reps, "deliveries_per_s"), reps=reps,
+                dps=median([r.get("deliveries_per_s") for r in reps]),
+                cpu=median([r.get("cpu_s_per_million") for r in reps]),
+                per_publish=median([(r.get("redis_publish") or {}).get("per_publish") for r in reps]),
+                errors=sum(r.get("errors", 0) for r in reps))
+    finally:
+        redis.stop()
+    return scaling_report(ctx, n, window, configs, summary, runs)
+
+
+def scaling_report(ctx: Context, n: int, window: int, configs: list, summary: dict, runs: list[dict]) -> dict:
+    cols = [(name, f"workers = {w}, redis backend") for name, w in configs]
+
+    def each(f) -> list[str]:
+        return [f(summary[c]) if c in summary else "-" for c, _ in cols]
+
+    shares, pub = server_shares, redis_per_publish
+
+    def calls(s: dict) -> str:
+        rp = s["sat"].get("redis_publish")
+        return ", ".join(f"{k} {v:g}" for k, v in list(rp["calls_per_publish"].items())[:14]) if rp else "-"
+
+    def browsers(s: dict) -> str:
+        got = [worker_connections(w) for w in s["sat"].get("workers_status") or []]
+        if not got and s["workers"] == 1:
+            return "all (one process)"
+        return " + ".join(fmt(c) for c in got) if got and all(c is not None for c in got) else "-"
+
+    base = summary.get(cols[0][0])
+    rows = [
+        ["subscribers", *each(lambda s: f"{n:,}")],
+        ["connections per worker (/status, median run)", *each(browsers)],
+        ["**deliveries/s** (saturation, median)", *each(lambda s: f"**{fmt(s['dps'])}**")],
+        ["× workers = 1", *each(lambda s: f"{s['dps'] / base['dps']:.2f}" if base and base["dps"] == base["dps"]
+                                and base["dps"] > 0 and s["dps"] == s["dps"] else "-")],
+        ["**server CPU-s per 1M deliveries** (whole process tree, median)", *each(lambda s: f"**{fmt(s['cpu'], 2)}**")],
+        ["msgs/s published", *each(lambda s: fmt(s["sat"].get("pub_rate"), 1))],
+        ["server CPU share per process (parent first)", *each(shares)],
+        ["server run-queue wait share (sum over processes)", *each(lambda s: fmt(s["sat"].get("server_wait_share"), 2))],
+        ["loader CPU share", *each(lambda s: fmt(s["sat"].get("loader_cpu_share"), 2))],
+        ["redis-server CPU share (window)", *each(lambda s: fmt(s["sat"].get("aux_cpu_share"), 3))],
+        ["CPU 0 / CPU 1 busy", *each(lambda s: f"{fmt(s['sat'].get('cpu0_busy'), 2)} / {fmt(s['sat'].get('cpu1_busy'), 2)}")],
+        ["p50 / p99 ms at saturation",
+         *each(lambda s: f"{fmt(s['sat'].get('lat_p50_ms'), 1)} / {fmt(s['sat'].get('lat_p99_ms'), 1)}")],
+        ["delivered / expected (median run)",
+         *each(lambda s: f"{s['sat'].get('total_delivered', 0):,} / {s['sat'].get('total_expected', 0):,}")],
+        ["errors (all runs)", *each(lambda s: str(s["errors"]))],
+        ["**Redis commands per publish** (median)", *each(lambda s: f"**{fmt(s['per_publish'], 2)}**")],
+        ["Redis bytes out per publish", *each(lambda s: pub(s, "out_bytes_per_publish", 0))],
+    ]
+    header = ["", *(title for _, title in cols)]
+    redis_rows = [[title, calls(summary[c])] for c, title in cols if c in summary]
+    targets = []
+    one, two = summary.get("workers-1"), summary.get("workers-2")
+    if one and two and not ctx.quick:
+        targets.append(("2 workers deliver more per second than 1 on the same Redis", two["dps"] > one["dps"],
+                        f"{two['dps']:,.0f} vs {one['dps']:,.0f} deliveries/s, ×{two['dps'] / max(one['dps'], 1):.2f}; "
+                        f"CPU-s per 1M {fmt(two['cpu'], 2)} vs {fmt(one['cpu'], 2)}"))
+    pinning = ("no CPU pinning: chloed's parent and workers, loadgen and redis-server share the machine's 2 cores. "
+               "**The machine has 2 cores**: workers = 2 shares them with the loader and Redis, so its figure is "
+               "what 2 cores shared with the loader and Redis give, not 2× a dedicated core")
+    return dict(rows=rows, header=header, runs=runs, targets=targets, pinning=pinning, tables=[
+        ("(a) Fan-out to one channel on one chloed: workers = 1 vs workers = 2, side by side", header, rows),
+        ("(b) Redis commands per publish, by command (the median saturation run; commands inside a script "
+         "counted too)", ["run", "calls per publish"], redis_rows),
+    ], notes=[
+        f"{n:,} WebSocket subscribers of one channel on one chloed (one port, whose socket the workers share: "
+        f"each connection goes to whichever worker accepts it first), `backend = \"redis://127.0.0.1:PORT/0\"` on the bench's redis-server (`FLUSHALL`ed before each "
+        f"configuration); closed loop with at most {window} messages published and not yet delivered to every "
+        "subscriber, 100-byte payloads by POST /send on 4 keep-alive connections (which land on the workers the "
+        f"same way); {ctx.reps} run(s) per configuration, median. `--expect-all`: every message is "
+        "checked to reach every subscriber, whichever worker holds it. Before the runs "
+        f"{HISTORY_SIZE + 1} messages fill the channel's history, so every measured publish also trims it.",
+        "*server CPU-s per 1M* is utime+stime summed over the whole process tree (the parent and every worker "
+        "`/status` lists, `loadgen --pids`) over the window, divided by millions of deliveries; *CPU share per "
+        "process* is each one's CPU-s over the wall time (1.0 = a full core). redis-server is measured apart "
+        "(`--aux-pids`), not in the server's figures.",
+        "*Redis commands per publish*: `INFO commandstats` (calls, those a Lua script makes included) taken when "
+        "the loader reports its clients connected and when it reports every message delivered, total calls "
+        "divided by the messages published; median over the runs. With 2 workers Redis sends each message once "
+        "to each worker subscribed to the channel.",
+        "p50 / p99 at saturation is mostly the closed loop's own queue, not a latency figure.",
+        "Not measured here yet: 1, 2 and 3 Redis shards (the rest of point 5): the sharded engine "
+        "(`backend = [...]`) is not built yet.",
+    ])
+
+
 SCENARIO_FUNCS = {"idle": scenario_idle, "fanout": scenario_fanout, "channels": scenario_channels,
-                  "relay": scenario_relay, "multinode": scenario_multinode}
+                  "relay": scenario_relay, "multinode": scenario_multinode, "c100k": scenario_c100k,
+                  "scaling": scenario_scaling}
 TITLES = {
     "idle": "(a) Idle connections: RSS per connection",
     "fanout": "(b) Fan-out: WebSocket subscribers of one channel",
     "channels": "(c) 10k subscribers over 1,000 channels, random publishes",
     "relay": "(d) Browser → app relay against a fast app server",
     "multinode": "(e) Several nodes on one Redis: 1 node vs 2 nodes",
+    "c100k": "(f) 100,000 WebSockets on one box: one chloed, workers on one port, one broadcast to all",
+    "scaling": "(g) Scaling in one sitting: workers = 1 vs workers = 2 on one Redis",
     "fanout-pusher": "(b) Fan-out over the Pusher protocol (/app/{key}), beside Chloe-native",
     "relay-spool": "(d) Browser → app relay by relay spool: memory, disk, redis",
 }
@@ -1269,7 +1781,12 @@ RAW_KEYS = ("config", "nodes", "kind", "rep", "proto", "n", "channels", "procs",
             "rss_before_kb", "rss_after_kb", "bytes_per_conn", "held_s", "total_expected", "total_delivered",
             "app_requests", "servers", "server_cpu_s_each", "server_rss_end_kb_each",
             "fd_limits", "redis_publish", "redis_connect", "spool", "accepted", "accepted_p50_ms", "accepted_p99_ms",
-            "accepted_max_ms", "accepted_missing", "disk_bytes_per_msg", "redis_cpu_s_per_million", "first_error")
+            "accepted_max_ms", "accepted_missing", "disk_bytes_per_msg", "redis_cpu_s_per_million",
+            "workers", "nsrc", "pids", "workers_status", "open_fds_at_connected", "rss_end_kb",
+            "pss_before_kb", "pss_after_kb", "pss_end_kb", "aux_rss_before_kb", "aux_rss_after_kb", "aux_rss_end_kb",
+            "aux_cpu_share", "redis_used_memory_growth", "broadcast_expected", "broadcast_clients", "broadcast_missing",
+            "broadcast_s", "broadcast_p50_ms", "broadcast_p99_ms", "broadcast_answer_ms", "broadcast_status",
+            "broadcast_server_cpu_s", "broadcast_aux_cpu_s", "close_s", "status_error", "first_error")
 
 
 def section_text(ctx: Context, name: str, result: dict, command: str, started: float, wall: float,
@@ -1328,6 +1845,8 @@ def targets_text(targets: list[tuple[str, bool, str]], scenario: str = "") -> st
     lines = [f"- {'met' if ok else '**missed**'}: {what} ({detail})" for what, ok, detail in targets]
     if scenario == "multinode":
         head = "Issue 9 goals, in this run:"
+    elif scenario in ("c100k", "scaling"):
+        head = "Issue 20 goals, in this run:"
     elif scenario == "relay-spool":
         head = "Issue 18 goal, in this sitting:"
     else:
@@ -1390,7 +1909,13 @@ def main(argv: list[str]) -> int:
                         help="idle: seconds to hold the connections (default 60 at 19k, 10 at 10k, 1 with --quick)")
     parser.add_argument("--twistd", default=None, help="twistd to run chloed with (default .venv/bin/twistd)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin chloed and loadgen to CPUs 0 and 1")
-    parser.add_argument("--redis-server", default=None, help="multinode: redis-server binary (default: from PATH)")
+    parser.add_argument("--redis-server", default=None,
+                        help="multinode, c100k, scaling: redis-server binary (default: from PATH)")
+    parser.add_argument("--workers", type=int, default=None, metavar="W",
+                        help=f"c100k: chloed's workers (default {C100K_WORKERS}, 2 with --quick)")
+    parser.add_argument("--clients", type=int, default=None, metavar="N",
+                        help=f"c100k: WebSockets held (default {C100K_CLIENTS:,}, 600 with --quick); "
+                             "scaling: subscribers (default 10,000, 300 with --quick)")
     parser.add_argument("--relay-batch", type=int, default=1, metavar="N",
                         help="relay: run chloed with relay_batch = N (1-1000; default 1, one POST per message)")
     parser.add_argument("--spool", choices=tuple(SPOOL_CHOICES), default="memory",
@@ -1411,6 +1936,10 @@ def main(argv: list[str]) -> int:
         parser.error("--proto pusher|both is for the fanout scenario")
     if args.spool != "memory" and args.scenario not in ("relay", "all"):
         parser.error("--spool is for the relay scenario")
+    if args.workers is not None and (args.scenario != "c100k" or not 1 <= args.workers <= 64):
+        parser.error("--workers is for the c100k scenario, 1 to 64")
+    if args.clients is not None and (args.scenario not in ("c100k", "scaling") or not 1 <= args.clients <= 250000):
+        parser.error("--clients is for the c100k and scaling scenarios, 1 to 250,000")
     ctx = Context(args)
     names = SCENARIOS if args.scenario == "all" else (args.scenario,)
     command = "python bench/run.py " + " ".join(shlex.quote(a) for a in argv)

@@ -200,8 +200,11 @@ class Api:
     def health(self, request: IRequest) -> bytes:
         if self.hub.draining:
             return json_body(request, 503, {"status": "draining"})
-        if self.broker.backend_state != "up":
-            return json_body(request, 503, {"status": "degraded", "backend": self.broker.backend})
+        state = self.broker.backend_state
+        if state != "up":
+            # "down": Redis is away; "degraded": its pub/sub missed a probe
+            # and is being healed (chloed.backends.redis.liveness).
+            return json_body(request, 503, {"status": "degraded", "backend": self.broker.backend, "state": state})
         return json_body(request, 200, {"status": "ok", "version": __version__})
 
     @app.handle_errors(NotFound, MethodNotAllowed)

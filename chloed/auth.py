@@ -151,7 +151,8 @@ class Authenticator:
             self.broker.user_leave(identity.user, session)
             return None
         self._own(session, identity)
-        position = succeed(since) if since is not None else self.broker.position()
+        # The user channel's own position: with shards, ids are per shard.
+        position = succeed(since) if since is not None else self.broker.position(frames.user_channel(identity.user))
         return position.addCallback(self._join_user_channel, session, identity)
 
     def _join_user_channel(self, cursor: str, session: Session, identity: Identity) -> Any:

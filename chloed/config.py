@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import json
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -86,7 +87,8 @@ class Config:
     secret: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ("*",)
     transports: tuple[str, ...] = TRANSPORTS
-    backend: str = "memory"
+    #: ``"memory"``, one ``redis://`` URL, or a tuple of 2+ of them (shards).
+    backend: str | tuple[str, ...] = "memory"
     history_size: int = 100
     history_ttl: float = 300.0
     heartbeat: float = 25.0
@@ -126,6 +128,9 @@ class Config:
     max_connections_per_user: int = 0
     max_connections_per_ip: int = 0
     ip_limit_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: Processes serving the port (chloed.worker_supervisor); ``"auto"`` is
+    #: resolved to the cores this process may run on when it is read.
+    workers: int = 1
     #: ``[namespaces.NAME]`` tables, in the file's order.
     namespaces: tuple[Namespace, ...] = ()
 
@@ -233,6 +238,14 @@ class Config:
             raise ConfigError(
                 "require_connection_token", "needs secret or token_public_key, to check the tokens with"
             )
+        if self.workers > 1 and self.backend == "memory":
+            # Each worker is a process of its own: only a shared backend
+            # lets a browser of one reach a channel of another.
+            raise ConfigError("workers", 'more than one needs a shared backend: backend = "redis://…"')
+        if self.workers > 1 and self.spool == "disk":
+            raise ConfigError(
+                "relay_spool", '"disk" is one process\'s spool: with workers > 1 use "redis" (or leave it unset)'
+            )
 
 
 def _number(name: str, value: Any, minimum: float, integer: bool) -> Any:
@@ -281,9 +294,27 @@ def _path(name: str, value: Any) -> str:
     return value
 
 
-def _backend(name: str, value: Any) -> str:
+def _backend(name: str, value: Any) -> str | tuple[str, ...]:
+    """``"memory"``, a ``redis://host:port/db`` URL, or a list of two or
+    more such URLs, each a shard (:mod:`chloed.backends.redis.shards`)."""
     if value == "memory":
         return value
+    if isinstance(value, list):
+        if len(value) < 2:
+            raise ConfigError(name, 'a list names two shards or more; one Redis is backend = "redis://host:port/db"')
+        urls = tuple(_redis_url(name, url) for url in value)
+        seen: dict[tuple[str, int, int], str] = {}
+        for url in urls:
+            parts = urlsplit(url)
+            where = (parts.hostname or "", parts.port or 6379, int(parts.path.strip("/") or 0))
+            if where in seen:
+                raise ConfigError(name, f"{url!r} and {seen[where]!r} are the same shard")
+            seen[where] = url
+        return urls
+    return _redis_url(name, value)
+
+
+def _redis_url(name: str, value: Any) -> str:
     if isinstance(value, str):
         parts = urlsplit(value)
         if parts.scheme == "redis" and parts.hostname:
@@ -294,7 +325,28 @@ def _backend(name: str, value: Any) -> str:
             db = parts.path.strip("/")
             if db == "" or (db.isascii() and db.isdecimal()):
                 return value
-    raise ConfigError(name, f'must be "memory" or "redis://host:port/db", not {value!r}')
+    raise ConfigError(
+        name, f'must be "memory", "redis://host:port/db" or a list of such URLs (shards), not {value!r}'
+    )
+
+
+#: The most ``workers`` chloed starts: more processes than this on one box
+#: would be a typo, not a plan.
+WORKERS_MAX = 1024
+
+
+def _workers(name: str, value: Any) -> int:
+    """``workers``: a whole number, or ``"auto"`` for one per core this
+    process may run on (its CPU affinity, which ``taskset`` and systemd's
+    ``CPUAffinity=`` narrow; ``os.cpu_count()`` counts every core)."""
+    if value == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
+    if isinstance(value, str):
+        raise ConfigError(name, f'must be a whole number or "auto", not {value!r}')
+    return _bounded(name, value, 1, WORKERS_MAX)
 
 
 def _origins(name: str, value: Any) -> tuple[str, ...]:
@@ -533,6 +585,7 @@ _CHECKS: dict[str, Any] = {
     "max_connections_per_user": lambda n, v: _number(n, v, 0, True),
     "max_connections_per_ip": lambda n, v: _number(n, v, 0, True),
     "ip_limit_exempt": _networks,
+    "workers": _workers,
 }
 
 #: Every option; ``namespaces`` is read last, against the final

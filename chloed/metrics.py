@@ -20,7 +20,8 @@ from __future__ import annotations
 import heapq
 import os
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -39,6 +40,7 @@ from chloed.lograte import ClientErrors
 from chloed.pusher.names import is_pusher
 
 if TYPE_CHECKING:
+    from chloed.backends.redis.liveness import Liveness
     from chloed.hub import Hub
 
 #: Where the status page listens; the server publishes a snapshot there once
@@ -123,8 +125,60 @@ def process_stats(proc: str = "/proc/self") -> dict[str, int] | None:
     return {"rss_bytes": resident_pages * os.sysconf("SC_PAGE_SIZE"), "open_fds": fds}
 
 
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """The probes of the pub/sub connections: of the one Redis, or summed
+    over the shards (``seconds``: the slowest last round trip)."""
+
+    probes: int
+    failures: int
+    heals: int
+    seconds: float | None
+
+
+def _liveness(broker: Any) -> Probes | None:
+    """The Redis backend's probes of its pub/sub connection(s)
+    (:mod:`chloed.backends.redis.liveness`); None with the memory backend,
+    which has no connection to probe."""
+    if broker.backend != "redis":
+        return None
+    shards = getattr(broker, "shards", None) or [broker]
+    each: list[Liveness] = [s.liveness for s in shards if getattr(s, "liveness", None) is not None]
+    if not each:
+        return None
+    times = [p.seconds for p in each if p.seconds is not None]
+    return Probes(
+        sum(p.probes for p in each), sum(p.failures for p in each), sum(p.heals for p in each),
+        max(times) if times else None,
+    )
+
+
+def backend_status(broker: Any) -> dict[str, Any]:
+    """``/status``'s ``backend``: its kind and state and, with Redis, the
+    probes of its pub/sub connection (sent, missed, heals, last round trip)."""
+    status: dict[str, Any] = {"kind": broker.backend, "state": broker.backend_state}
+    liveness = _liveness(broker)
+    if liveness is not None:
+        status.update(
+            probes=liveness.probes, probe_failures=liveness.failures, heals=liveness.heals,
+            probe_seconds=liveness.seconds,
+        )
+    return status
+
+
 def _age(since: float | None, clock: IReactorTime) -> float | None:
     return None if since is None else max(0.0, clock.seconds() - since)
+
+
+class WholeServer(Protocol):
+    """The whole server's ``/status`` and ``/metrics`` when this process
+    is one of its workers (:mod:`chloed.worker_process`): what the
+    supervisor last combined (:mod:`chloed.worker_status`), or None when
+    there is nothing recent enough."""
+
+    def status(self, public: bool) -> dict[str, Any] | None: ...
+
+    def exposition(self) -> bytes | None: ...
 
 
 class Metrics:
@@ -147,6 +201,9 @@ class Metrics:
         self.relay_lag = Histogram(LAG_BUCKETS)
         self.hub: Hub | None = None
         self.registry = CollectorRegistry()
+        #: With workers, the whole server's numbers, answered in place of
+        #: this process's own (None: one process, or none received yet).
+        self.whole: WholeServer | None = None
 
     def attach(self, hub: Hub) -> "Metrics":
         """Watch ``hub`` (its broker and relay): time the broker's fan-outs,
@@ -164,19 +221,29 @@ class Metrics:
         assert self.hub is not None, "Metrics.attach(hub) first"
         return self.hub.client_errors
 
-    def exposition(self) -> bytes:
-        """The Prometheus text exposition of everything."""
+    def exposition(self, local: bool = False) -> bytes:
+        """The Prometheus text exposition of everything: the whole
+        server's with workers (:attr:`whole`), unless ``local``."""
+        if self.whole is not None and not local:
+            whole = self.whole.exposition()
+            if whole is not None:
+                return whole
         return generate_latest(self.registry)
 
     # -- snapshots ----------------------------------------------------------
 
-    def status(self, public: bool = False) -> dict[str, Any]:
-        """Everything ``/status`` answers, as JSON-able values.
+    def status(self, public: bool = False, local: bool = False) -> dict[str, Any]:
+        """Everything ``/status`` answers, as JSON-able values: the whole
+        server's with workers (:attr:`whole`), unless ``local``.
 
         :param public: what the public status page may see: channels that
             need a token (``private-``, ``presence-``) are counted but never
             named, and nothing about the process or the host is included.
         """
+        if self.whole is not None and not local:
+            whole = self.whole.status(public)
+            if whole is not None:
+                return whole
         hub = self.hub
         assert hub is not None, "Metrics.attach(hub) first"
         broker = hub.broker
@@ -188,7 +255,7 @@ class Metrics:
             "time": now,
             "uptime": now - self.started,
             "draining": hub.draining,
-            "backend": {"kind": broker.backend, "state": broker.backend_state},
+            "backend": backend_status(broker),
             "connections": self.connections(),
             "sessions": len(broker.sessions),
             "channels": len(channels),
@@ -341,6 +408,7 @@ class ChloeCollector(Collector):
         )
         backend.add_metric([broker.backend, broker.backend_state], 1 if broker.backend_state == "up" else 0)
         yield backend
+        yield from _liveness_metrics(_liveness(broker))
         connections = GaugeMetricFamily(
             "chloe_connections", "Open browser connections (polls being held, for long-poll and JSONP).",
             labels=["transport"],
@@ -429,6 +497,21 @@ class ChloeCollector(Collector):
                        stats.event_failures)
         yield _counter("chloe_relay_event_overflows_total", "Lifecycle events refused because events_queue was full.",
                        stats.event_overflows)
+
+
+def _liveness_metrics(liveness: Probes | None) -> Iterator[Metric]:
+    """The probes of the Redis pub/sub connection (none with memory)."""
+    if liveness is None:
+        return
+    yield _counter("chloe_redis_probes_total", "Probes sent through Redis pub/sub to this node's own channel.",
+                   liveness.probes)
+    yield _counter("chloe_redis_probe_failures_total",
+                   "Probes not back within the timeout: the pub/sub connection was torn down.", liveness.failures)
+    yield _counter("chloe_redis_heals_total",
+                   "Pub/sub connections torn down after a missed probe whose replacement answered a probe.",
+                   liveness.heals)
+    if liveness.seconds is not None:
+        yield _gauge("chloe_redis_probe_seconds", "Round trip of the last probe answered.", liveness.seconds)
 
 
 def _pusher_metrics(status: dict[str, Any]) -> Iterator[Metric]:

@@ -7,6 +7,11 @@ SPEC section 6 says, loopback clients may read them without it too (a
 Prometheus or an agent on the same machine needs no copy of the secret).
 ``/openapi.json``, the description of the whole HTTP API, is public: it
 holds nothing of this server.
+
+With ``workers > 1``, ``/status`` and ``/metrics`` answer for the whole
+server, whichever worker the request reaches, with a per-worker breakdown
+(``Metrics.whole``: :mod:`chloed.worker_status` says how the numbers are
+combined); ``/health`` stays each worker's own.
 """
 
 from __future__ import annotations

@@ -12,12 +12,13 @@ import os
 import resource
 import signal
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, tcp
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -69,7 +70,8 @@ def reserved_fds(config: Config) -> int:
     """The part of the headroom that does not grow with the open-file limit."""
     fixed = PROCESS_FDS + len(config.listen) + API_FDS
     if config.backend != "memory":
-        fixed += 2
+        # Two connections to each Redis (commands, pub/sub): to each shard.
+        fixed += 2 * (1 if isinstance(config.backend, str) else len(config.backend))
     if config.application_server_url is not None:
         fixed += MAX_LANES_IN_FLIGHT
     return fixed
@@ -330,26 +332,47 @@ class _Drain(Service):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        self.hub.draining = True
-        self.reactor.callFromThread(self._stop)
+        self.drain("SIGTERM: draining (a second SIGTERM stops at once)")
 
-    def _stop(self) -> None:
-        log.info("SIGTERM: draining (a second SIGTERM stops at once)")
+    def drain(self, why: str) -> None:
+        """Drain and stop, as SIGTERM does; once (a worker whose supervisor
+        is gone calls this too).
+
+        :param why: the line logged.
+        """
+        if self.hub.draining:
+            return
+        self.hub.draining = True
+        self.reactor.callFromThread(self._stop, why)
+
+    def _stop(self, why: str) -> None:
+        log.info(why)
         self.reactor.stop()
 
 
-class ChloeService(MultiService):
-    """The running server; ``hub`` and ``site`` are there for tests.
+class _Listening(Service):
+    """One listening socket of a worker: the supervisor's, adopted
+    (:mod:`chloed.worker_process`); closed first when the server stops."""
 
-    Its parts stop one after the other, each once the one before has
-    finished (``MultiService`` would start them all at once): the listening
-    sockets are closed before any browser is told ``shutting_down``, so a
-    reconnect cannot land on this process again.
-    """
+    def __init__(self, listen: "Callable[[IProtocolFactory], IListeningPort]", site: Any) -> None:
+        self._listen = listen
+        self._site = site
+        self._port: IListeningPort | None = None
 
-    hub: Hub
-    site: Any
-    metrics: Metrics
+    def startService(self) -> None:
+        super().startService()
+        self._port = self._listen(self._site)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self._port = self._port, None
+        return None if port is None else port.stopListening()
+
+
+class InOrder(MultiService):
+    """Services that stop one after the other, the last added first, each
+    once the one before has finished (``MultiService`` stops them all at
+    once)."""
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -361,8 +384,24 @@ class ChloeService(MultiService):
                 log.failure("stopping {service} failed", service=service)
 
 
+class ChloeService(InOrder):
+    """The running server; ``hub`` and ``site`` are there for tests.
+
+    Its parts stop in order: the listening sockets are closed before any
+    browser is told ``shutting_down``, so a reconnect cannot land on this
+    process again.
+    """
+
+    hub: Hub
+    site: Any
+    metrics: Metrics
+    #: Drains and stops the server, as SIGTERM does.
+    drain: Callable[[str], None]
+
+
 def make_service(
-    config: Config, reactor: Any, http: Any = None, open_files: Callable[[int], int] = open_file_limit
+    config: Config, reactor: Any, http: Any = None, open_files: Callable[[int], int] = open_file_limit,
+    listeners: Sequence[Callable[[IProtocolFactory], IListeningPort]] | None = None,
 ) -> ChloeService:
     """Build the whole server from ``config``.
 
@@ -372,6 +411,9 @@ def make_service(
     :param open_files: given the open-file limit wanted, returns the one
         there is (:func:`open_file_limit` raises this process's); browsers
         are capped below it.
+    :param listeners: a worker's: each starts listening with the site it
+        is given, on a socket the supervisor opened; None listens on
+        ``config.listen`` itself.
     """
     config = cap_connections(config, open_files)
     service = ChloeService()
@@ -421,7 +463,9 @@ def make_service(
         # Before the drains, so stopped after them: what they could not hand
         # the app is written before the spool closes.
         _SpoolService(relay, reactor).setServiceParent(service)
-    _Drain(reactor, hub).setServiceParent(service)
+    drain = _Drain(reactor, hub)
+    drain.setServiceParent(service)
+    service.drain = drain.drain
     _RelayDrain(relay, pool, reactor, config.upstream_timeout, webhooks).setServiceParent(service)
     _Sessions(hub, reactor).setServiceParent(service)
     sweeper = TimerService(min(SWEEP_INTERVAL, max(config.history_ttl, 1.0)), broker.sweep)
@@ -431,8 +475,12 @@ def make_service(
     status_feed = TimerService(STATUS_INTERVAL, metrics.announce)
     status_feed.clock = reactor
     status_feed.setServiceParent(service)
-    for description in config.listen:
-        strports.service(description, site, reactor=reactor).setServiceParent(service)
+    if listeners is None:
+        for description in config.listen:
+            strports.service(description, site, reactor=reactor).setServiceParent(service)
+    else:
+        for listen in listeners:
+            _Listening(listen, site).setServiceParent(service)
 
     if not config.secret:
         log.warn(

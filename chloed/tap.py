@@ -5,12 +5,19 @@ Flags win over the file; ``CHLOE_SECRET`` stands in for ``--secret``. A bad
 option stops start-up with one line naming it on stderr (a line for each
 mistake, when it is several: ``[namespaces.…]``) and exit status 1
 (a ``UsageError`` when the options are parsed outside twistd).
+
+``makeService`` builds one of three servers: the one chloed (``workers =
+1``), the supervisor of ``workers > 1`` (:mod:`chloed.worker_supervisor`),
+or, in a process the supervisor started (``CHLOE_WORKER`` set), one of its
+workers (:mod:`chloed.worker_process`), which takes its configuration from
+the supervisor rather than from the file as it is now.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tomllib
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
@@ -19,6 +26,7 @@ from twisted.python import usage
 
 from chloed import config as config_module
 from chloed.errors import ConfigError
+from chloed.workers import WorkerSpec, spec_from
 
 
 class Options(usage.Options):
@@ -34,6 +42,8 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        #: Set in a worker: what its supervisor told it.
+        self["worker"] = spec_from(os.environ)
 
     def opt_listen(self, description: str) -> None:
         """A Twisted server endpoint string to serve on (repeatable;
@@ -52,12 +62,24 @@ class Options(usage.Options):
                 sys.stderr.writelines(f"chloe: {line}\n" for line in str(exc).splitlines())
                 raise SystemExit(1) from None
             raise usage.UsageError(str(exc)) from None
-        if self["log-format"] == "json" and parent is not None:
+        if parent is not None:
             # As if given ``twistd --logger``, which twistd resolves after
-            # this and sets up before anything logs.
-            parent["logger"] = "chloed.logs.json_observer"
+            # this and sets up before anything logs; a worker's log lines
+            # say which worker.
+            if self["worker"] is not None:
+                parent["logger"] = f"chloed.worker_process.{self['log-format']}_observer"
+            elif self["log-format"] == "json":
+                parent["logger"] = "chloed.logs.json_observer"
 
     def _load(self) -> config_module.Config:
+        worker: WorkerSpec | None = self["worker"]
+        if worker is not None:
+            # The supervisor checked all of it, sockets included (which
+            # only it could: systemd's are its own).
+            base = config_module.from_mapping(tomllib.loads(worker.config)) if worker.config else None
+            cfg = config_module.from_mapping(worker.flags, base)
+            cfg.check()
+            return cfg
         base = config_module.load(self["config"]) if self["config"] else config_module.Config()
         flags: dict[str, Any] = {}
         if self["listen"]:
@@ -69,6 +91,8 @@ class Options(usage.Options):
             flags["secret"] = secret
         cfg = config_module.from_mapping(flags, base)
         cfg.check()
+        if cfg.workers > 1:
+            self["template"] = _template(self["config"], flags, cfg)
         if cfg.spool == "disk" and cfg.application_server_url is not None:
             from chloed.spool.base import SpoolError
             from chloed.spool.disk import probe
@@ -92,10 +116,33 @@ class Options(usage.Options):
         return cfg
 
 
+def _template(path: str | None, flags: dict[str, Any], cfg: config_module.Config) -> WorkerSpec:
+    """What every worker is told: the file as read now (so that an edit
+    takes effect at the next start of the server, not of one worker), and
+    the flags, ``listen`` as the supervisor opened it."""
+    text = None
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("config", f"cannot read {path}: {exc}") from None
+    return WorkerSpec(-1, (), text, {**flags, "listen": list(cfg.listen)})
+
+
 def makeService(options: Options) -> Any:
     """Called by twistd with the parsed options."""
     from twisted.internet import reactor
 
+    config = options["chloe"]
+    if options["worker"] is not None:
+        from chloed.worker_process import make_worker
+
+        return make_worker(config, reactor, options["worker"])
+    if config.workers > 1:
+        from chloed.worker_supervisor import make_supervisor
+
+        return make_supervisor(config, reactor, options["template"], options["log-format"])
     from chloed.service import make_service
 
-    return make_service(options["chloe"], reactor)
+    return make_service(config, reactor)

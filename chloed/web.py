@@ -76,12 +76,14 @@ class IndexPage(JsonMethodsResource):
             except RequestError as refusal:
                 return answer_request_error(request, refusal)
             token = tokens.feed_token(frames.STATUS_CHANNEL, config.secret)
+        # The whole server's, with workers (Metrics.whole).
+        status = self._metrics.status(public=True)
         # "<" escaped, so no value can end the <script> it sits in.
-        snapshot = json.dumps(self._metrics.status(public=True)).replace("<", "\\u003c")
+        snapshot = json.dumps(status).replace("<", "\\u003c")
         page = (
             self._template.replace("{version}", html.escape(__version__))
-            .replace("{sessions}", str(len(hub.broker.sessions)))
-            .replace("{channels}", str(len(hub.broker.channels)))
+            .replace("{sessions}", str(status["sessions"]))
+            .replace("{channels}", str(status["channels"]))
             .replace("{snapshot}", snapshot)
             .replace("{feed_token}", json.dumps(token))
         )

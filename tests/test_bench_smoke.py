@@ -144,3 +144,76 @@ def test_a_small_relay_run_on_the_disk_spool_hears_accepted_then_ack_for_every_s
     assert report["errors"] == 0
     for server in report["server_logs"]:
         assert server["issues"] == 0, server
+
+
+def _redis_server_or_skip() -> str:
+    from tests.redis_server import REDIS_SERVER
+
+    assert shutil.which("gcc") or shutil.which("cc"), "the bench needs a C compiler (gcc) to build bench/loadgen.c"
+    if not os.path.exists(REDIS_SERVER):
+        pytest.skip("redis-server is not installed (scripts/install-system-deps installs it)")
+    return REDIS_SERVER
+
+
+def test_a_small_c100k_run_holds_every_connection_and_one_broadcast_reaches_all() -> None:
+    """``c100k --quick`` (issue 20): 600 idle WebSockets on one chloed with
+    2 workers on a real redis-server, from 2 loader processes and 2 source
+    addresses, held 2 s; then one POST /send reaches every one of them.
+    RSS and CPU are measured over the parent and both workers (their pids
+    read from /status), redis-server apart."""
+    redis_server = _redis_server_or_skip()
+    result = subprocess.run(
+        [sys.executable, RUN, "c100k", "--quick", "--no-write", "--twistd", TWISTD, "--redis-server", redis_server],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    (run,) = report["scenarios"]["c100k"]
+    context = json.dumps(run)
+    assert run["workers"] == 2 and run["procs"] == 2 and run["nsrc"] == 2, context
+    assert run["connected"] == run["connected_end"] == run["n"] == 600, context
+    assert run["errors"] == 0 and run["disconnects"] == 0, context
+    assert run["held_s"] >= 1.9, context
+    assert run["broadcast_clients"] == run["broadcast_expected"] == 600 and run["broadcast_missing"] == 0, context
+    assert 0 < run["broadcast_s"] < 60 and 0 <= run["broadcast_p50_ms"] <= run["broadcast_p99_ms"], context
+    assert run["broadcast_status"] in (200, 202), context
+    # the parent and its 2 workers, all measured; redis-server apart
+    assert len(run["pids"]) == run["servers"] >= 3, context
+    assert len(run["server_rss_end_kb_each"]) == run["servers"] and min(run["server_rss_end_kb_each"]) > 0, context
+    assert run["rss_after_kb"] > run["rss_before_kb"] > 0, context
+    assert run["aux"] == 1 and run["aux_rss_after_kb"] > 0, context
+    assert report["errors"] == 0
+    for server in report["server_logs"]:
+        assert server["issues"] == 0, server
+
+
+def test_a_small_scaling_run_delivers_every_message_with_one_and_two_workers() -> None:
+    """``scaling --quick`` (issue 20): 300 subscribers of one channel on one
+    chloed with workers = 1, then workers = 2, on a real redis-server,
+    saturated; every message reaches every subscriber whichever worker
+    holds it, and Redis' commands per publish are measured."""
+    redis_server = _redis_server_or_skip()
+    result = subprocess.run(
+        [sys.executable, RUN, "scaling", "--quick", "--reps", "1", "--no-write", "--twistd", TWISTD,
+         "--redis-server", redis_server],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    runs = report["scenarios"]["scaling"]
+    assert sorted((r["config"], r["workers"], r["kind"]) for r in runs) == [
+        ("workers-1", 1, "saturate"), ("workers-2", 2, "saturate")]
+    for run in runs:
+        context = json.dumps(run)
+        assert run["connected"] == run["connected_end"] == run["n"] == 300, context
+        assert run["errors"] == 0, context
+        assert run["deliveries"] > 0, context
+        assert run["total_delivered"] == run["total_expected"] == run["total_published"] * run["n"] > 0, context
+        assert run["servers"] == len(run["pids"]) >= run["workers"], context
+        assert run["redis_publish"]["per_publish"] > 0, context
+        assert run["redis_publish"]["calls_per_publish"]["publish"] >= 1, context
+    two = next(r for r in runs if r["workers"] == 2)
+    assert two["servers"] >= 3 and sum(1 for cpu in two["server_cpu_s_each"] if cpu > 0) >= 2, json.dumps(two)
+    assert report["errors"] == 0
+    for server in report["server_logs"]:
+        assert server["issues"] == 0, server

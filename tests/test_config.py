@@ -30,7 +30,8 @@ def test_defaults_are_the_spec_table():
     (and rate_limit, which issue 7 added, history_memory and public_status,
     which issue 14 added, relay_batch and the send_batch limits, which issue
     16 added, pusher, which issue 17 added, and the users' and namespaces'
-    options, which issue 19 added; conf/chloe.toml documents them)."""
+    options, which issue 19 added, and workers, which issue 20 added;
+    conf/chloe.toml documents them)."""
     assert dataclasses.asdict(Config()) == {
         "listen": ("tcp:8901",),
         "application_server_url": None,
@@ -70,6 +71,7 @@ def test_defaults_are_the_spec_table():
         "max_connections_per_user": 0,
         "max_connections_per_ip": 0,
         "ip_limit_exempt": ("127.0.0.0/8", "::1/128"),
+        "workers": 1,
         "namespaces": (),
     }
 

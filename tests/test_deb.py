@@ -14,7 +14,8 @@ packaged) with ``dpkg-buildpackage -us -uc -b``, installs it with
   answers 200 on /health and stops cleanly on SIGTERM;
 - with the socket handed over the way chloe.socket does it
   (``systemd-socket-activate``), ``listen = "systemd:domain=INET:index=0"``
-  works;
+  works, with one process and with ``workers = 2`` (on a Redis the test
+  starts, when redis-server is installed);
 - ``dpkg --purge chloe`` removes the venv, the config, the state directory,
   the units and the chloe user and group.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 import os
 import pwd
 import grp
+import json
 import re
 import shutil
 import signal
@@ -45,6 +47,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.redis_server import redis_server  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path("/opt/venvs/chloe")
@@ -233,7 +237,7 @@ def test_units_verify(installed):
             "--config /etc/chloe/chloe.toml") in service
     for setting in ["User=chloe", "ProtectSystem=strict", "NoNewPrivileges=yes", "PrivateTmp=yes",
                     "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "LimitNOFILE=1048576",
-                    "Restart=on-failure", "KillSignal=SIGTERM"]:
+                    "Restart=on-failure", "KillSignal=SIGTERM", "KillMode=mixed"]:
         assert setting in service.splitlines(), setting
     stop = re.search(r"^TimeoutStopSec=(\d+)$", service, re.M)
     assert stop and int(stop.group(1)) > 10
@@ -286,6 +290,41 @@ def test_socket_activation(installed):
         code = _stop(process)
         output = process.stdout.read()
     assert code in CLEAN_STOP, output
+
+
+def test_socket_activation_with_workers(installed, redis_server):  # noqa: F811
+    """With workers = 2, the supervisor takes the socket chloe.socket hands
+    over and both workers, its children, accept on it; SIGTERM stops them
+    all cleanly."""
+    port = _free_port()
+    conf = Path("/var/lib/chloe/workers-test.toml")
+    conf.write_text(f'backend = "{redis_server.url}"\nworkers = 2\nlisten = "systemd:domain=INET:index=0"\n')
+    conf.chmod(0o644)
+    process = subprocess.Popen(
+        ["systemd-socket-activate", f"--listen=127.0.0.1:{port}", "--fdname=chloe.socket",
+         *_as_chloe(str(TWISTD), "--nodaemon", "--pidfile=", "chloe", "--config", str(conf))],
+        cwd="/var/lib/chloe", env=_chloe_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            status, body = _get(f"http://127.0.0.1:{port}/status", deadline)
+            workers = json.loads(body).get("workers", [])
+            if len(workers) == 2 and all(w["up"] for w in workers):
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(0.2)
+        parents = {int(Path(f"/proc/{w['pid']}/stat").read_text().split()[3]) for w in workers}
+        assert parents == {process.pid}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/send", data=b"channel=deb&data=hi")
+        with urllib.request.urlopen(request, timeout=15) as response:
+            assert 200 <= response.status < 300
+    finally:
+        code = _stop(process)
+        output = process.stdout.read()
+        conf.unlink()
+    assert code in CLEAN_STOP, output
+    assert "Traceback" not in output, output
 
 
 def test_purge_removes_everything(installed):

@@ -123,3 +123,38 @@ def test_the_soft_limit_is_raised_as_far_as_needed(soft_limit):
     if hard != resource.RLIM_INFINITY:
         assert open_file_limit(hard + 1000) == hard
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+
+
+def test_a_workers_listeners_replace_its_own_ports_and_stop_first():
+    """Given listeners (a worker's, on the supervisor's sockets), the
+    server binds none of ``listen`` itself, starts each with its site, and
+    closes them before any session is told ``shutting_down``."""
+    started, events = [], []
+
+    class Port:
+        def stopListening(self) -> None:
+            events.append(("port closed", len(service.hub.broker.sessions)))
+
+    def listen(factory):
+        started.append(factory)
+        return Port()
+
+    reactor = MemoryReactorClock()
+    service = make_service(Config(listen=LOOPBACK), reactor, open_files=lambda wanted: wanted, listeners=[listen])
+    service.startService()
+    assert started == [service.site] and reactor.tcpServers == []
+    service.hub.open_session("longpoll")
+    service.stopService()
+    assert events == [("port closed", 1)]
+
+
+def test_drain_is_done_once():
+    """The drain (SIGTERM's, or a worker's whose supervisor is gone) marks
+    the hub draining and stops the reactor once, however often it is asked."""
+    reactor = MemoryReactorClock()
+    service = make_service(Config(listen=LOOPBACK), reactor, open_files=lambda wanted: wanted)
+    stops = []
+    reactor.callFromThread = lambda f, *args: stops.append(args)  # type: ignore[method-assign]
+    service.drain("why")
+    service.drain("again")
+    assert service.hub.draining and stops == [("why",)]

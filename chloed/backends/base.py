@@ -318,9 +318,12 @@ class Backend(Protocol):
         position in that order: none is refused. Fails with
         :class:`BackendUnavailable` when it cannot be read now."""
 
-    def position(self) -> Deferred[str]:
+    def position(self, name: str | None = None) -> Deferred[str]:
         """The last message id given out (on every node), as a cursor: a
-        join with ``since`` this misses nothing published after it."""
+        join with ``since`` this misses nothing published after it. With
+        several Redis shards ids are per shard: ``name`` says which
+        channel the cursor is for (None: one of the home shard's); one
+        backend ignores it."""
 
     def read_history(self, name: str, since: str | None, limit: int) -> Deferred[HistoryPage]:
         """A page of ``name``'s history: without ``since`` its newest

@@ -686,7 +686,8 @@ class MemoryBackend:
     def make_presence(self, clock: IReactorTime, grace: float) -> Presence:
         return Presence(clock, grace, self.local.announce)
 
-    def position(self) -> Deferred[str]:
+    def position(self, name: str | None = None) -> Deferred[str]:
+        """One id sequence for every channel: ``name`` changes nothing."""
         return succeed(self.local.position())
 
     def read_history(self, name: str, since: str | None, limit: int) -> Deferred[HistoryPage]:

@@ -46,8 +46,9 @@ pub/sub ``chloe:<db>:c:<channel>``, ``chloe:<db>:all``, ``chloe:<db>:n:<node>``
     own, messages to one session (``"<session> <id> <excluded session>
     <data>"``) and the
     frames and polls other nodes hand over, ``"f …"``, ``"q …"``, ``"r …"``
-    (see :mod:`.handover`). Pub/sub ignores the database number, so the
-    channels carry it.
+    (see :mod:`.handover`), and the node's probes of its own pub/sub
+    connection, ``"l <serial>"`` (see :mod:`.liveness`). Pub/sub ignores the
+    database number, so the channels carry it.
 
 A publish is one round trip, one script (``EVALSHA``): it takes ``TIME``,
 the next id (``HGET``/``HSET``/``HINCRBY``), ``XADD``s the message, trims
@@ -73,14 +74,21 @@ after the floor, and from the first live message past the floor on, every
 live one. The same happens for a node's own subscribers after Redis comes
 back: each channel is read again after the last id the node delivered.
 
-The modules, each importing only those after it: :mod:`.broker` (the
+With several shards (``backend = [url, url, …]``) :mod:`.shards` holds one
+broker per shard, each channel's keys on the shard :mod:`.placement` picks
+for it, and what is per node or per cluster on the first, the home shard.
+
+The modules, each importing only those after it: :mod:`.shards` (the
+contract over one broker per shard), :mod:`.placement` (a channel's
+shard), :mod:`.broker` (the
 node's channels and sessions, publishing, live delivery), :mod:`.joins`
 (subscribers on their way in), :mod:`.handover` (other nodes' requests for
 this node's sessions), :mod:`.presence`, :mod:`.roster` (every node's
 sessions), :mod:`.users` (every user's sessions), :mod:`.control` (the
 app's commands, revocations), :mod:`.channel` (per-channel and
-per-join state), :mod:`.census` (subscriber counts), :mod:`.link` (the two
-connections), :mod:`.keys` and :mod:`.scripts` (key names, Lua).
+per-join state), :mod:`.census` (subscriber counts), :mod:`.liveness` (the
+probes of the pub/sub connection), :mod:`.link` (the two connections),
+:mod:`.keys` and :mod:`.scripts` (key names, Lua).
 """
 
 from __future__ import annotations

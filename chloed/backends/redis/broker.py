@@ -36,6 +36,7 @@ from chloed.backends.redis.keys import (
     parse_key, parse_url,
 )
 from chloed.backends.redis.link import ConnectedWhileRunning, RedisLink, ignore
+from chloed.backends.redis.liveness import Liveness
 from chloed.backends.redis.presence import RedisPresence
 from chloed.backends.redis.roster import Roster
 from chloed.backends.redis.scripts import (
@@ -85,9 +86,15 @@ class RedisBroker(Broker):
             on_message=lambda channel, payload: self._delivery.on_message(channel, payload),
             on_commands_up=self._commands_ready,
             on_pubsub_up=lambda: self._channel_subscriptions.subscribed_again(),
-            on_pubsub_down=lambda: self._channel_subscriptions.lost(),
+            on_pubsub_down=self._pubsub_lost,
         )
         call = self._link.call
+        # Probes through pub/sub: heals a connection gone half-dead.
+        own = self.pubsub + "n:" + self.node
+        self.liveness = Liveness(
+            clock, publish=lambda payload: call("publish", own, payload), up=lambda: self._link.up,
+            heal=self._link.reset_pubsub,
+        )
         self.presence: RedisPresence | None = None
         self._renewal: LoopingCall | None = None
         # Subscriber counts in Redis, for /send receipts.
@@ -113,9 +120,9 @@ class RedisBroker(Broker):
         # Frames and polls of sessions held by another node, or by this one.
         self._handover = Handover(self._reactor, call=call, ignore=ignore, pubsub=self.pubsub, node=self.node)
         self._delivery = Delivery(
-            self.channels, self.sessions, pubsub=self.pubsub, node=self.node, node_kinds=self._handover.kinds(),
-            everyone_kinds=self._control.kinds(), offer=self._joins.offer, fan_out=self._fan_out,
-            count=self._count, presence=lambda: self.presence,
+            self.channels, self.sessions, pubsub=self.pubsub, node=self.node,
+            node_kinds={**self._handover.kinds(), **self.liveness.kinds()}, everyone_kinds=self._control.kinds(),
+            offer=self._joins.offer, fan_out=self._fan_out, count=self._count, presence=lambda: self.presence,
         )
         self._channel_subscriptions = ChannelSubscriptions(
             self.channels, link=self._link, pubsub=self.pubsub, connected=self._connected, snapshot=self._snapshot,
@@ -173,6 +180,7 @@ class RedisBroker(Broker):
         self._renewal.start(SESSION_TTL / 4, now=False).addErrback(
             lambda f: log.failure("renewing session keys stopped", f)
         )
+        self.liveness.start()
         self._link.connect()
 
     def disconnect(self) -> Deferred[Any]:
@@ -183,12 +191,16 @@ class RedisBroker(Broker):
             self.presence.stop()
         if self._renewal is not None and self._renewal.running:
             self._renewal.stop()
+        self.liveness.stop()
         return self._link.disconnect()
 
     @property
     def backend_state(self) -> str:  # type: ignore[override]  # a property where the memory broker has a constant
-        """``up`` while both connections are, ``down`` otherwise."""
-        return "up" if self._link.up else "down"
+        """``down`` while a connection is, ``degraded`` from a missed probe
+        until one comes back (see :mod:`.liveness`), else ``up``."""
+        if not self._link.up:
+            return "down"
+        return "degraded" if self.liveness.degraded else "up"
 
     @property
     def _commands(self) -> Any:
@@ -202,6 +214,10 @@ class RedisBroker(Broker):
 
     def _connected(self) -> bool:
         return self._link.commands is not None
+
+    def _pubsub_lost(self) -> None:
+        self._channel_subscriptions.lost()
+        self.liveness.lost()
 
     def _commands_ready(self) -> None:
         # First on the new connection, so every join and session after it
@@ -424,11 +440,12 @@ class RedisBroker(Broker):
 
         return self._snapshot([name], [read]).addCallback(answer)
 
-    def position(self) -> Deferred[str]:  # type: ignore[override]  # Redis answers later
+    def position(self, name: str | None = None) -> Deferred[str]:  # type: ignore[override]  # Redis answers later
         """The cluster's last id given out, as a cursor: its seq, under an
         ms pushed on to Redis's clock (``POSITION_SCRIPT``), so that a join
         from it within a channel's ttl is recovered however long ago the
-        last message was."""
+        last message was. One Redis has one sequence: ``name`` (the
+        channel the cursor is for, see :mod:`.shards`) changes nothing."""
         d = self._link.call("eval", POSITION_SCRIPT, [IDS_KEY], [])
         return d.addCallback(lambda reply: f"{int(reply[0])}-{int(reply[1])}")
 

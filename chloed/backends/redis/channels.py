@@ -5,7 +5,9 @@ A channel is subscribed on pub/sub as it is made, and again whenever the
 pub/sub connection comes back. Once Redis confirms, the channel is *checked*:
 its position is read (and, after Redis came back, what its subscribers
 missed meanwhile is delivered before the live messages held); then it is
-*ready* and joins may go in.
+*ready* and joins may go in. A check begun on a pub/sub connection lost
+before it ended is begun again on the new one: what it read may predate
+messages the old connection dropped.
 """
 
 from __future__ import annotations
@@ -127,13 +129,17 @@ class ChannelSubscriptions:
         channel.checking = True
         position = channel.position()
         since = format_key(position) if position is not None and channel.delivering() else ""
+        proto = self._link.subscriptions
         self._snapshot([channel.name], [since], None).addCallbacks(
-            self._checked, self._check_failed, callbackArgs=(channel, since), errbackArgs=(channel,)
+            self._checked, self._check_failed, callbackArgs=(channel, since, proto), errbackArgs=(channel,)
         )
 
-    def _checked(self, snapshot: _Snapshot, channel: RedisChannel, since: str) -> None:
+    def _checked(self, snapshot: _Snapshot, channel: RedisChannel, since: str, proto: Any) -> None:
         channel.checking = False
         if self._channels.get(channel.name) is not channel or not channel.confirmed:
+            return
+        if self._link.subscriptions is not proto:
+            self.check(channel)  # subscribed again meanwhile: read again
             return
         floor = snapshot.head
         position = channel.position()
@@ -152,15 +158,19 @@ class ChannelSubscriptions:
         if presence is not None and presence.is_presence(channel.name):
             channel.checking = True
             presence.load(channel.name).addCallbacks(
-                self._loaded, self._check_failed, callbackArgs=(channel,), errbackArgs=(channel,)
+                self._loaded, self._check_failed, callbackArgs=(channel, proto), errbackArgs=(channel,)
             )
             return
         self._now_ready(channel)
 
-    def _loaded(self, _: Any, channel: RedisChannel) -> None:
+    def _loaded(self, _: Any, channel: RedisChannel, proto: Any) -> None:
         channel.checking = False
-        if self._channels.get(channel.name) is channel and channel.confirmed:
-            self._now_ready(channel)
+        if self._channels.get(channel.name) is not channel or not channel.confirmed:
+            return
+        if self._link.subscriptions is not proto:
+            self.check(channel)  # subscribed again meanwhile: read again
+            return
+        self._now_ready(channel)
 
     def _now_ready(self, channel: RedisChannel) -> None:
         channel.ready = True

@@ -7,6 +7,12 @@ pub/sub connection counts as up once Redis has confirmed the node's own
 channels on it. It knows Redis and txredisapi, nothing of channels or
 sessions: the broker that uses it gives it callbacks, it never calls the
 broker.
+
+A command that goes unanswered for :data:`REPLY_TIMEOUT` drops the command
+connection (txredisapi's ``replyTimeout``). The pub/sub connection only
+waits, so it cannot tell by itself that it went half-dead: its own SUBSCRIBE
+is given :data:`REPLY_TIMEOUT` too, and after that its messages are watched
+by :mod:`.liveness`, which calls :meth:`RedisLink.reset_pubsub`.
 """
 
 from __future__ import annotations
@@ -165,6 +171,8 @@ class RedisLink:
         self.commands: Any = None
         self.subscriptions: Any = None
         self._base_confirmed = False
+        # Drops a pub/sub connection whose SUBSCRIBE goes unanswered.
+        self._confirm_timer: Any = None
         self._services: list[ClientService] = []
         self.stopping = False
 
@@ -190,6 +198,7 @@ class RedisLink:
         """Close both connections for good; fires once they are closed."""
         services, self._services = self._services, []
         self.stopping = True
+        self._cancel_confirm_timer()
         return defer.gatherResults([s.stopService() for s in services], consumeErrors=True)
 
     def call(self, method: str, *args: Any) -> Deferred[Any]:
@@ -222,6 +231,17 @@ class RedisLink:
         except Exception as exc:
             return defer.fail(BackendUnavailable(str(exc)))
 
+    def reset_pubsub(self, why: str) -> None:
+        """Tear the pub/sub connection down (``abortConnection``: a
+        half-dead socket would not answer a polite close); it is opened and
+        subscribed again as if it had been lost, and ``on_pubsub_down`` and
+        ``on_pubsub_up`` say so."""
+        proto = self.subscriptions
+        if proto is None or self.stopping or proto.transport is None:
+            return
+        log.warn("redis: {why}; dropping the pub/sub connection and subscribing again", why=why)
+        proto.transport.abortConnection()
+
     def later(self, f: Callable[..., Any], *args: Any) -> None:
         """Try ``f`` again in a moment: Redis answered an error (it may be
         loading its data after a restart). Not once the link is closing."""
@@ -244,6 +264,8 @@ class RedisLink:
 
     def _pubsub_ready(self, proto: Any) -> None:
         self.subscriptions = proto
+        self._cancel_confirm_timer()
+        self._confirm_timer = self._reactor.callLater(REPLY_TIMEOUT, self._base_unconfirmed, proto)
         self.subscribe(self._base).addCallbacks(
             self._base_subscribed, self._base_failed, callbackArgs=(proto,), errbackArgs=(proto,)
         )
@@ -251,18 +273,31 @@ class RedisLink:
 
     def _base_subscribed(self, _: Any, proto: Any) -> None:
         if self.subscriptions is proto:
+            self._cancel_confirm_timer()
             self._base_confirmed = True
 
     def _base_failed(self, failure: Failure, proto: Any) -> None:
         if self.subscriptions is proto:
+            self._cancel_confirm_timer()
             log.warn("redis: SUBSCRIBE failed ({why}); trying again", why=failure.getErrorMessage())
             self.later(self._pubsub_ready, proto)
+
+    def _base_unconfirmed(self, proto: Any) -> None:
+        self._confirm_timer = None
+        if self.subscriptions is proto and not self._base_confirmed:
+            self.reset_pubsub(f"SUBSCRIBE went unanswered for {REPLY_TIMEOUT:g} s")
+
+    def _cancel_confirm_timer(self) -> None:
+        timer, self._confirm_timer = self._confirm_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _pubsub_lost(self, proto: Any) -> None:
         if self.subscriptions is not proto:
             return
         self.subscriptions = None
         self._base_confirmed = False
+        self._cancel_confirm_timer()
         if not self.stopping:
             log.warn("redis: lost the pub/sub connection; resubscribing when it is back")
         self._on_pubsub_down()
