@@ -325,3 +325,45 @@ def test_a_pubsub_connection_that_stops_reading_is_healed_and_nothing_is_lost(re
     finally:
         for broker in made:
             yield broker.disconnect()
+
+
+def test_the_timeout_counts_from_redis_answering_the_publish():
+    """A command connection busy for longer than the timeout (thousands of
+    browsers connecting) is no miss of the pub/sub one: the probe's
+    timeout starts when Redis has run the PUBLISH."""
+    from chloed.backends.redis.liveness import COMMAND_TIMEOUT
+
+    clock, link = Clock(), FakeLink()
+    answers: list[Deferred[Any]] = []
+
+    def publish(payload: bytes) -> Deferred[Any]:
+        answers.append(Deferred())
+        return answers[-1]
+
+    liveness = Liveness(clock, publish=publish, up=lambda: link.up, heal=link.heal)
+    liveness.start()
+    clock.advance(PROBE_INTERVAL)
+    [answer] = answers
+    clock.advance(PROBE_TIMEOUT * 3)
+    assert link.heals == [] and liveness.failures == 0
+    answer.callback(1)
+    clock.advance(PROBE_TIMEOUT - 0.5)
+    liveness.answered(b"l 1")
+    assert link.heals == [] and liveness.failures == 0
+    # A PUBLISH never answered is a miss after COMMAND_TIMEOUT.
+    clock.advance(PROBE_INTERVAL)
+    assert len(answers) == 2
+    clock.advance(COMMAND_TIMEOUT)
+    clock.advance(0)
+    assert liveness.failures == 1 and len(link.heals) == 1
+
+
+def test_a_publish_that_reached_no_subscriber_is_a_miss_at_once():
+    """PUBLISH answered 0: Redis has no pub/sub connection of this node
+    subscribed to its own channel: healed without waiting."""
+    clock, link, liveness = prober()
+    link.publish_reply = 0
+    clock.advance(PROBE_INTERVAL)
+    clock.advance(0)
+    clock.advance(0)
+    assert liveness.failures == 1 and len(link.heals) == 1

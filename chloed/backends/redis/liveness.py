@@ -10,7 +10,12 @@ centrifuge#554).
 So every :data:`PROBE_INTERVAL` seconds, while both connections are up, the
 node ``PUBLISH``es a probe, ``"l <serial>"``, to its own pub/sub channel
 (``chloe:<db>:n:<node>``) over the command connection, and expects it back
-on the pub/sub connection within :data:`PROBE_TIMEOUT`. A probe that does
+on the pub/sub connection within :data:`PROBE_TIMEOUT` of Redis answering
+the ``PUBLISH`` (from then on the probe is Redis's to deliver: counting
+from the send would take a command connection busy with thousands of
+commands, as when tens of thousands of browsers connect at once, for a
+dead pub/sub one). A ``PUBLISH`` that reached no subscriber, or not
+answered within :data:`COMMAND_TIMEOUT`, is a miss too. A probe that does
 not come back is a miss: the pub/sub connection is torn down, and the link
 connects and subscribes again; each channel is then read again after the
 last id the node delivered (:mod:`.channels`), so nothing is lost. From a
@@ -42,6 +47,9 @@ PROBE_INTERVAL = 2.0
 #: Seconds a probe has to come back before the pub/sub connection is
 #: taken for half-dead.
 PROBE_TIMEOUT = 3.0
+#: Seconds the ``PUBLISH`` of a probe may wait for its answer before the
+#: probe counts as missed.
+COMMAND_TIMEOUT = 30.0
 #: The first two bytes of a probe on the node's own channel.
 KIND = b"l "
 
@@ -127,10 +135,26 @@ class Liveness:
             return
         self._serial += 1
         serial = self._serial
-        deadline = self._clock.callLater(self.timeout, self._expired, serial)
+        deadline = self._clock.callLater(COMMAND_TIMEOUT, self._expired, serial)
         self._pending = _Probe(serial, self._clock.seconds(), deadline)
         self.probes += 1
-        self._publish(KIND + b"%d" % serial).addErrback(self._not_sent, serial)
+        self._publish(KIND + b"%d" % serial).addCallbacks(
+            self._published, self._not_sent, callbackArgs=(serial,), errbackArgs=(serial,)
+        )
+
+    def _published(self, receivers: Any, serial: int) -> None:
+        """Redis ran the ``PUBLISH``: the probe has ``timeout`` seconds to
+        arrive (none at all if no pub/sub connection of this node is
+        subscribed, as Redis sees it)."""
+        pending = self._pending
+        if pending is None or pending.serial != serial:
+            return  # answered already, or given up
+        if pending.deadline.active():
+            pending.deadline.cancel()
+        if receivers == 0:
+            pending.deadline = self._clock.callLater(0, self._expired, serial)
+        else:
+            pending.deadline = self._clock.callLater(self.timeout, self._expired, serial)
 
     def answered(self, payload: bytes) -> None:
         """``"l <serial>"`` came back on the pub/sub connection."""
