@@ -13,7 +13,8 @@
     python bench/run.py c100k      # (f) issue 20: 100,000 idle WebSockets on one chloed with 6 workers
                                    #     (Redis backend) held 2 minutes, then one publish to all of them
     python bench/run.py scaling    # (g) issue 20: 10k subscribers of one channel, workers = 1 vs 2 on one
-                                   #     Redis, Redis commands per publish
+                                   #     Redis; then 10k over 100 channels, workers = 2, on 1, 2 and 3
+                                   #     Redis shards; Redis commands per publish
     options: --quick (a few hundred connections, 1-2 s windows), --no-write (leave
              bench/RESULTS.md alone), --reps N (medians of N runs; default 3), --hold S (idle),
              --relay-batch N (relay: chloed with relay_batch = N), --proto ws|pusher|both
@@ -63,7 +64,12 @@ clients over loader processes of at most 18,000 sockets and 127.0.0.x
 source addresses of at most 25,000 (``--procs``, ``--nsrc``), holds them
 (``--hold``, default 120 s), then publishes once and waits until every
 client has it (``loadgen --broadcast``). Workers left behind by a parent
-that did not stop them are killed by PID (and start time).
+that did not stop them are killed by PID (and start time). ``scaling``
+then starts two more redis-servers and runs one chloed with ``workers = 2``
+on 1, 2 and 3 of them as shards (1: the single-URL backend; 2 and 3:
+``backend = [URL, ...]``), its subscribers over 100 channels (10 with
+``--quick``) and publishes to random ones; every shard's redis-server is
+in ``--aux-pids`` and every shard's ``INFO commandstats`` is summed.
 
 Standard library only: run it with any Python 3.11; chloed itself runs from
 the project's ``.venv`` (or ``--twistd PATH``).
@@ -87,6 +93,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -299,7 +306,8 @@ class Chloed:
         with os.fdopen(fd, "w") as f:
             f.write("# written by bench/run.py for one run\n")
             for key, value in dict(SERVER_OPTIONS, **(options or {})).items():
-                f.write(f"{key} = {json.dumps(value) if isinstance(value, str) else value}\n")
+                # a string, or a list of strings (backend = [shard URLs]): JSON is TOML for both
+                f.write(f"{key} = {json.dumps(value) if isinstance(value, (str, list)) else value}\n")
             if pusher_apps:
                 f.write(f"\n[pusher]\ntimestamp_window = {PUSHER_TIMESTAMP_WINDOW}\n")
                 for app in pusher_apps:
@@ -1115,8 +1123,23 @@ def redis_delta(a: dict, b: dict) -> dict:
             "in": b["in"] - a["in"], "out": b["out"] - a["out"]}
 
 
-def redis_loader(ctx: Context, redis: Redis, servers: list[Chloed], *extra: str, cpu: str | None = None,
-                 also: dict | None = None, **tags: object) -> dict:
+def deltas_summed(each: list[dict]) -> dict:
+    """Several shards' :func:`redis_delta` as one: calls per command, CPU-s,
+    CPU share and bytes summed over the shards."""
+    if len(each) == 1:
+        return each[0]
+    calls: dict[str, int] = {}
+    for d in each:
+        for k, v in d["calls"].items():
+            calls[k] = calls.get(k, 0) + v
+    shares = [d["cpu_share"] for d in each]
+    return {"calls": calls, "total": sum(calls.values()), "cpu_s": round(sum(d["cpu_s"] for d in each), 4),
+            "cpu_share": round(sum(shares), 4) if None not in shares else None,
+            "in": sum(d["in"] for d in each), "out": sum(d["out"] for d in each)}
+
+
+def redis_loader(ctx: Context, redis: "Redis | list[Redis]", servers: list[Chloed], *extra: str,
+                 cpu: str | None = None, also: dict | None = None, **tags: object) -> dict:
     """A loader run against ``servers`` (unpinned), with Redis' counters taken
     before it, once its clients are connected and once every message is
     delivered (loadgen's "connected" and "drained" lines): the connect part
@@ -1124,20 +1147,31 @@ def redis_loader(ctx: Context, redis: Redis, servers: list[Chloed], *extra: str,
     messages published) of Redis' work; what comes after (the clients
     closing) is left out. The loader is unpinned unless ``cpu`` is given.
     ``also`` maps more text of loadgen's progress lines to functions,
-    called after the snapshot that line takes (if any)."""
-    snaps = {"start": redis.snapshot()}
+    called after the snapshot that line takes (if any).
+
+    Given a list of Redis (the shards of one backend), every figure is
+    summed over them, and ``redis_shards`` has each shard's publish part
+    apart (in the list's order)."""
+    shards = redis if isinstance(redis, list) else [redis]
+
+    def snap() -> list[dict]:
+        return [shard.snapshot() for shard in shards]
+
+    snaps = {"start": snap()}
 
     def mark(name: str):
-        return lambda: snaps.setdefault(name, redis.snapshot())
+        return lambda: snaps.setdefault(name, snap())
 
     watch = {" connected (": mark("connected"), "drained:": mark("drained")}
     for text, fn in (also or {}).items():
         first = watch.get(text)
         watch[text] = fn if first is None else (lambda a=first, b=fn: (a(), b()))
     r = ctx.loader(servers, *extra, cpu=cpu, watch=watch, **tags)
-    snaps["end"] = redis.snapshot()
-    mid = snaps.get("connected", snaps["start"])
-    connect, publish = redis_delta(snaps["start"], mid), redis_delta(mid, snaps.get("drained", snaps["end"]))
+    snaps["end"] = snap()
+    mid, last = snaps.get("connected", snaps["start"]), snaps.get("drained", snaps["end"])
+    connect_each = [redis_delta(a, b) for a, b in zip(snaps["start"], mid)]
+    publish_each = [redis_delta(a, b) for a, b in zip(mid, last)]
+    connect, publish = deltas_summed(connect_each), deltas_summed(publish_each)
     published, connected_n = r.get("total_published", 0), r.get("connected", 0)
     r["redis_connect"] = dict(connect, per_connection=round(connect["total"] / connected_n, 2) if connected_n else None)
     if published:
@@ -1146,15 +1180,24 @@ def redis_loader(ctx: Context, redis: Redis, servers: list[Chloed], *extra: str,
                                                      sorted(publish["calls"].items(), key=lambda kv: -kv[1])},
                                   cpu_us_per_publish=round(publish["cpu_s"] * 1e6 / published, 1),
                                   out_bytes_per_publish=round(publish["out"] / published, 1))
+    if isinstance(redis, list):
+        r["redis_shards"] = [{
+            "port": shard.port, "pid": shard.process.pid, "total": p["total"],
+            "per_publish": round(p["total"] / published, 2) if published else None,
+            "cpu_s": p["cpu_s"], "cpu_share": p["cpu_share"], "out": p["out"],
+            "connect_total": c["total"],
+        } for shard, p, c in zip(shards, publish_each, connect_each)]
     return r
 
 
-def fill_history(server: Chloed, count: int) -> None:
-    """``count`` messages to ``bench`` by POST /send before the runs, so that
-    the channel's history is full and every measured publish also trims it
-    (the steady state); nobody is subscribed yet, they reach no one."""
+def fill_history(server: Chloed, count: int, channels: tuple[str, ...] | list[str] = ("bench",)) -> None:
+    """``count`` messages to ``channels`` (``bench``; several: each message
+    to all of them, one POST /send naming every one) before the runs, so
+    that each channel's history is full and every measured publish also
+    trims it (the steady state); nobody is subscribed yet, they reach no
+    one."""
     for k in range(count):
-        body = f"channel=bench&data=fill-{k}".encode()
+        body = urllib.parse.urlencode([("channel", c) for c in channels] + [("data", f"fill-{k}")]).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{server.port}/send", data=body, method="POST", headers={
             "Authorization": f"Bearer {SECRET}", "Content-Type": "application/x-www-form-urlencoded"})
         with urllib.request.urlopen(req, timeout=5) as r:
@@ -1591,18 +1634,64 @@ def c100k_report(ctx: Context, n: int, workers: int, hold: float, procs: int, ns
     ])
 
 
+# The shard part of ``scaling``: one chloed with SCALING_SHARD_WORKERS
+# workers, its subscribers spread over K channels (loadgen --channels K
+# --random, so publishes spread over the shards), on 1, 2 and 3 redis-servers.
+SCALING_SHARDS = (1, 2, 3)
+SCALING_SHARD_WORKERS = 2
+SCALING_CHANNELS, SCALING_CHANNELS_QUICK = 100, 10
+SCALING_SHARD_WINDOW, SCALING_SHARD_NPUB = 64, 16  # as `channels`: a publish reaches N/K subscribers, not N
+
+
+def shard_placement(ctx: Context, urls: list[str], channels: list[str]) -> list[int] | None:
+    """Which shard (its index in ``urls``) each of ``channels`` lives on, as
+    chloed computes it: ``chloed.backends.redis.placement.Placement`` over
+    the shards' names, run with chloed's own Python (it imports Twisted,
+    which this script does without). One URL: all on it. None if it
+    could not be computed."""
+    if len(urls) == 1:
+        return [0] * len(channels)
+    code = ("import json, sys\n"
+            "from chloed.backends.redis.placement import Placement, shard_name\n"
+            "urls, names = json.load(sys.stdin)\n"
+            "placement = Placement([shard_name(u) for u in urls])\n"
+            "print(json.dumps([placement.index(name) for name in names]))\n")
+    try:
+        out = subprocess.run([server_python(ctx.twistd), "-c", code], input=json.dumps([urls, channels]),
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+        got = json.loads(out.stdout)
+    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
+        log(f"scaling: placement of the channels over {urls} not computed: {exc}")
+        return None
+    return got if isinstance(got, list) and len(got) == len(channels) else None
+
+
+def redis_cpu_per_million(r: dict) -> float | None:
+    """redis-server CPU-s (every ``--aux-pids`` process, over the window)
+    per 1M deliveries."""
+    cpu, got = r.get("aux_cpu_s"), r.get("deliveries")
+    return cpu * 1e6 / got if isinstance(cpu, (int, float)) and got else None
+
+
 def scenario_scaling(ctx: Context) -> dict:
-    """Issue 20, point 5 (first part): fan-out to N WebSocket subscribers of
-    one channel on one chloed with workers = 1 against workers = 2, both on
-    the bench's Redis; Redis commands per publish."""
+    """Issue 20, point 5: (1) fan-out to N WebSocket subscribers of one
+    channel on one chloed with workers = 1 against workers = 2, both on the
+    bench's Redis; (2) N subscribers over K channels, random publishes, on
+    one chloed with workers = 2 on 1, 2 and 3 Redis shards (each its own
+    redis-server; 1 shard is the plain single-URL backend); Redis commands
+    per publish, summed over the shards."""
     n = ctx.args.clients or (300 if ctx.quick else 10000)
+    k = SCALING_CHANNELS_QUICK if ctx.quick else SCALING_CHANNELS
     timing = ["--warmup", "0.5", "--dur", "1.5", "--settle", "0.3"] if ctx.quick else \
              ["--warmup", "1", "--dur", "5", "--settle", "1"]
     window = 8
     redis = Redis(ctx)
+    redises = [redis]
     log(f"scaling: redis-server {redis.version} on 127.0.0.1:{redis.port} (pid {redis.process.pid})")
-    ctx.extra_versions = f"redis-server {redis.version} (`--save '' --appendonly no`, unpinned)"
+    ctx.extra_versions = (f"redis-server {redis.version} (`--save '' --appendonly no`, unpinned; "
+                          f"{max(SCALING_SHARDS)} of them for the shard runs)")
     configs = [("workers-1", 1), ("workers-2", 2)]
+    shard_configs = [(f"shards-{count}", count) for count in SCALING_SHARDS]
     runs, summary = [], {}
     try:
         for name, workers in configs:
@@ -1629,16 +1718,69 @@ def scenario_scaling(ctx: Context) -> dict:
                 cpu=median([r.get("cpu_s_per_million") for r in reps]),
                 per_publish=median([(r.get("redis_publish") or {}).get("per_publish") for r in reps]),
                 errors=sum(r.get("errors", 0) for r in reps))
+        # (2) shards: the other redis-servers, started now (the runs above had the one)
+        while len(redises) < max(SCALING_SHARDS):
+            redises.append(Redis(ctx))
+        log("scaling: shards: redis-server on " + ", ".join(f"127.0.0.1:{r.port} (pid {r.process.pid})"
+                                                           for r in redises))
+        channels = [f"bench-{i}" for i in range(k)]  # loadgen's names with --channels K (K > 1)
+        workers = SCALING_SHARD_WORKERS
+        for name, count in shard_configs:
+            used = redises[:count]
+            for shard in used:
+                shard.call("FLUSHALL")
+            urls = [shard.url for shard in used]
+            backend = urls[0] if count == 1 else urls
+            placed = shard_placement(ctx, urls, channels)
+            computed = [placed.count(i) for i in range(count)] if placed else None
+            log(f"scaling: {n} ws subscribers over {k} channels, random publishes, workers = {workers}, "
+                f"{count} Redis shard(s); channels per shard (placement): {computed}")
+            with Chloed(ctx, f"scaling-{name}", options={"workers": workers, "backend": backend},
+                        cpu=None) as server:
+                fill_history(server, HISTORY_SIZE + 1, channels)
+                # each channel's history stream, where chloed put it (before the runs: not in their counts)
+                counted = [len(shard.call("KEYS", "chloe:h:bench-*") or []) for shard in used]
+                if computed and counted != computed:
+                    log(f"scaling: {name}: history streams per shard {counted}, placement says {computed}")
+                base = ["--proto", "ws", "--n", str(n), "--channels", str(k), "--random",
+                        "--npub", str(SCALING_SHARD_NPUB), "--conc", "50", "--saturate",
+                        "--window", str(SCALING_SHARD_WINDOW), "--expect-all",
+                        "--aux-pids", ",".join(str(shard.process.pid) for shard in used)]
+                reps = []
+                for rep in range(ctx.reps):
+                    at = {}
+                    r = redis_loader(ctx, used, [server], *base, *timing,
+                                     also={"drained:": lambda at=at: status_snapshot(server, at)},
+                                     scenario="scaling", kind="saturate", config=name, workers=workers,
+                                     shards=count, rep=rep)
+                    r["pids"] = server.pids
+                    r["workers_status"] = at.get("workers") or server.workers
+                    r["shard_channels"], r["shard_history_keys"] = computed, counted
+                    reps.append(r)
+            runs += reps
+            summary[name] = dict(
+                workers=workers, shards=count, channels=k, placed=computed, counted=counted,
+                sat=pick_median(reps, "deliveries_per_s"), reps=reps,
+                dps=median([r.get("deliveries_per_s") for r in reps]),
+                cpu=median([r.get("cpu_s_per_million") for r in reps]),
+                redis_cpu=median([redis_cpu_per_million(r) for r in reps]),
+                per_publish=median([(r.get("redis_publish") or {}).get("per_publish") for r in reps]),
+                errors=sum(r.get("errors", 0) for r in reps))
     finally:
-        redis.stop()
-    return scaling_report(ctx, n, window, configs, summary, runs)
+        for shard in redises:
+            shard.stop()
+    return scaling_report(ctx, n, window, configs, summary, runs, k, shard_configs)
 
 
-def scaling_report(ctx: Context, n: int, window: int, configs: list, summary: dict, runs: list[dict]) -> dict:
+def scaling_report(ctx: Context, n: int, window: int, configs: list, summary: dict, runs: list[dict],
+                   k: int = SCALING_CHANNELS, shard_configs: list | None = None) -> dict:
     cols = [(name, f"workers = {w}, redis backend") for name, w in configs]
+    shard_cols = [(name, f"{count} shard{'s' if count > 1 else ''}, workers = {SCALING_SHARD_WORKERS}"
+                   + (" (single URL)" if count == 1 else ""))
+                  for name, count in shard_configs or []]
 
-    def each(f) -> list[str]:
-        return [f(summary[c]) if c in summary else "-" for c, _ in cols]
+    def each(f, columns=None) -> list[str]:
+        return [f(summary[c]) if c in summary else "-" for c, _ in (columns or cols)]
 
     shares, pub = server_shares, redis_per_publish
 
@@ -1652,13 +1794,16 @@ def scaling_report(ctx: Context, n: int, window: int, configs: list, summary: di
             return "all (one process)"
         return " + ".join(fmt(c) for c in got) if got and all(c is not None for c in got) else "-"
 
+    def ratio(s: dict, base: dict | None) -> str:
+        return (f"{s['dps'] / base['dps']:.2f}" if base and base["dps"] == base["dps"] and base["dps"] > 0
+                and s["dps"] == s["dps"] else "-")
+
     base = summary.get(cols[0][0])
     rows = [
         ["subscribers", *each(lambda s: f"{n:,}")],
         ["connections per worker (/status, median run)", *each(browsers)],
         ["**deliveries/s** (saturation, median)", *each(lambda s: f"**{fmt(s['dps'])}**")],
-        ["× workers = 1", *each(lambda s: f"{s['dps'] / base['dps']:.2f}" if base and base["dps"] == base["dps"]
-                                and base["dps"] > 0 and s["dps"] == s["dps"] else "-")],
+        ["× workers = 1", *each(lambda s: ratio(s, base))],
         ["**server CPU-s per 1M deliveries** (whole process tree, median)", *each(lambda s: f"**{fmt(s['cpu'], 2)}**")],
         ["msgs/s published", *each(lambda s: fmt(s["sat"].get("pub_rate"), 1))],
         ["server CPU share per process (parent first)", *each(shares)],
@@ -1675,22 +1820,83 @@ def scaling_report(ctx: Context, n: int, window: int, configs: list, summary: di
         ["Redis bytes out per publish", *each(lambda s: pub(s, "out_bytes_per_publish", 0))],
     ]
     header = ["", *(title for _, title in cols)]
-    redis_rows = [[title, calls(summary[c])] for c, title in cols if c in summary]
+    redis_rows = [[title, calls(summary[c])] for c, title in cols + shard_cols if c in summary]
+
+    # (c) the shards
+    def per_shard(values: list | None, digits: int = 0, total: bool = False) -> str:
+        if not values or any(v is None for v in values):
+            return "-"
+        text = " + ".join(fmt(v, digits) for v in values)
+        return text + (f" = {fmt(sum(values), digits)}" if total and len(values) > 1 else "")
+
+    def shard_field(s: dict, key: str) -> list | None:
+        got = s["sat"].get("redis_shards")
+        return [x.get(key) for x in got] if got else None
+
+    def placed(s: dict) -> str:
+        text = per_shard(s.get("placed"))
+        if s.get("counted") and s.get("placed") and s["counted"] != s["placed"]:
+            text += f" (**history streams in Redis: {per_shard(s['counted'])}**)"
+        return text
+
+    def both(s: dict) -> str:
+        return fmt(s["cpu"] + s["redis_cpu"], 2) if s.get("redis_cpu") is not None and s["cpu"] == s["cpu"] else "-"
+
+    shard_base = summary.get(shard_cols[0][0]) if shard_cols else None
+    shard_rows = [
+        ["subscribers / channels", *each(lambda s: f"{n:,} / {s['channels']:,} (~{n // max(s['channels'], 1):,} "
+                                                   "a channel)", shard_cols)],
+        ["channels per shard (placement; shard 1 = home)", *each(placed, shard_cols)],
+        ["connections per worker (/status, median run)", *each(browsers, shard_cols)],
+        ["**deliveries/s** (saturation, median)", *each(lambda s: f"**{fmt(s['dps'])}**", shard_cols)],
+        ["× 1 shard", *each(lambda s: ratio(s, shard_base), shard_cols)],
+        ["**chloed CPU-s per 1M deliveries** (whole process tree, median)",
+         *each(lambda s: f"**{fmt(s['cpu'], 2)}**", shard_cols)],
+        ["**redis-server CPU-s per 1M deliveries** (sum over shards, median)",
+         *each(lambda s: f"**{fmt(s['redis_cpu'], 2)}**", shard_cols)],
+        ["chloed + redis-server CPU-s per 1M", *each(both, shard_cols)],
+        ["msgs/s published", *each(lambda s: fmt(s["sat"].get("pub_rate"), 1), shard_cols)],
+        ["server CPU share per process (parent first)", *each(shares, shard_cols)],
+        ["server run-queue wait share (sum over processes)",
+         *each(lambda s: fmt(s["sat"].get("server_wait_share"), 2), shard_cols)],
+        ["loader CPU share", *each(lambda s: fmt(s["sat"].get("loader_cpu_share"), 2), shard_cols)],
+        ["redis-server CPU share, sum over shards (window)",
+         *each(lambda s: fmt(s["sat"].get("aux_cpu_share"), 3), shard_cols)],
+        ["redis-server CPU share per shard (INFO, connected → drained)",
+         *each(lambda s: per_shard(shard_field(s, "cpu_share"), 3, total=True), shard_cols)],
+        ["CPU 0 / CPU 1 busy",
+         *each(lambda s: f"{fmt(s['sat'].get('cpu0_busy'), 2)} / {fmt(s['sat'].get('cpu1_busy'), 2)}", shard_cols)],
+        ["p50 / p99 ms at saturation",
+         *each(lambda s: f"{fmt(s['sat'].get('lat_p50_ms'), 1)} / {fmt(s['sat'].get('lat_p99_ms'), 1)}", shard_cols)],
+        ["delivered / expected (median run)",
+         *each(lambda s: f"{s['sat'].get('total_delivered', 0):,} / {s['sat'].get('total_expected', 0):,}",
+               shard_cols)],
+        ["errors (all runs)", *each(lambda s: str(s["errors"]), shard_cols)],
+        ["**Redis commands per publish** (sum over shards, median)",
+         *each(lambda s: f"**{fmt(s['per_publish'], 2)}**", shard_cols)],
+        ["Redis commands per publish, per shard (median run)",
+         *each(lambda s: per_shard(shard_field(s, "per_publish"), 2), shard_cols)],
+        ["Redis bytes out per publish (sum over shards)", *each(lambda s: pub(s, "out_bytes_per_publish", 0), shard_cols)],
+        ["redis-server RSS, sum over shards (MB, clients connected)",
+         *each(lambda s: fmt(s["sat"].get("aux_rss_after_kb", -1) / 1024, 1), shard_cols)],
+    ]
+    shard_header = ["", *(title for _, title in shard_cols)]
     targets = []
     one, two = summary.get("workers-1"), summary.get("workers-2")
     if one and two and not ctx.quick:
         targets.append(("2 workers deliver more per second than 1 on the same Redis", two["dps"] > one["dps"],
                         f"{two['dps']:,.0f} vs {one['dps']:,.0f} deliveries/s, ×{two['dps'] / max(one['dps'], 1):.2f}; "
                         f"CPU-s per 1M {fmt(two['cpu'], 2)} vs {fmt(one['cpu'], 2)}"))
-    pinning = ("no CPU pinning: chloed's parent and workers, loadgen and redis-server share the machine's 2 cores. "
-               "**The machine has 2 cores**: workers = 2 shares them with the loader and Redis, so its figure is "
-               "what 2 cores shared with the loader and Redis give, not 2× a dedicated core")
-    return dict(rows=rows, header=header, runs=runs, targets=targets, pinning=pinning, tables=[
+    pinning = ("no CPU pinning: chloed's parent and workers, loadgen and every redis-server share the machine's "
+               "2 cores. **The machine has 2 cores**: workers = 2 shares them with the loader and Redis, so its "
+               "figure is what 2 cores shared with the loader and Redis give, not 2× a dedicated core")
+    tables = [
         ("(a) Fan-out to one channel on one chloed: workers = 1 vs workers = 2, side by side", header, rows),
         ("(b) Redis commands per publish, by command (the median saturation run; commands inside a script "
-         "counted too)", ["run", "calls per publish"], redis_rows),
-    ], notes=[
-        f"{n:,} WebSocket subscribers of one channel on one chloed (one port, whose socket the workers share: "
+         "counted too; shards: summed over them)", ["run", "calls per publish"], redis_rows),
+    ]
+    notes = [
+        f"(a) {n:,} WebSocket subscribers of one channel on one chloed (one port, whose socket the workers share: "
         f"each connection goes to whichever worker accepts it first), `backend = \"redis://127.0.0.1:PORT/0\"` on the bench's redis-server (`FLUSHALL`ed before each "
         f"configuration); closed loop with at most {window} messages published and not yet delivered to every "
         "subscriber, 100-byte payloads by POST /send on 4 keep-alive connections (which land on the workers the "
@@ -1706,9 +1912,66 @@ def scaling_report(ctx: Context, n: int, window: int, configs: list, summary: di
         "divided by the messages published; median over the runs. With 2 workers Redis sends each message once "
         "to each worker subscribed to the channel.",
         "p50 / p99 at saturation is mostly the closed loop's own queue, not a latency figure.",
-        "Not measured here yet: 1, 2 and 3 Redis shards (the rest of point 5): the sharded engine "
-        "(`backend = [...]`) is not built yet.",
-    ])
+    ]
+    if shard_cols:
+        counts = ", ".join(str(c) for _, c in shard_configs[:-1]) + (" and " if len(shard_configs) > 1 else "") + \
+            str(shard_configs[-1][1])
+        got = [summary[c] for c, _ in shard_cols if c in summary]
+        redis_max = max((x["sat"].get("aux_cpu_share") or 0 for x in got), default=0)
+        chloed_min = min((x["sat"].get("server_cpu_share") or 0 for x in got), default=0)
+        if redis_max < 0.5:
+            caveat = (f"and Redis is far from its limit here (its CPU share above shows it: summed over the shards, "
+                      f"redis-server used at most {redis_max:.2f} of one core in these runs, chloed at least "
+                      f"{chloed_min:.2f}).** So the shard columns show the *cost* of sharding (Redis commands per "
+                      "publish, redis-server and chloed CPU per delivery, one more redis-server per shard), not its "
+                      "*gain*: spreading channels over more Redis only raises throughput once one Redis's core is "
+                      "the bottleneck, which it is not on this box, where the 2 cores are taken by chloed and the "
+                      "loader first. Measuring the gain needs Redis saturated, on cores of its own.")
+        else:
+            caveat = (f"and summed over the shards redis-server used up to {redis_max:.2f} of a core in these "
+                      "runs.** Every redis-server, chloed and the loader take turns on the same 2 cores, so a "
+                      "column with more shards has more processes competing for them, not more cores: read the "
+                      "shard columns as the *cost* of sharding (Redis commands per publish, redis-server and chloed "
+                      "CPU per delivery), not as its *gain*, which needs each Redis on a core of its own.")
+        spread = []
+        if len(got) > 1 and all(x["per_publish"] == x["per_publish"] for x in got):
+            spread = [
+                "Summed over the shards, Redis ran " + " / ".join(f"{x['per_publish']:.2f}" for x in got)
+                + " commands per publish with " + " / ".join(str(x["shards"]) for x in got) + " shards: a "
+                "publish to one channel is one script on the one shard holding it, so sharding spreads the "
+                "commands over the shards (the per-shard row, roughly as their channels) rather than adding "
+                "to them; what each further shard costs is a redis-server of its own (its memory, its "
+                "housekeeping) and each worker's connections and liveness probes to it."]
+        tables.append((f"(c) {n:,} subscribers over {k:,} channels, random publishes, on one chloed with workers = "
+                       f"{SCALING_SHARD_WORKERS}: {counts} Redis shards, side by side", shard_header, shard_rows))
+        notes += [
+            f"(c) one chloed with `workers = {SCALING_SHARD_WORKERS}` in every column; {n:,} WebSocket subscribers, "
+            f"client i of channel `bench-(i % {k})` (`loadgen --channels {k} --random`), each message published "
+            "to one channel drawn at random, so publishes spread over the shards as the channels do; closed loop "
+            f"with at most {SCALING_SHARD_WINDOW} messages not yet delivered to every subscriber of theirs, on "
+            f"{SCALING_SHARD_NPUB} keep-alive POST /send connections (as `channels`: a message reaches about "
+            f"{n // max(k, 1):,} subscribers, not {n:,}, so it takes more in flight to saturate); `--expect-all`; "
+            f"{ctx.reps} run(s) per column, median. Each shard is its own redis-server (`--save '' --appendonly "
+            "no`, unpinned, `FLUSHALL`ed before each column); 1 shard is the plain single-URL backend "
+            "(`backend = \"redis://127.0.0.1:PORT/0\"`), 2 and 3 are `backend = [\"redis://127.0.0.1:P1/0\", "
+            "…]`, the first one the home shard (sessions, roster, handover: every browser's `SET` goes there). "
+            f"Before the runs {HISTORY_SIZE + 1} messages, each to all {k} channels at once (one POST /send naming "
+            "them all: one script per shard), fill every channel's history.",
+            "*channels per shard*: `chloed.backends.redis.placement.Placement` (rendezvous hashing of the "
+            "channel name) over the shards' URLs, computed by the bench; the history streams (`chloe:h:bench-*`) "
+            "found on each shard after the fill are checked against it (a mismatch would be shown in bold). "
+            f"With {k} channels the split is uneven by chance, as it would be for any {k} names.",
+            "*redis-server CPU-s per 1M* is every shard's utime+stime (`loadgen --aux-pids`, all of them) over "
+            "the window, divided by millions of deliveries; *per shard (INFO)* is each shard's `used_cpu_sys + "
+            "used_cpu_user` from its loader's connected line to its drained line, over that wall time (its own "
+            "housekeeping included). *Redis commands per publish* is the calls of every shard's `INFO "
+            "commandstats` over that interval, summed, divided by the messages published; per shard, each one's "
+            "share of it. A shard's background work (each worker's liveness probe every 2 s and node beat every "
+            "5 s, per shard) is in these figures too: it grows with the shards, not with the publishes.",
+            "**Caveat: this box has 2 cores, shared by the loader, chloed's parent and both workers and every "
+            "redis-server, " + caveat,
+        ] + spread
+    return dict(rows=rows, header=header, runs=runs, targets=targets, pinning=pinning, tables=tables, notes=notes)
 
 
 SCENARIO_FUNCS = {"idle": scenario_idle, "fanout": scenario_fanout, "channels": scenario_channels,
@@ -1721,7 +1984,7 @@ TITLES = {
     "relay": "(d) Browser → app relay against a fast app server",
     "multinode": "(e) Several nodes on one Redis: 1 node vs 2 nodes",
     "c100k": "(f) 100,000 WebSockets on one box: one chloed, workers on one port, one broadcast to all",
-    "scaling": "(g) Scaling in one sitting: workers = 1 vs workers = 2 on one Redis",
+    "scaling": "(g) Scaling in one sitting: workers = 1 vs workers = 2 on one Redis; 1, 2 and 3 Redis shards",
     "fanout-pusher": "(b) Fan-out over the Pusher protocol (/app/{key}), beside Chloe-native",
     "relay-spool": "(d) Browser → app relay by relay spool: memory, disk, redis",
 }
@@ -1784,7 +2047,8 @@ RAW_KEYS = ("config", "nodes", "kind", "rep", "proto", "n", "channels", "procs",
             "accepted_max_ms", "accepted_missing", "disk_bytes_per_msg", "redis_cpu_s_per_million",
             "workers", "nsrc", "pids", "workers_status", "open_fds_at_connected", "rss_end_kb",
             "pss_before_kb", "pss_after_kb", "pss_end_kb", "aux_rss_before_kb", "aux_rss_after_kb", "aux_rss_end_kb",
-            "aux_cpu_share", "redis_used_memory_growth", "broadcast_expected", "broadcast_clients", "broadcast_missing",
+            "aux_cpu_share", "aux_cpu_s", "shards", "shard_channels", "shard_history_keys", "redis_shards",
+            "redis_used_memory_growth", "broadcast_expected", "broadcast_clients", "broadcast_missing",
             "broadcast_s", "broadcast_p50_ms", "broadcast_p99_ms", "broadcast_answer_ms", "broadcast_status",
             "broadcast_server_cpu_s", "broadcast_aux_cpu_s", "close_s", "status_error", "first_error")
 
@@ -1953,7 +2217,8 @@ def main(argv: list[str]) -> int:
                    "relay-spool" if name == "relay" and args.spool != "memory" else name)
         sections[section] = section_text(ctx, name, result, command, started, wall, section)
         log(f"{name}: done in {wall:.0f} s")
-        print(md_table(result["header"], result["rows"]), file=sys.stderr)
+        for title, header, rows in result.get("tables") or [(None, result["header"], result["rows"])]:
+            print((f"{title}:\n\n" if title else "") + md_table(header, rows), file=sys.stderr)
         if not args.no_write:
             write_results({section: sections[section]})
     if not args.no_write:

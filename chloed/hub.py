@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from chloed import frames, lograte, tokens
 from chloed.auth import Authenticator
-from chloed.backends.base import Backend, Presence, Reply
+from chloed.backends.base import Backend, Presence, Reply, is_presence
 from chloed.commands import Commands
 from chloed.config import Config
 from chloed.errors import ProtocolError, RelayRejected
@@ -641,10 +641,13 @@ class Hub:
             raise
 
     def is_presence(self, channel: str) -> bool:
-        """Whether ``channel`` tracks members: ``presence-…``, or in a
-        namespace with ``presence = true``."""
-        if channel.startswith("presence-"):
+        """Whether ``channel`` tracks members: ``presence-…`` (a Pusher
+        app's ``pusher~<id>~presence-…`` too, never a user's channel), or
+        in a namespace with ``presence = true``."""
+        if is_presence(channel):
             return True
+        if channel[:1] == "#":
+            return False
         options = self.config.channel_options(channel)
         return options is not None and options.presence
 

@@ -467,3 +467,13 @@ def test_a_deadline_heap_keeps_its_order_after_a_prune():
     assert deadlines.prune(lambda when: when % 2 == 1) == 2
     clock.advance(10)
     assert fired == [1, 3, 5]
+
+
+def test_which_channels_have_members():
+    """presence-…, a Pusher app's presence channels, a namespace's with
+    presence; never a user's channel, whatever its id."""
+    world = World(namespaced())
+    hub = world.hub
+    assert hub.is_presence("presence-a") and hub.is_presence("pusher~app1~presence-room")
+    assert hub.is_presence("room:1") and not hub.is_presence("chat:1") and not hub.is_presence("plain")
+    assert not hub.is_presence(frames.user_channel("presence-x")) and not hub.is_presence("#u:room:1")
