@@ -48,6 +48,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.packaging_support import copy_tree, run as _run
+
 from tests.redis_server import redis_server  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,29 +81,10 @@ def _preconditions() -> None:
                     "(dpkg --purge chloe first if that is fine)")
 
 
-def _run(cmd: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
-    assert result.returncode == 0, (
-        f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n{result.stdout[-6000:]}"
-        f"\n--- stderr\n{result.stderr[-6000:]}"
-    )
-    return result
-
-
 def _copy_tree(dest: Path) -> None:
     """The files git tracks (plus untracked, unignored ones with
     CHLOE_DEB_UNTRACKED=1), as they are in the working tree."""
-    cmd = ["git", "-C", str(ROOT), "ls-files", "-z", "--cached"]
-    if os.environ.get("CHLOE_DEB_UNTRACKED"):
-        cmd += ["--others", "--exclude-standard"]
-    listing = _run(cmd).stdout
-    for name in sorted(set(filter(None, listing.split("\0")))):
-        source = ROOT / name
-        if not source.is_symlink() and not source.exists():
-            continue  # deleted in the working tree
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target, follow_symlinks=False)
+    copy_tree(dest, untracked=bool(os.environ.get("CHLOE_DEB_UNTRACKED")))
 
 
 def _free_port() -> int:

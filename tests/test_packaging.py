@@ -33,7 +33,7 @@ def test_wheel_ships_plugin_and_static_files_and_twistd_finds_it(tmp_path):
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
         check=True, capture_output=True, timeout=300,
     )
-    wheel = next(tmp_path.glob("chloe-*.whl"))
+    wheel = next(tmp_path.glob("chloed-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"twisted/plugins/chloe_plugin.py", "chloed/static/chloe.js", "chloed/static/index.html"} <= names
     assert "twisted/plugins/__init__.py" not in names
