@@ -166,6 +166,18 @@ def backend_status(broker: Any) -> dict[str, Any]:
     return status
 
 
+def channel_counts(channels: Any) -> tuple[int, int]:
+    """The channels and their subscriptions, users' own channels (``#u:…``,
+    one per authenticated session) left out: they are no channel anyone
+    subscribed to."""
+    count = subscriptions = 0
+    for name, channel in channels.items():
+        if name[:1] != "#":
+            count += 1
+            subscriptions += len(channel.subscribers)
+    return count, subscriptions
+
+
 def _age(since: float | None, clock: IReactorTime) -> float | None:
     return None if since is None else max(0.0, clock.seconds() - since)
 
@@ -248,7 +260,7 @@ class Metrics:
         assert hub is not None, "Metrics.attach(hub) first"
         broker = hub.broker
         relay = hub.relay
-        channels = broker.channels
+        channel_count, subscription_count = channel_counts(broker.channels)
         now = self.clock.seconds()
         state: dict[str, Any] = {
             "version": __version__,
@@ -258,8 +270,8 @@ class Metrics:
             "backend": backend_status(broker),
             "connections": self.connections(),
             "sessions": len(broker.sessions),
-            "channels": len(channels),
-            "subscriptions": sum(len(c.subscribers) for c in channels.values()),
+            "channels": channel_count,
+            "subscriptions": subscription_count,
             "messages": {
                 "published": broker.published,
                 "delivered": broker.delivered,
@@ -417,9 +429,9 @@ class ChloeCollector(Collector):
             connections.add_metric([transport], n)
         yield connections
         yield _gauge("chloe_sessions", "Browser sessions, connected or within their grace.", len(broker.sessions))
-        yield _gauge("chloe_channels", "Channels with subscribers or retained history.", len(broker.channels))
-        yield _gauge("chloe_subscriptions", "Subscriptions, summed over channels.",
-                     sum(len(c.subscribers) for c in broker.channels.values()))
+        channel_count, subscription_count = channel_counts(broker.channels)
+        yield _gauge("chloe_channels", "Channels with subscribers or retained history.", channel_count)
+        yield _gauge("chloe_subscriptions", "Subscriptions, summed over channels.", subscription_count)
         yield _counter("chloe_messages_published_total",
                        "Messages published (one per channel of a /send, one per broadcast or direct message).",
                        broker.published)

@@ -477,3 +477,16 @@ def test_which_channels_have_members():
     assert hub.is_presence("presence-a") and hub.is_presence("pusher~app1~presence-room")
     assert hub.is_presence("room:1") and not hub.is_presence("chat:1") and not hub.is_presence("plain")
     assert not hub.is_presence(frames.user_channel("presence-x")) and not hub.is_presence("#u:room:1")
+
+
+def test_status_counts_no_users_channel_among_the_channels():
+    """A user's own channel is no channel anyone subscribed to: /status
+    and /metrics count neither it nor its subscriptions."""
+    from chloed.metrics import Metrics
+
+    world = World()
+    world.login("alice")
+    session, _ = world.connect()
+    world.send(session, {"type": "subscribe", "channel": "news"})
+    status = Metrics(world.clock).attach(world.hub).status()
+    assert (status["channels"], status["subscriptions"]) == (1, 1)
