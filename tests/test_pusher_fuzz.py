@@ -137,7 +137,10 @@ def fx(tmp_path_factory) -> Iterator[Fixture]:
     hooks = Webhooks()
     conf = pusher_conf(
         tmp_path_factory.mktemp("pusher-fuzz") / "chloe.toml",
-        options={"max_message_bytes": NATIVE_MAX, "upstream_timeout": 5},
+        # rate_limit 0: one socket takes every generated frame and a barrier
+        # after each, faster than 50 a second on a quiet machine; a barrier
+        # refused for the rate would read as a socket no longer served.
+        options={"max_message_bytes": NATIVE_MAX, "upstream_timeout": 5, "rate_limit": 0},
         enable_client_messages=True, webhook_url=hooks.url, max_message_bytes=MAX_MESSAGE_BYTES,
     )
     server = Chloed(config=conf)
