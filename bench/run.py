@@ -78,6 +78,7 @@ the project's ``.venv`` (or ``--twistd PATH``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -402,10 +403,8 @@ class Chloed:
             time.sleep(0.1)
         for pid in left:
             log(f"chloed {self.name}: process {pid} outlived its parent: SIGKILL")
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
         self.left_behind = sorted(left)
         self._log.close()
         try:

@@ -21,7 +21,6 @@ from typing import Any, NoReturn
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chloed import __version__, frames
 from chloed.backends.base import (
@@ -31,7 +30,7 @@ from chloed.backends.base import (
 from chloed.errors import RequestError
 from chloed.hub import Hub
 from chloed.http import (
-    INVALID_REQUEST, answer_request_error, authorize, json_body, page_limit, query_arg, routing_error,
+    INVALID_REQUEST, authorize, json_body, page_limit, query_arg, json_errors,
 )
 from chloed.pusher.names import is_pusher
 from chloed.send import channel_options, namespaced
@@ -84,6 +83,7 @@ class Api:
     """Klein routes of the app-facing API, bound to one hub."""
 
     app = Klein()
+    json_errors(app)
     # A path is matched as given: /channels//history names no channel
     # (werkzeug would match /channels/history, the channel "history").
     app.url_map.merge_slashes = False
@@ -96,10 +96,6 @@ class Api:
 
     def resource(self) -> Any:
         return self.app.resource()
-
-    @app.handle_errors(RequestError)
-    def _request_error(self, request: IRequest, failure: Any) -> bytes:
-        return answer_request_error(request, failure.value)
 
     def _authorize(self, request: IRequest) -> None:
         authorize(request, self.config.secret)
@@ -207,6 +203,3 @@ class Api:
             return json_body(request, 503, {"status": "degraded", "backend": self.broker.backend, "state": state})
         return json_body(request, 200, {"status": "ok", "version": __version__})
 
-    @app.handle_errors(NotFound, MethodNotAllowed)
-    def _routing_error(self, request: IRequest, failure: Any) -> bytes:
-        return routing_error(request, failure)

@@ -27,7 +27,6 @@ from typing import Any
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import PathConverter
 
 from chloed import frames
@@ -35,7 +34,7 @@ from chloed.api import backend_failed
 from chloed.backends.base import SessionInfo
 from chloed.backends.users import USER_REVOCATION_SECONDS
 from chloed.errors import RequestError
-from chloed.http import INVALID_REQUEST, answer_request_error, authorize, json_body, routing_error
+from chloed.http import INVALID_REQUEST, authorize, json_body, json_errors
 from chloed.hub import SESSION_ID_RE, Hub
 from chloed.send import channel_options, checked_user, namespaced
 
@@ -133,6 +132,7 @@ class ControlApi:
     """Klein routes of the control API, bound to one hub."""
 
     app = Klein()
+    json_errors(app)
     app.url_map.converters["anything"] = Anything
     app.url_map.merge_slashes = False  # (a user id may hold "//")
 
@@ -145,13 +145,6 @@ class ControlApi:
     def resource(self) -> Any:
         return self.app.resource()
 
-    @app.handle_errors(RequestError)
-    def _request_error(self, request: IRequest, failure: Any) -> bytes:
-        return answer_request_error(request, failure.value)
-
-    @app.handle_errors(NotFound, MethodNotAllowed)
-    def _routing_error(self, request: IRequest, failure: Any) -> bytes:
-        return routing_error(request, failure)
 
     def _command(self, request: IRequest, command: dict[str, Any], kind: str) -> Deferred[bytes]:
         """Run ``command`` on every node; 202 with how many sessions it

@@ -15,11 +15,10 @@ from typing import Any
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chloed.errors import RequestError
 from chloed.http import (
-    INVALID_REQUEST, answer_request_error, authorize, json_body, page_limit, query_arg, routing_error,
+    INVALID_REQUEST, authorize, json_body, page_limit, query_arg, json_errors,
 )
 from chloed.relay import Relay
 from chloed.spool.base import DeadLetter, Record
@@ -56,6 +55,7 @@ class DeadLetterApi:
     every route says so)."""
 
     app = Klein()
+    json_errors(app)
 
     def __init__(self, relay: Relay | None, secrets: tuple[str, ...]) -> None:
         self.relay = relay
@@ -64,13 +64,6 @@ class DeadLetterApi:
     def resource(self) -> Any:
         return self.app.resource()
 
-    @app.handle_errors(RequestError)
-    def _request_error(self, request: IRequest, failure: Any) -> bytes:
-        return answer_request_error(request, failure.value)
-
-    @app.handle_errors(NotFound, MethodNotAllowed)
-    def _routing_error(self, request: IRequest, failure: Any) -> bytes:
-        return routing_error(request, failure)
 
     def _relay(self, request: IRequest) -> Relay:
         authorize(request, self.secrets)

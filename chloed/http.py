@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from chloed import frames
 from chloed.errors import RequestError
@@ -166,6 +166,20 @@ def routing_error(request: IRequest, failure: Any) -> bytes:
         request.setHeader(b"allow", allowed.encode("ascii"))
         return error(request, 405, "method_not_allowed", f"this endpoint takes {allowed}")
     return error(request, 404, "not_found", "no such endpoint")
+
+
+def json_errors(app: Any) -> None:
+    """Answer every refusal (:class:`RequestError`) and every path or
+    method no route takes of the Klein ``app`` (of a class: its handlers
+    get the instance first) as the API's JSON errors."""
+
+    @app.handle_errors(RequestError)
+    def request_error(instance: Any, request: IRequest, failure: Any) -> bytes:
+        return answer_request_error(request, failure.value)
+
+    @app.handle_errors(NotFound, MethodNotAllowed)
+    def no_route(instance: Any, request: IRequest, failure: Any) -> bytes:
+        return routing_error(request, failure)
 
 
 def origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:

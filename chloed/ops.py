@@ -22,10 +22,8 @@ from typing import Any
 from klein import Klein
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from chloed.errors import RequestError
-from chloed.http import answer_request_error, authorize, json_body, routing_error
+from chloed.http import authorize, json_body, json_errors
 from chloed.hub import Hub
 from chloed.metrics import Metrics
 
@@ -42,6 +40,7 @@ class Ops:
     """Klein routes of the operator's endpoints, bound to one hub."""
 
     app = Klein()
+    json_errors(app)
 
     def __init__(self, hub: Hub, metrics: Metrics) -> None:
         self.hub = hub
@@ -50,10 +49,6 @@ class Ops:
 
     def resource(self) -> Any:
         return self.app.resource()
-
-    @app.handle_errors(RequestError)
-    def _request_error(self, request: IRequest, failure: Any) -> bytes:
-        return answer_request_error(request, failure.value)
 
     def _authorize(self, request: IRequest) -> None:
         authorize(request, self.hub.config.secret, loopback=True)
@@ -77,6 +72,3 @@ class Ops:
         request.setHeader(b"access-control-allow-origin", b"*")
         return self._openapi
 
-    @app.handle_errors(NotFound, MethodNotAllowed)
-    def _routing_error(self, request: IRequest, failure: Any) -> bytes:
-        return routing_error(request, failure)

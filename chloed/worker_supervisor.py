@@ -25,6 +25,7 @@ whole server's (:mod:`chloed.worker_status`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -333,10 +334,8 @@ class Supervisor(Service):
     def _signal(self, name: str) -> None:
         for slot in self.live():
             assert slot.protocol is not None and slot.protocol.transport is not None
-            try:
+            with contextlib.suppress(error.ProcessExitedAlready):
                 slot.protocol.transport.signalProcess(name)
-            except error.ProcessExitedAlready:
-                pass
 
     # -- the numbers -----------------------------------------------------
 

@@ -9,6 +9,7 @@ Threads: one accepting, two per connection (one each way).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from typing import Iterator
@@ -32,10 +33,8 @@ class _Connection:
     def close(self) -> None:
         self.closed.set()
         for sock in (self.client, self.upstream):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
 
@@ -60,10 +59,8 @@ class TcpProxy:
 
     def stop(self) -> None:
         """Close the listener and every connection; wait for the threads."""
-        try:
+        with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._listener.close()
         self._accepting.join(timeout=5)
         for connection in self._snapshot():

@@ -6,6 +6,7 @@ and the server exits 0; ``/status`` answers for the whole server."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -102,10 +103,8 @@ def browsers() -> Iterator[list[Browser]]:
     opened: list[Browser] = []
     yield opened
     for browser in opened:
-        try:
+        with contextlib.suppress(Exception):  # (closing what may be broken already)
             browser.close()
-        except Exception:
-            pass
 
 
 def on_both(server: Chloed, browsers: list[Browser], channel: str) -> dict[str, list[Browser]]:

@@ -30,17 +30,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.packaging_support import copy_tree as _copy_tree, run as _run
+from tests.packaging_support import copy_tree as _copy_tree, run as _run, serves_health
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "packaging" / "rpm" / "chloe.spec"
@@ -196,33 +193,10 @@ def test_installed_venv_serves_health(scratch_root, tmp_path):
     port = _free_port()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
     twistd = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
-    process = subprocess.Popen(
+    serves_health(
         [str(python), "-c", twistd, "--nodaemon", "--pidfile=", "chloe", "--config", str(conf),
          "--listen", f"tcp:{port}:interface=127.0.0.1"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path, env=env,
     )
-    try:
-        deadline = time.monotonic() + 60
-        body = b""
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
-                    body = response.read()
-                    break
-            except OSError:
-                time.sleep(0.2)
-        assert b'"ok"' in body, f"no /health answer (exit {process.poll()})"
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-        output = process.stdout.read()
-    assert code == 0, output
-    assert "Traceback" not in output, output
     probe = _run([str(python), "-c", "import chloed; print(chloed.__file__)"], cwd=tmp_path, env=env).stdout
     assert probe.startswith(str(scratch_root)), probe

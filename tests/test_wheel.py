@@ -19,21 +19,17 @@ from __future__ import annotations
 import configparser
 import email.parser
 import os
-import shutil
-import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import tarfile
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.packaging_support import copy_tree as _copy_tree, run as _run
+from tests.packaging_support import copy_tree as _copy_tree, run as _run, serves_health
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,19 +127,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _health(url: str, process: subprocess.Popen, deadline: float) -> bytes:
-    last: Exception | None = None
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                assert response.status == 200
-                return response.read()
-        except OSError as exc:  # not listening yet
-            last = exc
-            time.sleep(0.2)
-    raise AssertionError(f"no answer from {url} (exit {process.poll()}): {last}")
-
-
 # Asks the fresh venv whether every plain requirement of the installed
 # chloe is met, the way pip would (name, version, specifier); prints what
 # is missing.
@@ -191,22 +174,7 @@ def test_wheel_in_a_fresh_venv_runs_twistd_chloe(dist, tmp_path):
     twistd = [str(python), "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
     assert "chloe " in _run([*twistd, "--help"], cwd=tmp_path, env=env).stdout
     port = _free_port()
-    process = subprocess.Popen(
+    serves_health(
         [*twistd, "--nodaemon", "--pidfile=", "chloe", "--listen", f"tcp:{port}:interface=127.0.0.1"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path, env=env,
     )
-    try:
-        body = _health(f"http://127.0.0.1:{port}/health", process, time.monotonic() + 60)
-        assert b'"ok"' in body
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-        output = process.stdout.read()
-    assert code == 0, output
-    assert "Traceback" not in output, output
